@@ -1,0 +1,44 @@
+# Qianzhi — make help lists the targets.
+SHELL   := /bin/bash
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/qianzhi/qianzhi/pkg/version.Version=$(VERSION)
+BIN     := bin
+export CGO_ENABLED = 0
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## build the static binaries qz-agent and qz-central into bin/
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/qz-agent ./agent/cmd/qz-agent
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/qz-central ./central/cmd/qz-central
+
+.PHONY: test
+test: build ## every test, unit and integration (real QUIC/TLS, real processes)
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 14m ./...
+
+.PHONY: test-unit
+test-unit: ## the fast tests only (no process-level integration)
+	$(GO) test -count=1 -short ./...
+
+.PHONY: bench
+bench: ## benchmarks (results go to docs/benchmarks.md)
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+
+.PHONY: demo
+demo: build ## run a hub and two agents on loopback and move a folder between them
+	./scripts/demo.sh
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+.PHONY: clean
+clean: ## remove build output
+	rm -rf $(BIN)

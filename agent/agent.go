@@ -1,0 +1,288 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/seal"
+	"github.com/qianzhi/qianzhi/transport"
+)
+
+// Agent is a running qz-agent.
+type Agent struct {
+	cfg   Config
+	id    *Identity
+	state *State
+	spool *spool
+	hub   *transport.Client
+	log   *slog.Logger
+
+	sources map[string]connectors.Source // by resource ID
+
+	mu         sync.Mutex
+	grants     []api.GrantInfo
+	grantsGen  chan struct{}              // closed and replaced when grants change
+	sinks      map[string]connectors.Sink // by resource ID
+	sealKeys   map[string]seal.PublicKey  // by node ID
+	uploadKick chan struct{}
+}
+
+// New opens the agent's state and identity. Sources start watching now;
+// nothing talks to the hub until Serve.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	id, err := LoadIdentity(cfg.identityDir())
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []string{cfg.spoolDir(), cfg.inboxDir()} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("prepare %s: %w", d, err)
+		}
+	}
+	st, err := OpenState(cfg.dbPath())
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg: cfg, id: id, state: st, log: log.With("node", id.NodeID),
+		sources: map[string]connectors.Source{}, sinks: map[string]connectors.Sink{},
+		sealKeys: map[string]seal.PublicKey{}, grantsGen: make(chan struct{}),
+		uploadKick: make(chan struct{}, 1),
+	}
+	a.hub = &transport.Client{Hub: cfg.Hub, TLS: id.ClientTLS(cfg.Hub), Mode: cfg.Transport, Logger: a.log}
+	if a.spool, err = openSpool(cfg.spoolDir(), int64(cfg.Spool.Quota), st); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if gs, err := st.loadGrants(); err == nil {
+		a.grants = gs
+	}
+	for _, r := range cfg.Resources {
+		src, err := r.Source.OpenSource(a.log.With("resource", r.ID))
+		if err != nil {
+			a.Close()
+			return nil, fmt.Errorf("resource %s: %w", r.ID, err)
+		}
+		a.sources[r.ID] = src
+	}
+	return a, nil
+}
+
+// Close releases everything New opened.
+func (a *Agent) Close() error {
+	for _, s := range a.sources {
+		s.Close()
+	}
+	for _, s := range a.sinks {
+		s.Close()
+	}
+	a.hub.Close()
+	return a.state.Close()
+}
+
+// NodeID is the enrolled node's ID.
+func (a *Agent) NodeID() string { return a.id.NodeID }
+
+// Serve runs the agent until ctx ends.
+func (a *Agent) Serve(ctx context.Context) error {
+	a.log.Info("agent starting", "hub", a.cfg.Hub, "transport", a.cfg.Transport, "resources", len(a.sources))
+	var wg sync.WaitGroup
+	run := func(name string, fn func(context.Context)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(ctx)
+			a.log.Debug("loop stopped", "loop", name)
+		}()
+	}
+	run("grants", a.grantLoop)
+	for id, src := range a.sources {
+		run("producer", func(ctx context.Context) { a.produceLoop(ctx, id, src) })
+	}
+	run("upload", a.uploadLoop)
+	run("consume", a.consumeLoop)
+	<-ctx.Done()
+	wg.Wait()
+	a.log.Info("agent stopped")
+	return nil
+}
+
+// backoff sleeps for an increasing delay, returning false if ctx ended.
+func backoff(ctx context.Context, attempt int) bool {
+	d := min(time.Duration(1<<min(attempt, 5))*250*time.Millisecond, 10*time.Second)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// call sends a JSON request to the hub and decodes a JSON answer.
+func (a *Agent) call(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, a.hub.URL(path), body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := a.hub.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return &hubError{Status: resp.StatusCode, Msg: apiError(resp)}
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	io.Copy(io.Discard, resp.Body)
+	return nil
+}
+
+// hubError is a refusal by the hub, as opposed to a network failure.
+type hubError struct {
+	Status int
+	Msg    string
+}
+
+func (e *hubError) Error() string { return fmt.Sprintf("hub answered %d: %s", e.Status, e.Msg) }
+
+func hubStatus(err error) int {
+	var he *hubError
+	if errors.As(err, &he) {
+		return he.Status
+	}
+	return 0
+}
+
+// grantLoop registers this node's resources and keeps the grant list fresh.
+func (a *Agent) grantLoop(ctx context.Context) {
+	registered := false
+	fails := 0
+	for {
+		if !registered {
+			var decls []api.ResourceDecl
+			for _, r := range a.cfg.Resources {
+				decls = append(decls, api.ResourceDecl{ID: r.ID, Kind: r.Kind})
+			}
+			if err := a.call(ctx, http.MethodPost, "/v1/resources", decls, nil); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				a.log.Warn("cannot register resources with the hub; retrying", "err", err)
+			} else {
+				registered = true
+			}
+		}
+		var gs []api.GrantInfo
+		if err := a.call(ctx, http.MethodGet, "/v1/grants", nil, &gs); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			fails++
+			if fails == 1 || fails%60 == 0 {
+				a.log.Warn("cannot reach the hub; working from the last known grants", "err", err)
+			}
+		} else {
+			fails = 0
+			a.setGrants(ctx, gs)
+		}
+		t := time.NewTimer(a.cfg.Poll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) setGrants(ctx context.Context, gs []api.GrantInfo) {
+	sort.Slice(gs, func(i, j int) bool { return gs[i].ID < gs[j].ID })
+	a.mu.Lock()
+	same := fmt.Sprint(gs) == fmt.Sprint(a.grants)
+	if !same {
+		a.grants = gs
+		close(a.grantsGen)
+		a.grantsGen = make(chan struct{})
+	}
+	a.mu.Unlock()
+	if !same {
+		a.log.Info("grants changed", "count", len(gs))
+		if err := a.state.saveGrants(ctx, gs); err != nil {
+			a.log.Error("cannot save grants", "err", err)
+		}
+	}
+}
+
+// providerGrants lists the active grants to produce for one resource.
+func (a *Agent) providerGrants(resource string) ([]api.GrantInfo, <-chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []api.GrantInfo
+	now := time.Now()
+	for _, g := range a.grants {
+		if g.Provider == a.id.NodeID && g.Resource == resource && g.Active && (g.Expires.IsZero() || now.Before(g.Expires)) {
+			out = append(out, g)
+		}
+	}
+	return out, a.grantsGen
+}
+
+func (a *Agent) grantActive(id string) (api.GrantInfo, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, g := range a.grants {
+		if g.ID == id {
+			return g, g.Active
+		}
+	}
+	return api.GrantInfo{}, false
+}
+
+func batchName(grant string, seq uint64) string {
+	return grant + "-" + strconv.FormatUint(seq, 10) + ".qzb"
+}
+
+func parseBatchName(name string) (string, uint64, bool) {
+	base, ok := strings.CutSuffix(name, ".qzb")
+	if !ok {
+		return "", 0, false
+	}
+	i := strings.LastIndexByte(base, '-')
+	if i < 0 {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(base[i+1:], 10, 64)
+	return base[:i], n, err == nil
+}
+
+func (a *Agent) spoolPath(name string) string { return filepath.Join(a.cfg.spoolDir(), name) }

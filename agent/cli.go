@@ -1,0 +1,232 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/qianzhi/qianzhi/pkg/batch"
+	"github.com/qianzhi/qianzhi/pkg/cli"
+	"github.com/qianzhi/qianzhi/pkg/logging"
+	"github.com/qianzhi/qianzhi/pkg/seal"
+	"github.com/qianzhi/qianzhi/pkg/version"
+)
+
+const usage = `qz-agent — the Qianzhi front-end exchange agent
+
+Usage:
+  qz-agent enroll --hub HOST:PORT --token TOKEN   create keys and get a certificate from the hub
+  qz-agent run                                    run the agent (as the systemd service does)
+  qz-agent config check                           validate the configuration file
+  qz-agent status [--json]                        spool, grants, lines and counters
+  qz-agent batch inspect FILE [--seal-key KEY]    print a batch's header and check its seal
+  qz-agent version
+
+Every command takes --config FILE (default ` + DefaultConfigPath + ` when present).
+`
+
+// Run is qz-agent's main; it returns the error to print.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	args = cli.Hoist(args)
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	cmd, rest := args[0], args[1:]
+	if (cmd == "config" || cmd == "batch") && len(rest) > 0 {
+		cmd, rest = cmd+" "+rest[0], rest[1:]
+	}
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	cfgPath := fs.String("config", "", "configuration file")
+	hub := fs.String("hub", "", "hub address host:port")
+	token := fs.String("token", "", "enrolment token")
+	asJSON := fs.Bool("json", false, "print JSON")
+	sealKey := fs.String("seal-key", "", "provider seal public key (ed25519:…) to check the seal against")
+	pos, err := cli.Parse(fs, rest)
+	if err != nil {
+		return err
+	}
+	switch cmd {
+	case "version":
+		fmt.Fprintln(stdout, version.String("qz-agent"))
+		return nil
+	case "batch inspect":
+		if err := cli.Want(pos, 1, "qz-agent batch inspect FILE"); err != nil {
+			return err
+		}
+		return inspect(pos[0], *sealKey, *cfgPath, stdout)
+	}
+	path := *cfgPath
+	if path == "" {
+		if _, err := os.Stat(DefaultConfigPath); err == nil {
+			path = DefaultConfigPath
+		}
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		return err
+	}
+	switch cmd {
+	case "config check":
+		if path == "" {
+			path = "built-in defaults"
+		}
+		fmt.Fprintf(stdout, "%s: OK (%d resources, %d subscriptions)\n", path, len(cfg.Resources), len(cfg.Subscriptions))
+		return nil
+	case "enroll":
+		if *token == "" {
+			return cli.Usagef("--token is required: the token printed by 'qz-central node add'")
+		}
+		addr := cfg.Hub
+		if *hub != "" {
+			addr = *hub
+		}
+		id, err := Enroll(ctx, cfg.identityDir(), addr, *token, cfg.Transport, logging.New(stderr, "warn", ""))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "enrolled as node %s; certificate valid until %s\n", id.NodeID, id.Leaf.NotAfter.Local().Format(time.DateOnly))
+		return nil
+	case "run":
+		a, err := New(cfg, logging.New(stderr, cfg.LogLevel, ""))
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		return a.Serve(ctx)
+	case "status":
+		return status(cfg, *asJSON, stdout)
+	}
+	return cli.Usagef("unknown command %q; run 'qz-agent help'", strings.Join(args, " "))
+}
+
+// inspect prints a batch. The seal is checked against --seal-key, or this
+// agent's own key when the batch is its own.
+func inspect(path, key, cfgPath string, w io.Writer) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	info, err := batch.ReadInfo(f, fi.Size())
+	if err != nil {
+		return fmt.Errorf("%s is not a readable batch: %w", path, err)
+	}
+	lookup := func(keyID string) (seal.PublicKey, error) {
+		if key != "" {
+			return seal.ParsePublic(key)
+		}
+		cfg, err := LoadConfig(cfgPath)
+		if err == nil {
+			if id, err := LoadIdentity(cfg.identityDir()); err == nil && id.Seal.KeyID() == keyID {
+				return id.Seal.Public(), nil
+			}
+		}
+		return seal.PublicKey{}, fmt.Errorf("no public key for seal %s: pass --seal-key (see 'qz-central node list')", keyID)
+	}
+	_, verr := batch.Verify(f, fi.Size(), lookup)
+	batch.Inspect(w, info, verr)
+	if verr != nil {
+		return errors.New("seal check failed")
+	}
+	return nil
+}
+
+// Status is what qz-agent status reports.
+type Status struct {
+	Node       string           `json:"node"`
+	Hub        string           `json:"hub"`
+	SpoolBytes int64            `json:"spool_bytes"`
+	SpoolQuota int64            `json:"spool_quota"`
+	Spooled    int              `json:"spooled_batches"`
+	Applied    map[string]int64 `json:"applied"`
+	Counters   map[string]int64 `json:"counters"`
+	Rejections []Rejection      `json:"rejections"`
+}
+
+// ReadStatus reads the agent's status from its state; it works while the
+// agent runs.
+func ReadStatus(cfg Config) (*Status, error) {
+	id, err := LoadIdentity(cfg.identityDir())
+	if err != nil {
+		return nil, err
+	}
+	st, err := OpenState(cfg.dbPath())
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	s := &Status{Node: id.NodeID, Hub: cfg.Hub, SpoolQuota: int64(cfg.Spool.Quota), Applied: map[string]int64{}}
+	es, err := st.spooled()
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range es {
+		s.SpoolBytes += e.Size
+	}
+	s.Spooled = len(es)
+	rows, err := st.db.Query(`SELECT grant_id, seq FROM applied`)
+	if err != nil {
+		return nil, err
+	}
+	for rows.Next() {
+		var g string
+		var n int64
+		rows.Scan(&g, &n)
+		s.Applied[g] = n
+	}
+	rows.Close()
+	if s.Counters, err = st.Counters(); err != nil {
+		return nil, err
+	}
+	if s.Rejections, err = st.Rejections(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func status(cfg Config, asJSON bool, w io.Writer) error {
+	s, err := ReadStatus(cfg)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(s)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "node\t%s\nhub\t%s\nspool\t%d batches, %d of %d bytes\n", s.Node, s.Hub, s.Spooled, s.SpoolBytes, s.SpoolQuota)
+	var keys []string
+	for k := range s.Applied {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(tw, "applied %s\tup to batch %d\n", k, s.Applied[k])
+	}
+	keys = keys[:0]
+	for k := range s.Counters {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(tw, "%s\t%d\n", k, s.Counters[k])
+	}
+	for _, r := range s.Rejections {
+		fmt.Fprintf(tw, "rejected\t%s/%d by %s at %s: %s\n", r.Grant, r.Seq, r.Side, r.At.Local().Format(time.DateTime), r.Reason)
+	}
+	return tw.Flush()
+}

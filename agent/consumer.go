@@ -1,0 +1,287 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/connectors/file"
+	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/batch"
+	"github.com/qianzhi/qianzhi/pkg/receipt"
+	"github.com/qianzhi/qianzhi/pkg/seal"
+)
+
+// consumeLoop fetches, verifies and applies deliveries, in sequence order
+// per grant, and answers each with a signed receipt.
+func (a *Agent) consumeLoop(ctx context.Context) {
+	attempt := 0
+	stopped := map[string]time.Time{} // grants whose line is stopped, until when
+	for {
+		var ds []api.Delivery
+		err := a.call(ctx, http.MethodGet, "/v1/deliveries?wait=25s", nil, &ds)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			attempt++
+			if attempt == 1 || attempt%20 == 0 {
+				a.log.Warn("cannot fetch deliveries; retrying", "err", err)
+			}
+			if !backoff(ctx, attempt) {
+				return
+			}
+			continue
+		}
+		attempt = 0
+		blocked := false
+		for _, d := range ds {
+			if until, ok := stopped[d.Grant]; ok && time.Now().Before(until) {
+				blocked = true
+				continue
+			}
+			if err := a.deliver(ctx, d); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				a.log.Error("delivery not applied; this grant's line waits", "grant", d.Grant, "seq", d.Sequence, "err", err)
+				stopped[d.Grant] = time.Now().Add(30 * time.Second)
+				blocked = true
+			}
+		}
+		if blocked || len(ds) == 0 {
+			// Nothing we can act on now: do not spin on the same list.
+			if !backoff(ctx, 3) {
+				return
+			}
+		}
+	}
+}
+
+// deliver handles one delivery: receipt again if already applied, apply
+// if next in line, wait if a predecessor is missing.
+func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
+	applied, err := a.state.applied(d.Grant)
+	if err != nil {
+		return err
+	}
+	switch {
+	case d.Sequence <= applied:
+		return a.sendReceipt(ctx, d.Grant, d.Sequence)
+	case d.Sequence > applied+1:
+		return fmt.Errorf("gap: batch %d arrived but %d is the next to apply", d.Sequence, applied+1)
+	}
+	path := filepath.Join(a.cfg.inboxDir(), batchName(d.Grant, d.Sequence)+".part")
+	if err := a.download(ctx, d, path); err != nil {
+		return err
+	}
+	info, err := batch.VerifyFile(path, func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, d.Provider) })
+	if err == nil {
+		err = checkDelivery(info, d, a.id.NodeID)
+	}
+	if err != nil {
+		if errors.Is(err, batch.ErrRejected) {
+			os.Remove(path)
+			a.state.reject(d.Grant, d.Sequence, "consumer", err.Error())
+			a.call(ctx, http.MethodPost, "/v1/rejections", api.Rejection{Grant: d.Grant, Sequence: d.Sequence, Reason: err.Error()}, nil)
+			return fmt.Errorf("rejected delivered batch: %w", err)
+		}
+		return err
+	}
+	if err := a.apply(ctx, d, path, info); err != nil {
+		return err
+	}
+	os.Remove(path)
+	return a.sendReceipt(ctx, d.Grant, d.Sequence)
+}
+
+// checkDelivery makes sure the sealed header says what the hub said.
+func checkDelivery(info *batch.Info, d api.Delivery, me string) error {
+	h := info.Header
+	if h.Grant != d.Grant || h.Sequence != d.Sequence || h.Provider != d.Provider || h.Consumer != me || h.Resource != d.Resource {
+		return batch.Reject(errors.New("header does not match the delivery"),
+			fmt.Sprintf("header names %s/%d %s→%s", h.Grant, h.Sequence, h.Provider, h.Consumer))
+	}
+	return nil
+}
+
+// download fetches a batch into path, resuming from the bytes already there.
+func (a *Agent) download(ctx context.Context, d api.Delivery, path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	off, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
+	if off > d.Size {
+		f.Truncate(0)
+		off, _ = f.Seek(0, io.SeekStart)
+	}
+	if off == d.Size {
+		return nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.hub.URL("/v1/batches/"+d.Grant+"/"+strconv.FormatUint(d.Sequence, 10)), nil)
+	if err != nil {
+		return err
+	}
+	if off > 0 {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(off, 10)+"-")
+	}
+	if err := a.state.Add(CounterDownloadAttempted, d.Size-off); err != nil {
+		return err
+	}
+	resp, err := a.hub.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusOK && off > 0:
+		f.Truncate(0)
+		f.Seek(0, io.SeekStart)
+	case resp.StatusCode == http.StatusOK, resp.StatusCode == http.StatusPartialContent:
+	default:
+		return fmt.Errorf("download: %s", apiError(resp))
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		return fmt.Errorf("download interrupted: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (a *Agent) sealKey(ctx context.Context, node string) (seal.PublicKey, error) {
+	a.mu.Lock()
+	k, ok := a.sealKeys[node]
+	a.mu.Unlock()
+	if ok {
+		return k, nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.hub.URL("/v1/nodes/"+node+"/seal"), nil)
+	if err != nil {
+		return k, err
+	}
+	resp, err := a.hub.Do(req)
+	if err != nil {
+		return k, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return k, fmt.Errorf("seal key of %s: %s", node, apiError(resp))
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if err != nil {
+		return k, err
+	}
+	if k, err = seal.ParsePublic(string(b)); err != nil {
+		return k, err
+	}
+	a.mu.Lock()
+	a.sealKeys[node] = k
+	a.mu.Unlock()
+	return k, nil
+}
+
+// sink returns the sink for a resource: its subscription, or a folder under
+// the state dir for file batches of an unsubscribed resource.
+func (a *Agent) sink(resource, kind string) (connectors.Sink, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s, ok := a.sinks[resource]; ok {
+		return s, nil
+	}
+	var s connectors.Sink
+	var err error
+	for _, e := range a.cfg.Subscriptions {
+		if e.ID == resource {
+			s, err = e.Sink.OpenSink(a.log.With("resource", resource))
+		}
+	}
+	if s == nil && err == nil {
+		if kind != "files" {
+			return nil, fmt.Errorf("no subscription for %s: add one to the config", resource)
+		}
+		s, err = file.NewSink(filepath.Join(a.cfg.StateDir, "received", resource), a.log.With("resource", resource))
+	}
+	if err != nil {
+		return nil, err
+	}
+	a.sinks[resource] = s
+	return s, nil
+}
+
+// apply applies a verified batch and records it, with its receipt, in one
+// transaction.
+func (a *Agent) apply(ctx context.Context, d api.Delivery, path string, info *batch.Info) error {
+	s, err := a.sink(d.Resource, info.Header.Kind)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	body, err := info.Body(f)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	var ch connectors.Changes
+	scope := "sink/" + d.Grant
+	if err := s.Apply(ctx, &info.Header, body, a.state.view(scope), &ch); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	rc, err := receipt.Sign(receipt.Receipt{
+		Version: 1, Resource: d.Resource, Grant: d.Grant, Sequence: d.Sequence, Provider: d.Provider,
+		Consumer: a.id.NodeID, BatchDigest: hex.EncodeToString(info.Digest), Applied: time.Now().UTC(),
+	}, a.id.Seal)
+	if err != nil {
+		return err
+	}
+	raw, err := json.Marshal(rc)
+	if err != nil {
+		return err
+	}
+	if err := a.state.commitApplied(ctx, d.Grant, d.Sequence, info.Size, &ch, raw); err != nil {
+		return err
+	}
+	a.log.Debug("batch applied", "grant", d.Grant, "seq", d.Sequence, "files", len(info.Header.Files))
+	return nil
+}
+
+func (a *Agent) sendReceipt(ctx context.Context, grant string, seq uint64) error {
+	raw, err := a.state.receipt(grant, seq)
+	if err != nil {
+		return fmt.Errorf("receipt %s/%d: %w", grant, seq, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.hub.URL("/v1/receipts"), bytes.NewReader(raw))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := a.hub.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("hub refused receipt: %s", apiError(resp))
+	}
+	return nil
+}

@@ -1,0 +1,268 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/batch"
+	"github.com/qianzhi/qianzhi/pkg/fsutil"
+	"github.com/qianzhi/qianzhi/pkg/seal"
+)
+
+// batchOverhead bounds the header and trailer of a batch for quota
+// reservations; the exact size is settled after writing.
+const batchOverhead = 64 << 10
+
+// produceLoop extracts batches of one resource for each of its grants.
+func (a *Agent) produceLoop(ctx context.Context, resource string, src connectors.Source) {
+	log := a.log.With("resource", resource)
+	retry := time.NewTicker(a.cfg.Poll)
+	defer retry.Stop()
+	for {
+		grants, gen := a.providerGrants(resource)
+		for _, g := range grants {
+			if err := a.produceGrant(ctx, src, resource, g); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				log.Error("extraction failed; will retry", "grant", g.ID, "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-src.Changed():
+		case <-gen:
+		case <-retry.C:
+		}
+	}
+}
+
+// produceGrant seals batches for one grant until the source is idle.
+func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resource string, g api.GrantInfo) error {
+	scope := "src/" + g.ID
+	for {
+		if _, ok := a.grantActive(g.ID); !ok {
+			return nil
+		}
+		out := connectors.Output{Limit: int64(a.cfg.Batch.MaxBytes)}
+		err := src.Next(ctx, a.state.view(scope), &out)
+		if errors.Is(err, connectors.ErrIdle) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if out.Empty() {
+			if err := a.state.commitChanges(ctx, scope, &out.Changes); err != nil {
+				return err
+			}
+			continue
+		}
+		reserved := int64(len(out.Body)) + batchOverhead
+		waited, err := a.spool.reserve(ctx, reserved)
+		if waited {
+			a.state.Add(CounterSpoolFullWaits, 1)
+		}
+		if err != nil {
+			return err
+		}
+		size, err := a.seal(ctx, resource, g, &out)
+		if err != nil {
+			a.spool.release(reserved)
+			return err
+		}
+		a.spool.release(reserved - size)
+		select {
+		case a.uploadKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// seal writes one batch to the spool durably, then commits it with the
+// source's checkpoint.
+func (a *Agent) seal(ctx context.Context, resource string, g api.GrantInfo, out *connectors.Output) (int64, error) {
+	seq, err := a.state.nextSeq(g.ID)
+	if err != nil {
+		return 0, err
+	}
+	level := compressionLevels[a.cfg.Batch.Compression]
+	h := batch.Header{
+		Version: batch.FormatVersion, Kind: out.Kind, Resource: resource, Grant: g.ID,
+		Provider: a.id.NodeID, Consumer: g.Consumer, Sequence: seq, Created: time.Now().UTC(),
+		Compression: "zstd", Level: level, BodyLen: int64(len(out.Body)), Files: out.Files,
+	}
+	if level == 0 {
+		h.Compression, h.Level = "none", 0
+	}
+	name := batchName(g.ID, seq)
+	size, err := batch.Create(a.spoolPath(name), h, bytes.NewReader(out.Body), a.id.Seal)
+	if err != nil {
+		os.Remove(a.spoolPath(name))
+		return 0, fmt.Errorf("seal batch %s: %w", name, err)
+	}
+	e := spoolEntry{Grant: g.ID, Seq: seq, Resource: resource, File: name, Size: size}
+	if err := a.state.commitSealed(ctx, e, &out.Changes); err != nil {
+		os.Remove(a.spoolPath(name))
+		return 0, fmt.Errorf("record batch %s: %w", name, err)
+	}
+	a.log.Debug("batch sealed", "grant", g.ID, "seq", seq, "bytes", size, "files", len(out.Files))
+	return size, nil
+}
+
+// uploadLoop sends spooled batches to the hub in spool order.
+func (a *Agent) uploadLoop(ctx context.Context) {
+	attempt := 0
+	for {
+		es, err := a.state.spooled()
+		if err != nil {
+			a.log.Error("read spool index", "err", err)
+		}
+		progressed := false
+		for _, e := range es {
+			if ctx.Err() != nil {
+				return
+			}
+			err := a.upload(ctx, e)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				attempt++
+				if attempt == 1 || attempt%20 == 0 {
+					a.log.Warn("upload failed; will resume", "grant", e.Grant, "seq", e.Seq, "err", err)
+				}
+				break
+			}
+			attempt = 0
+			progressed = true
+		}
+		if progressed {
+			continue
+		}
+		if attempt > 0 {
+			if !backoff(ctx, attempt) {
+				return
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.uploadKick:
+		case <-time.After(a.cfg.Poll):
+		}
+	}
+}
+
+// errStopped means a batch cannot be uploaded and was set aside.
+var errStopped = errors.New("batch set aside")
+
+// upload sends one batch, resuming from the bytes the hub already holds.
+func (a *Agent) upload(ctx context.Context, e spoolEntry) error {
+	path := a.spoolPath(e.File)
+	url := a.hub.URL("/v1/batches/" + e.Grant + "/" + strconv.FormatUint(e.Seq, 10))
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := a.hub.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusGone || resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusForbidden:
+		// The grant ended: nothing under it may be delivered any more.
+		a.log.Warn("grant no longer active; dropping its spooled batch", "grant", e.Grant, "seq", e.Seq, "status", resp.StatusCode)
+		return a.finish(ctx, e, "")
+	case resp.StatusCode != http.StatusOK:
+		return fmt.Errorf("upload status: %s", resp.Status)
+	case resp.Header.Get(api.HeaderComplete) == "1":
+		return a.finish(ctx, e, CounterUploaded)
+	}
+	off, err := strconv.ParseInt(resp.Header.Get(api.HeaderOffset), 10, 64)
+	if err != nil || off < 0 || off > e.Size {
+		off = 0
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("open spooled batch: %w", err)
+	}
+	defer f.Close()
+	// Count before sending, so a crash mid-request still counts its bytes.
+	if err := a.state.Add(CounterUploadAttempted, e.Size-off); err != nil {
+		return err
+	}
+	req, err = http.NewRequestWithContext(ctx, http.MethodPut, url, io.NewSectionReader(f, off, e.Size-off))
+	if err != nil {
+		return err
+	}
+	req.ContentLength = e.Size - off
+	req.Header.Set(api.HeaderOffset, strconv.FormatInt(off, 10))
+	req.Header.Set(api.HeaderTotal, strconv.FormatInt(e.Size, 10))
+	resp, err = a.hub.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusCreated:
+		return a.finish(ctx, e, CounterUploaded)
+	case http.StatusAccepted, http.StatusConflict:
+		return fmt.Errorf("upload incomplete (%s); resuming", resp.Status)
+	case http.StatusGone:
+		return a.finish(ctx, e, "")
+	case http.StatusUnprocessableEntity:
+		return a.rejected(ctx, e, apiError(resp))
+	}
+	return fmt.Errorf("upload: %s", apiError(resp))
+}
+
+// rejected handles the hub's refusal of a batch. If our copy verifies, the
+// hub's copy was damaged in transit: start over from byte zero. If it does
+// not, the spooled file itself is damaged: quarantine it, record it, and
+// stop this grant's line so the gap is visible rather than silent.
+func (a *Agent) rejected(ctx context.Context, e spoolEntry, reason string) error {
+	path := a.spoolPath(e.File)
+	_, verr := batch.VerifyFile(path, func(string) (seal.PublicKey, error) { return a.id.Seal.Public(), nil })
+	a.state.reject(e.Grant, e.Seq, "hub", reason)
+	if verr == nil {
+		a.log.Warn("hub rejected a batch that verifies here; sending it again", "grant", e.Grant, "seq", e.Seq, "reason", reason)
+		return fmt.Errorf("hub rejected batch %s/%d: %s", e.Grant, e.Seq, reason)
+	}
+	q := a.spoolPath("quarantine")
+	os.MkdirAll(q, 0o750)
+	os.Rename(path, q+"/"+e.File)
+	a.log.Error("spooled batch is damaged; quarantined it, the line for this grant stops here", "grant", e.Grant, "seq", e.Seq, "err", verr)
+	a.quarantine(e)
+	a.spool.release(e.Size)
+	return fmt.Errorf("%w: batch %s/%d damaged in the spool: %v", errStopped, e.Grant, e.Seq, verr)
+}
+
+// quarantine takes a damaged batch out of the upload order.
+func (a *Agent) quarantine(e spoolEntry) {
+	a.state.db.Exec(`UPDATE spool SET id = -id WHERE id = ?`, e.ID)
+}
+
+// finish removes an uploaded (or obsolete) batch: index first, then file,
+// so a crash between leaves only an orphan file that start-up removes.
+func (a *Agent) finish(ctx context.Context, e spoolEntry, counter string) error {
+	if err := a.state.unspool(ctx, e.ID, counter, e.Size); err != nil {
+		return err
+	}
+	os.Remove(a.spoolPath(e.File))
+	fsutil.SyncDir(a.cfg.spoolDir())
+	a.spool.release(e.Size)
+	return nil
+}

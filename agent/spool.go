@@ -1,0 +1,86 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// spool accounts for the bytes of sealed batches waiting for upload and
+// makes producers wait when the quota is reached (backpressure): nothing
+// is dropped, extraction just pauses.
+type spool struct {
+	dir   string
+	quota int64
+
+	mu    sync.Mutex
+	used  int64
+	freed chan struct{} // closed and replaced on every release
+}
+
+// openSpool sums the indexed batches and removes files the index does not
+// know: temporary files and batches written by a process that died before
+// its commit. Their sources' checkpoints did not move, so they are
+// produced again.
+func openSpool(dir string, quota int64, st *State) (*spool, error) {
+	s := &spool{dir: dir, quota: quota, freed: make(chan struct{})}
+	es, err := st.spooled()
+	if err != nil {
+		return nil, err
+	}
+	known := map[string]bool{}
+	for _, e := range es {
+		known[e.File] = true
+		s.used += e.Size
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range ents {
+		if !d.IsDir() && !known[d.Name()] {
+			os.Remove(filepath.Join(dir, d.Name()))
+		}
+	}
+	return s, nil
+}
+
+// reserve waits until n more bytes fit under the quota. A batch always fits
+// into an empty spool, so a quota smaller than one batch cannot deadlock.
+// It reports whether it had to wait.
+func (s *spool) reserve(ctx context.Context, n int64) (bool, error) {
+	waited := false
+	for {
+		s.mu.Lock()
+		if s.used == 0 || s.used+n <= s.quota {
+			s.used += n
+			s.mu.Unlock()
+			return waited, nil
+		}
+		c := s.freed
+		s.mu.Unlock()
+		waited = true
+		select {
+		case <-ctx.Done():
+			return waited, ctx.Err()
+		case <-c:
+		}
+	}
+}
+
+// release returns n bytes to the quota.
+func (s *spool) release(n int64) {
+	s.mu.Lock()
+	s.used -= n
+	close(s.freed)
+	s.freed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// usage reports the bytes in use and the quota.
+func (s *spool) usage() (int64, int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.used, s.quota
+}

@@ -1,0 +1,346 @@
+package agent
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/sqlitedb"
+)
+
+var stateSchema = []string{
+	// Connector state per grant, scope "src/GRANT" or "sink/GRANT".
+	`CREATE TABLE IF NOT EXISTS kv (scope TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (scope, key))`,
+	// Next sequence number to seal, per grant.
+	`CREATE TABLE IF NOT EXISTS seqs (grant_id TEXT PRIMARY KEY, next INTEGER NOT NULL)`,
+	// Sealed batches waiting for upload, in spool order.
+	`CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY, grant_id TEXT NOT NULL, seq INTEGER NOT NULL, resource TEXT NOT NULL, file TEXT NOT NULL, size INTEGER NOT NULL, created TEXT NOT NULL, UNIQUE (grant_id, seq))`,
+	// Grants as last heard from the hub, so a restart without the hub
+	// keeps producing.
+	`CREATE TABLE IF NOT EXISTS grants (id TEXT PRIMARY KEY, info TEXT NOT NULL)`,
+	// Last applied sequence per consumed grant.
+	`CREATE TABLE IF NOT EXISTS applied (grant_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, at TEXT NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS receipts (grant_id TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (grant_id, seq))`,
+	`CREATE TABLE IF NOT EXISTS rejections (id INTEGER PRIMARY KEY, at TEXT NOT NULL, grant_id TEXT NOT NULL, seq INTEGER NOT NULL, side TEXT NOT NULL, reason TEXT NOT NULL)`,
+	// Monotonic counters, for status and for tests that bound re-sent bytes.
+	`CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)`,
+}
+
+// Counter names.
+const (
+	CounterUploadAttempted   = "upload_bytes_attempted"   // sum of (size - resume offset) over upload requests
+	CounterUploaded          = "upload_bytes_completed"   // sum of sizes of batches the hub stored
+	CounterDownloadAttempted = "download_bytes_attempted" // sum of (size - resume offset) over download requests
+	CounterApplied           = "applied_bytes"            // sum of sizes of batches applied
+	CounterBatchesSealed     = "batches_sealed"
+	CounterBatchesApplied    = "batches_applied"
+	CounterSpoolFullWaits    = "spool_full_waits"
+	CounterRejected          = "batches_rejected"
+)
+
+// State is the agent's embedded database.
+type State struct {
+	db *sql.DB
+}
+
+// OpenState opens or creates the state database.
+func OpenState(path string) (*State, error) {
+	db, err := sqlitedb.Open(path, stateSchema)
+	if err != nil {
+		return nil, err
+	}
+	return &State{db: db}, nil
+}
+
+// Close closes the database.
+func (s *State) Close() error { return s.db.Close() }
+
+// view reads one scope's committed state.
+type view struct {
+	db    *sql.DB
+	scope string
+}
+
+var _ connectors.State = view{}
+
+func (v view) Get(key string) ([]byte, bool, error) {
+	var b []byte
+	err := v.db.QueryRow(`SELECT value FROM kv WHERE scope = ? AND key = ?`, v.scope, key).Scan(&b)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, false, nil
+	}
+	return b, err == nil, err
+}
+
+func (v view) Scan(prefix string, fn func(string, []byte) error) error {
+	rows, err := v.db.Query(`SELECT key, value FROM kv WHERE scope = ? AND key >= ? AND key < ? ORDER BY key`, v.scope, prefix, prefix+"\xff")
+	if err != nil {
+		return err
+	}
+	type kv struct {
+		k string
+		v []byte
+	}
+	var all []kv
+	for rows.Next() {
+		var e kv
+		if err := rows.Scan(&e.k, &e.v); err != nil {
+			rows.Close()
+			return err
+		}
+		all = append(all, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, e := range all {
+		if err := fn(e.k, e.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *State) view(scope string) connectors.State { return view{db: s.db, scope: scope} }
+
+func applyChanges(tx *sql.Tx, scope string, ch *connectors.Changes) error {
+	return ch.Each(func(k string, v []byte) error {
+		var err error
+		if v == nil {
+			_, err = tx.Exec(`DELETE FROM kv WHERE scope = ? AND key = ?`, scope, k)
+		} else {
+			_, err = tx.Exec(`INSERT INTO kv (scope, key, value) VALUES (?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value`, scope, k, v)
+		}
+		return err
+	})
+}
+
+func (s *State) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func addCounter(tx interface {
+	Exec(string, ...any) (sql.Result, error)
+}, name string, n int64) error {
+	_, err := tx.Exec(`INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value`, name, n)
+	return err
+}
+
+// Add increments a counter on its own.
+func (s *State) Add(name string, n int64) error { return addCounter(s.db, name, n) }
+
+// Counters returns every counter.
+func (s *State) Counters() (map[string]int64, error) {
+	rows, err := s.db.Query(`SELECT name, value FROM counters`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var k string
+		var v int64
+		if err := rows.Scan(&k, &v); err != nil {
+			return nil, err
+		}
+		out[k] = v
+	}
+	return out, rows.Err()
+}
+
+// commitChanges commits state changes that produced no batch.
+func (s *State) commitChanges(ctx context.Context, scope string, ch *connectors.Changes) error {
+	return s.tx(ctx, func(tx *sql.Tx) error { return applyChanges(tx, scope, ch) })
+}
+
+func (s *State) nextSeq(grant string) (uint64, error) {
+	var n uint64
+	err := s.db.QueryRow(`SELECT next FROM seqs WHERE grant_id = ?`, grant).Scan(&n)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 1, nil
+	}
+	return n, err
+}
+
+// spoolEntry is a sealed batch waiting for upload.
+type spoolEntry struct {
+	ID       int64
+	Grant    string
+	Seq      uint64
+	Resource string
+	File     string
+	Size     int64
+}
+
+// commitSealed records a spooled batch, the source's state changes and the
+// next sequence number, atomically: the checkpoint moves only with a durable
+// batch.
+func (s *State) commitSealed(ctx context.Context, e spoolEntry, ch *connectors.Changes) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO spool (grant_id, seq, resource, file, size, created) VALUES (?, ?, ?, ?, ?, ?)`,
+			e.Grant, e.Seq, e.Resource, e.File, e.Size, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(`INSERT INTO seqs (grant_id, next) VALUES (?, ?) ON CONFLICT (grant_id) DO UPDATE SET next = excluded.next`, e.Grant, e.Seq+1); err != nil {
+			return err
+		}
+		if err := addCounter(tx, CounterBatchesSealed, 1); err != nil {
+			return err
+		}
+		return applyChanges(tx, "src/"+e.Grant, ch)
+	})
+}
+
+func (s *State) spooled() ([]spoolEntry, error) {
+	rows, err := s.db.Query(`SELECT id, grant_id, seq, resource, file, size FROM spool WHERE id > 0 ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []spoolEntry
+	for rows.Next() {
+		var e spoolEntry
+		if err := rows.Scan(&e.ID, &e.Grant, &e.Seq, &e.Resource, &e.File, &e.Size); err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// unspool removes a batch from the index; the caller deletes the file after.
+func (s *State) unspool(ctx context.Context, id int64, counter string, n int64) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`DELETE FROM spool WHERE id = ?`, id); err != nil {
+			return err
+		}
+		if counter != "" {
+			return addCounter(tx, counter, n)
+		}
+		return nil
+	})
+}
+
+func (s *State) saveGrants(ctx context.Context, gs []api.GrantInfo) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`DELETE FROM grants`); err != nil {
+			return err
+		}
+		for _, g := range gs {
+			b, _ := json.Marshal(g)
+			if _, err := tx.Exec(`INSERT INTO grants (id, info) VALUES (?, ?)`, g.ID, string(b)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (s *State) loadGrants() ([]api.GrantInfo, error) {
+	rows, err := s.db.Query(`SELECT info FROM grants ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []api.GrantInfo
+	for rows.Next() {
+		var b string
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		var g api.GrantInfo
+		if err := json.Unmarshal([]byte(b), &g); err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	return out, rows.Err()
+}
+
+func (s *State) applied(grant string) (uint64, error) {
+	var n uint64
+	err := s.db.QueryRow(`SELECT seq FROM applied WHERE grant_id = ?`, grant).Scan(&n)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return n, err
+}
+
+// commitApplied records an applied batch with the sink's state and the
+// receipt, atomically.
+func (s *State) commitApplied(ctx context.Context, grant string, seq uint64, size int64, ch *connectors.Changes, receipt []byte) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO applied (grant_id, seq, at) VALUES (?, ?, ?) ON CONFLICT (grant_id) DO UPDATE SET seq = excluded.seq, at = excluded.at`,
+			grant, seq, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(`INSERT INTO receipts (grant_id, seq, body) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, grant, seq, receipt); err != nil {
+			return err
+		}
+		if err := addCounter(tx, CounterBatchesApplied, 1); err != nil {
+			return err
+		}
+		if err := addCounter(tx, CounterApplied, size); err != nil {
+			return err
+		}
+		return applyChanges(tx, "sink/"+grant, ch)
+	})
+}
+
+func (s *State) receipt(grant string, seq uint64) ([]byte, error) {
+	var b []byte
+	err := s.db.QueryRow(`SELECT body FROM receipts WHERE grant_id = ? AND seq = ?`, grant, seq).Scan(&b)
+	return b, err
+}
+
+func (s *State) reject(grant string, seq uint64, side, reason string) error {
+	return s.tx(context.Background(), func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`INSERT INTO rejections (at, grant_id, seq, side, reason) VALUES (?, ?, ?, ?, ?)`,
+			time.Now().UTC().Format(time.RFC3339Nano), grant, seq, side, reason); err != nil {
+			return err
+		}
+		return addCounter(tx, CounterRejected, 1)
+	})
+}
+
+// Rejection is a batch this agent or the hub refused.
+type Rejection struct {
+	At     time.Time `json:"at"`
+	Grant  string    `json:"grant"`
+	Seq    uint64    `json:"seq"`
+	Side   string    `json:"side"` // "hub" (our upload refused) or "consumer" (we refused a delivery)
+	Reason string    `json:"reason"`
+}
+
+// Rejections lists every recorded rejection.
+func (s *State) Rejections() ([]Rejection, error) {
+	rows, err := s.db.Query(`SELECT at, grant_id, seq, side, reason FROM rejections ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Rejection
+	for rows.Next() {
+		var r Rejection
+		var at string
+		if err := rows.Scan(&at, &r.Grant, &r.Seq, &r.Side, &r.Reason); err != nil {
+			return nil, err
+		}
+		r.At, _ = time.Parse(time.RFC3339Nano, at)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}

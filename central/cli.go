@@ -1,0 +1,342 @@
+package central
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/qianzhi/qianzhi/central/store"
+	"github.com/qianzhi/qianzhi/pkg/cli"
+	"github.com/qianzhi/qianzhi/pkg/logging"
+	"github.com/qianzhi/qianzhi/pkg/pki"
+	"github.com/qianzhi/qianzhi/pkg/version"
+)
+
+// DefaultConfigPath is read when --config is not given and it exists.
+const DefaultConfigPath = "/etc/qianzhi/central.yaml"
+
+const usage = `qz-central — the Qianzhi hub
+
+Usage:
+  qz-central init                     create the CA, server certificate and database
+  qz-central run                      serve agents (QUIC and TLS/TCP)
+  qz-central config check             validate the configuration file
+  qz-central node add ID --name NAME  add a node and print its one-time enrolment token
+  qz-central node token ID            print a new enrolment token for a node
+  qz-central node revoke ID           refuse the node's certificate from now on
+  qz-central node list
+  qz-central grant add --resource R --consumer NODE [--expires 720h]
+  qz-central grant revoke GRANT_ID
+  qz-central grant list
+  qz-central audit verify             check the audit log's hash chain
+  qz-central audit list
+  qz-central version
+
+Every command takes --config FILE (default ` + DefaultConfigPath + ` when present).
+`
+
+// Run is qz-central's main; it returns the error to print.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	args = cli.Hoist(args)
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	cmd, rest := args[0], args[1:]
+	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config") && len(rest) > 0 {
+		cmd, rest = cmd+" "+rest[0], rest[1:]
+	}
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	cfgPath := fs.String("config", "", "configuration file")
+	name := fs.String("name", "", "node display name")
+	resource := fs.String("resource", "", "resource ID")
+	consumer := fs.String("consumer", "", "consumer node ID")
+	expires := fs.Duration("expires", 0, "grant lifetime (0: no end)")
+	pos, err := cli.Parse(fs, rest)
+	if err != nil {
+		return err
+	}
+	if cmd == "version" {
+		fmt.Fprintln(stdout, version.String("qz-central"))
+		return nil
+	}
+	path := *cfgPath
+	if path == "" {
+		if _, err := os.Stat(DefaultConfigPath); err == nil {
+			path = DefaultConfigPath
+		}
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		return err
+	}
+	switch cmd {
+	case "config check":
+		fmt.Fprintf(stdout, "%s: OK\n", orDefaults(path))
+		return nil
+	case "init":
+		return initHub(cfg, stdout)
+	case "run":
+		log := logging.New(stderr, cfg.LogLevel, "")
+		h, err := Open(cfg, log)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		return h.Serve(ctx, nil)
+	}
+	st, err := openStore(cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	switch cmd {
+	case "node add":
+		if err := cli.Want(pos, 1, "qz-central node add NODE_ID --name NAME"); err != nil {
+			return err
+		}
+		if *name == "" {
+			return cli.Usagef("--name is required: the department's name, e.g. --name \"市人社局\"")
+		}
+		if err := validID(pos[0]); err != nil {
+			return err
+		}
+		tok, err := newToken(cfg)
+		if err != nil {
+			return err
+		}
+		if err := st.AddNode(ctx, pos[0], *name, tok.Hash(), time.Now().Add(cfg.TokenTTL)); err != nil {
+			if errors.Is(err, store.ErrExists) {
+				return fmt.Errorf("%w; use 'qz-central node token %s' for a new token", err, pos[0])
+			}
+			return err
+		}
+		fmt.Fprintf(stderr, "node %s added; its enrolment token (single use, valid %s):\n", pos[0], cfg.TokenTTL)
+		fmt.Fprintln(stdout, tok)
+		return nil
+	case "node token":
+		if err := cli.Want(pos, 1, "qz-central node token NODE_ID"); err != nil {
+			return err
+		}
+		tok, err := newToken(cfg)
+		if err != nil {
+			return err
+		}
+		if err := st.NewToken(ctx, pos[0], tok.Hash(), time.Now().Add(cfg.TokenTTL)); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, tok)
+		return nil
+	case "node revoke":
+		if err := cli.Want(pos, 1, "qz-central node revoke NODE_ID"); err != nil {
+			return err
+		}
+		if err := st.RevokeNode(ctx, pos[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "node %s revoked: its certificate is refused from now on\n", pos[0])
+		return nil
+	case "node list":
+		ns, err := st.Nodes(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NODE\tNAME\tSTATUS\tCERT EXPIRES\tSEAL KEY")
+		for _, n := range ns {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.ID, n.Name, n.Status, day(n.CertExpiry), n.SealPub)
+		}
+		return tw.Flush()
+	case "grant add":
+		if *resource == "" || *consumer == "" {
+			return cli.Usagef("qz-central grant add --resource RESOURCE --consumer NODE_ID")
+		}
+		r, err := st.Resource(ctx, *resource)
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("resource %s is not known: its provider's agent registers it when it starts with the resource in its config", *resource)
+		}
+		if err != nil {
+			return err
+		}
+		c, err := st.Node(ctx, *consumer)
+		if err != nil {
+			return fmt.Errorf("consumer: %w; add it with 'qz-central node add'", err)
+		}
+		if c.Status == store.NodeRevoked {
+			return fmt.Errorf("consumer %s is revoked", c.ID)
+		}
+		if c.ID == r.Provider {
+			return fmt.Errorf("node %s provides %s itself; a grant needs another consumer", c.ID, r.ID)
+		}
+		g := store.Grant{ID: "g-" + randHex(6), Resource: r.ID, Provider: r.Provider, Consumer: c.ID, Mode: "batch"}
+		if *expires > 0 {
+			g.Expires = time.Now().Add(*expires)
+		}
+		if err := st.AddGrant(ctx, g); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, g.ID)
+		return nil
+	case "grant revoke":
+		if err := cli.Want(pos, 1, "qz-central grant revoke GRANT_ID"); err != nil {
+			return err
+		}
+		if err := st.RevokeGrant(ctx, pos[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "grant %s revoked: nothing more is delivered under it\n", pos[0])
+		return nil
+	case "grant list":
+		gs, err := st.Grants(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "GRANT\tRESOURCE\tPROVIDER\tCONSUMER\tMODE\tSTATUS\tEXPIRES")
+		for _, g := range gs {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, g.Status, day(g.Expires))
+		}
+		return tw.Flush()
+	case "audit list":
+		recs, err := st.AuditLog(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tACTION\tSUBJECT\tDETAIL")
+		for _, r := range recs {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.At.Local().Format(time.DateTime), r.Actor, r.Action, r.Subject, r.Detail)
+		}
+		return tw.Flush()
+	case "audit verify":
+		recs, err := st.AuditLog(ctx)
+		if err != nil {
+			return err
+		}
+		if err := VerifyAudit(recs); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "audit log intact: %d records\n", len(recs))
+		return nil
+	}
+	return cli.Usagef("unknown command %q; run 'qz-central help'", strings.Join(args, " "))
+}
+
+// VerifyAudit checks the hash chain: a changed, removed or reordered record
+// breaks it.
+func VerifyAudit(recs []store.AuditRecord) error {
+	prev := ""
+	for i, r := range recs {
+		if r.Seq != int64(i+1) {
+			return fmt.Errorf("audit record %d is missing or out of order (found %d)", i+1, r.Seq)
+		}
+		if r.Prev != prev || store.AuditHash(r) != r.Hash {
+			return fmt.Errorf("audit record %d was changed: its hash does not match the chain", r.Seq)
+		}
+		prev = r.Hash
+	}
+	return nil
+}
+
+func orDefaults(p string) string {
+	if p == "" {
+		return "built-in defaults"
+	}
+	return p
+}
+
+func day(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format(time.DateOnly)
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// validID accepts node IDs such as unified social credit codes.
+func validID(id string) error {
+	if id == "" || len(id) > 64 {
+		return cli.Usagef("node ID must be 1 to 64 characters")
+	}
+	for _, r := range id {
+		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return cli.Usagef("node ID %q may hold only letters, digits, '-', '_' and '.'", id)
+		}
+	}
+	return nil
+}
+
+func openStore(cfg Config) (store.Store, error) {
+	if _, err := os.Stat(cfg.caCert()); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no CA in %s; run 'qz-central init' first", ErrNotInitialised, cfg.StateDir)
+	}
+	return store.OpenSQLite(cfg.dbPath())
+}
+
+func newToken(cfg Config) (pki.Token, error) {
+	b, err := os.ReadFile(cfg.caCert())
+	if err != nil {
+		return pki.Token{}, err
+	}
+	c, err := pki.ParseCertPEM(b)
+	if err != nil {
+		return pki.Token{}, err
+	}
+	return pki.NewToken(pki.Fingerprint(c))
+}
+
+func initHub(cfg Config, stdout io.Writer) error {
+	if _, err := os.Stat(cfg.caCert()); err == nil {
+		return fmt.Errorf("hub already initialised in %s (a new CA would orphan every enrolled node)", cfg.StateDir)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	ca, err := pki.NewCA("Qianzhi hub CA", 10*365*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	srv, err := ca.IssueServer(key.Public(), cfg.Hosts, 2*365*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	// The CA certificate goes last: its presence marks a finished init.
+	for _, step := range []func() error{
+		func() error { return pki.SaveKey(cfg.caKey(), ca.Key) },
+		func() error { return pki.SaveKey(cfg.serverKey(), key) },
+		func() error { return pki.SaveCert(cfg.serverCert(), srv) },
+		func() error {
+			st, err := store.OpenSQLite(cfg.dbPath())
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			return st.Audit(context.Background(), "operator", "hub.init", pki.Fingerprint(ca.Cert), "hosts="+strings.Join(cfg.Hosts, ","))
+		},
+		func() error { return pki.SaveCert(cfg.caCert(), ca.Cert) },
+	} {
+		if err := step(); err != nil {
+			return fmt.Errorf("init: %w", err)
+		}
+	}
+	fmt.Fprintf(stdout, "hub initialised in %s\nCA fingerprint (SHA-256): %s\n", cfg.StateDir, pki.Fingerprint(ca.Cert))
+	return nil
+}

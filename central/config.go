@@ -1,0 +1,110 @@
+// Package central is the hub, qz-central: it enrols nodes and runs their CA,
+// keeps resources and grants, verifies, stores and routes sealed batches
+// between agents, records receipts, and audits every change in a
+// hash-chained log.
+package central
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/qianzhi/qianzhi/pkg/config"
+)
+
+// Config is qz-central's configuration file.
+type Config struct {
+	// Listen is the address for both QUIC (UDP) and TLS/TCP.
+	Listen string `yaml:"listen"`
+	// QUIC and TCP enable each transport.
+	QUIC bool `yaml:"quic"`
+	TCP  bool `yaml:"tcp"`
+	// StateDir holds the database, the CA and the payload folder.
+	StateDir string `yaml:"state_dir"`
+	// Hosts are the names and addresses agents use to reach the hub; they
+	// go into the hub's server certificate at init.
+	Hosts []string `yaml:"hosts"`
+	// Retention is how long a batch's payload is kept after its receipt.
+	Retention time.Duration `yaml:"retention"`
+	// TokenTTL is how long an enrolment token stays valid.
+	TokenTTL time.Duration `yaml:"token_ttl"`
+	// CertValidity is the lifetime of node certificates.
+	CertValidity time.Duration `yaml:"cert_validity"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+}
+
+// DefaultConfig returns the defaults used when a key is absent.
+func DefaultConfig() Config {
+	return Config{
+		Listen:       "127.0.0.1:7443",
+		QUIC:         true,
+		TCP:          true,
+		StateDir:     "/var/lib/qianzhi/central",
+		Hosts:        []string{"127.0.0.1", "localhost"},
+		Retention:    7 * 24 * time.Hour,
+		TokenTTL:     24 * time.Hour,
+		CertValidity: 365 * 24 * time.Hour,
+		LogLevel:     "info",
+	}
+}
+
+// LoadConfig reads and validates a config file; path "" means defaults.
+func LoadConfig(path string) (Config, error) {
+	c := DefaultConfig()
+	if path != "" {
+		if err := config.Load(path, &c); err != nil {
+			return c, err
+		}
+	}
+	if err := c.Validate(); err != nil {
+		if path == "" {
+			path = "defaults"
+		}
+		return c, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate gathers every problem.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen %q: want host:port, e.g. 0.0.0.0:7443", c.Listen))
+	}
+	if !c.QUIC && !c.TCP {
+		errs = append(errs, errors.New("quic and tcp are both off: enable at least one"))
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		errs = append(errs, fmt.Errorf("state_dir %q must be an absolute path", c.StateDir))
+	}
+	if len(c.Hosts) == 0 {
+		errs = append(errs, errors.New("hosts is empty: list the names or addresses agents dial"))
+	}
+	if c.Retention < 0 {
+		errs = append(errs, errors.New("retention must not be negative"))
+	}
+	if c.TokenTTL <= 0 {
+		errs = append(errs, errors.New("token_ttl must be positive"))
+	}
+	if c.CertValidity < time.Minute {
+		errs = append(errs, errors.New("cert_validity must be at least 1m"))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level %q: use debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
+
+// Paths of the hub's files under StateDir.
+func (c *Config) dbPath() string     { return filepath.Join(c.StateDir, "central.db") }
+func (c *Config) caCert() string     { return filepath.Join(c.StateDir, "ca.crt") }
+func (c *Config) caKey() string      { return filepath.Join(c.StateDir, "ca.key") }
+func (c *Config) serverCert() string { return filepath.Join(c.StateDir, "server.crt") }
+func (c *Config) serverKey() string  { return filepath.Join(c.StateDir, "server.key") }
+func (c *Config) payloadDir() string { return filepath.Join(c.StateDir, "payload") }
+func (c *Config) partialDir() string { return filepath.Join(c.StateDir, "payload", "partial") }

@@ -1,0 +1,14 @@
+package central
+
+import "testing"
+
+// TestExampleConfig loads configs/central.yaml so the example cannot rot.
+func TestExampleConfig(t *testing.T) {
+	c, err := LoadConfig("../configs/central.yaml")
+	if err != nil {
+		t.Fatalf("example config: %v", err)
+	}
+	if d := DefaultConfig(); c.Listen != d.Listen || c.Retention != d.Retention || c.TokenTTL != d.TokenTTL || c.CertValidity != d.CertValidity {
+		t.Errorf("example's stated defaults differ from the built-in ones: %+v vs %+v", c, d)
+	}
+}

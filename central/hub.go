@@ -1,0 +1,628 @@
+package central
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/qianzhi/qianzhi/central/store"
+	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/batch"
+	"github.com/qianzhi/qianzhi/pkg/fsutil"
+	"github.com/qianzhi/qianzhi/pkg/pki"
+	"github.com/qianzhi/qianzhi/pkg/receipt"
+	"github.com/qianzhi/qianzhi/pkg/seal"
+	"github.com/qianzhi/qianzhi/transport"
+)
+
+// Hub is a running hub.
+type Hub struct {
+	cfg   Config
+	store store.Store
+	ca    *pki.CA
+	tls   *tls.Config
+	log   *slog.Logger
+	now   func() time.Time
+
+	mu      sync.Mutex
+	waiters map[string]chan struct{} // consumer node → wake-up
+	uploads map[string]*sync.Mutex   // grant/seq → one upload at a time
+}
+
+// ErrNotInitialised means qz-central init has not run for this state dir.
+var ErrNotInitialised = errors.New("hub is not initialised")
+
+// Open loads the hub's CA, keys and database.
+func Open(cfg Config, log *slog.Logger) (*Hub, error) {
+	if _, err := os.Stat(cfg.caCert()); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no CA in %s; run 'qz-central init' first", ErrNotInitialised, cfg.StateDir)
+	}
+	ca, err := pki.LoadCA(cfg.caCert(), cfg.caKey())
+	if err != nil {
+		return nil, fmt.Errorf("load CA: %w", err)
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.serverCert(), cfg.serverKey())
+	if err != nil {
+		return nil, fmt.Errorf("load server certificate: %w", err)
+	}
+	cert.Certificate = append(cert.Certificate, ca.Cert.Raw) // send the CA so a new agent can pin it
+	st, err := store.OpenSQLite(cfg.dbPath())
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []string{cfg.payloadDir(), cfg.partialDir()} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("prepare payload folder: %w", err)
+		}
+	}
+	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now,
+		waiters: map[string]chan struct{}{}, uploads: map[string]*sync.Mutex{}}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	h.tls = &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{cert},
+		ClientCAs:        pool,
+		ClientAuth:       tls.VerifyClientCertIfGiven, // enrolment comes without one
+		VerifyConnection: h.verifyConnection,
+	}
+	return h, nil
+}
+
+// Store exposes the hub's store to the admin CLI and tests.
+func (h *Hub) Store() store.Store { return h.store }
+
+// Close closes the database.
+func (h *Hub) Close() error { return h.store.Close() }
+
+// verifyConnection refuses, at the handshake, certificates of revoked or
+// replaced nodes. Chain validation against the CA has already happened.
+func (h *Hub) verifyConnection(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return nil // enrolment or ping only; handlers require a node
+	}
+	c := cs.PeerCertificates[0]
+	n, err := h.store.Node(context.Background(), c.Subject.CommonName)
+	if err != nil {
+		h.log.Warn("handshake refused: unknown node", "node", c.Subject.CommonName)
+		return fmt.Errorf("unknown node %q", c.Subject.CommonName)
+	}
+	if n.Status != store.NodeActive {
+		h.log.Warn("handshake refused: node not active", "node", n.ID, "status", n.Status)
+		return fmt.Errorf("node %s is %s", n.ID, n.Status)
+	}
+	if n.CertSerial != c.SerialNumber.Text(16) {
+		h.log.Warn("handshake refused: superseded certificate", "node", n.ID)
+		return fmt.Errorf("certificate of node %s was superseded", n.ID)
+	}
+	return nil
+}
+
+// Serve runs the hub until ctx ends. ready, if not nil, receives the bound
+// addresses once listening.
+func (h *Hub) Serve(ctx context.Context, ready func(quicAddr, tcpAddr string)) error {
+	srv := &transport.Server{Handler: h.Handler(), TLS: h.tls, Logger: h.log}
+	q, t := "", ""
+	if h.cfg.QUIC {
+		q = h.cfg.Listen
+	}
+	if h.cfg.TCP {
+		t = h.cfg.Listen
+	}
+	if err := srv.Listen(q, t); err != nil {
+		return err
+	}
+	h.log.Info("hub listening", "quic", srv.QUICAddr(), "tcp", srv.TCPAddr())
+	if ready != nil {
+		ready(srv.QUICAddr(), srv.TCPAddr())
+	}
+	go h.janitor(ctx)
+	return srv.Serve(ctx)
+}
+
+// janitor deletes payloads whose receipts are in and whose retention passed.
+func (h *Hub) janitor(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		h.Purge(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Purge deletes expired payloads now.
+func (h *Hub) Purge(ctx context.Context) {
+	bs, err := h.store.Purgeable(ctx, h.now().Add(-h.cfg.Retention))
+	if err != nil {
+		h.log.Error("list purgeable batches", "err", err)
+		return
+	}
+	for _, b := range bs {
+		// Record first, then delete: a crash between leaves a stray file
+		// (harmless), never a record pointing at nothing.
+		if err := h.store.MarkPurged(ctx, b.Grant, b.Sequence); err != nil {
+			h.log.Error("mark batch purged", "err", err)
+			return
+		}
+		os.Remove(h.payloadPath(b.Grant, b.Sequence))
+	}
+}
+
+func (h *Hub) payloadPath(grant string, seq uint64) string {
+	return filepath.Join(h.cfg.payloadDir(), grant, strconv.FormatUint(seq, 10)+".qzb")
+}
+
+func (h *Hub) partialPath(grant string, seq uint64) string {
+	return filepath.Join(h.cfg.partialDir(), grant+"-"+strconv.FormatUint(seq, 10)+".part")
+}
+
+// Handler is the hub's HTTP API, the same over HTTP/3 and HTTP/2.
+func (h *Hub) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("POST /v1/enroll", h.enroll)
+	mux.Handle("POST /v1/resources", h.node(h.registerResources))
+	mux.Handle("GET /v1/grants", h.node(h.listGrants))
+	mux.Handle("GET /v1/nodes/{id}/seal", h.node(h.sealKey))
+	mux.Handle("HEAD /v1/batches/{grant}/{seq}", h.node(h.uploadStatus))
+	mux.Handle("PUT /v1/batches/{grant}/{seq}", h.node(h.upload))
+	mux.Handle("GET /v1/batches/{grant}/{seq}", h.node(h.download))
+	mux.Handle("GET /v1/deliveries", h.node(h.deliveries))
+	mux.Handle("POST /v1/receipts", h.node(h.receipt))
+	mux.Handle("POST /v1/rejections", h.node(h.rejection))
+	return mux
+}
+
+type ctxKey struct{}
+
+// node admits only requests from an enrolled node's certificate.
+func (h *Hub) node(fn http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+			httpError(w, http.StatusUnauthorized, "a node certificate is required; enrol first with 'qz-agent enroll'")
+			return
+		}
+		id := r.TLS.PeerCertificates[0].Subject.CommonName
+		fn(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
+	})
+}
+
+func nodeID(r *http.Request) string { return r.Context().Value(ctxKey{}).(string) }
+
+func httpError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(api.Error{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func (h *Hub) internal(w http.ResponseWriter, op string, err error) {
+	h.log.Error("request failed", "op", op, "err", err)
+	httpError(w, http.StatusInternalServerError, op+": internal error; see the hub log")
+}
+
+func (h *Hub) enroll(w http.ResponseWriter, r *http.Request) {
+	var req api.EnrollRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+		httpError(w, http.StatusBadRequest, "malformed enrolment request")
+		return
+	}
+	tok, err := pki.ParseToken(req.Token)
+	if err != nil {
+		httpError(w, http.StatusForbidden, err.Error())
+		return
+	}
+	csr, err := pki.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "certificate request: "+err.Error())
+		return
+	}
+	if _, err := seal.ParsePublic(req.SealPub); err != nil {
+		httpError(w, http.StatusBadRequest, "seal key: "+err.Error())
+		return
+	}
+	ctx := r.Context()
+	node, err := h.store.TokenNode(ctx, tok.Hash())
+	if err != nil {
+		h.refuseToken(ctx, w, err)
+		return
+	}
+	cert, err := h.ca.IssueNode(csr, node, h.cfg.CertValidity)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if _, err := h.store.Enroll(ctx, tok.Hash(), cert.SerialNumber.Text(16), cert.NotAfter, req.SealPub); err != nil {
+		h.refuseToken(ctx, w, err)
+		return
+	}
+	h.log.Info("node enrolled", "node", node, "serial", cert.SerialNumber.Text(16))
+	writeJSON(w, api.EnrollResponse{NodeID: node, Cert: string(pki.CertPEM(cert)), CA: string(pki.CertPEM(h.ca.Cert))})
+}
+
+func (h *Hub) refuseToken(ctx context.Context, w http.ResponseWriter, err error) {
+	if errors.Is(err, store.ErrTokenInvalid) || errors.Is(err, store.ErrConflict) {
+		h.store.Audit(ctx, "hub", "enroll.refuse", "", err.Error())
+		httpError(w, http.StatusForbidden, err.Error()+"; ask the hub operator for a new token ('qz-central node token NODE_ID')")
+		return
+	}
+	h.internal(w, "enroll", err)
+}
+
+func (h *Hub) registerResources(w http.ResponseWriter, r *http.Request) {
+	var decls []api.ResourceDecl
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&decls); err != nil {
+		httpError(w, http.StatusBadRequest, "malformed resource list")
+		return
+	}
+	for _, d := range decls {
+		if d.ID == "" || d.Kind == "" {
+			httpError(w, http.StatusBadRequest, "resource id and kind are required")
+			return
+		}
+		err := h.store.RegisterResource(r.Context(), store.Resource{ID: d.ID, Provider: nodeID(r), Kind: d.Kind})
+		if errors.Is(err, store.ErrConflict) {
+			httpError(w, http.StatusConflict, err.Error()+"; choose another resource id")
+			return
+		}
+		if err != nil {
+			h.internal(w, "register resource", err)
+			return
+		}
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *Hub) listGrants(w http.ResponseWriter, r *http.Request) {
+	gs, err := h.store.GrantsFor(r.Context(), nodeID(r))
+	if err != nil {
+		h.internal(w, "list grants", err)
+		return
+	}
+	out := []api.GrantInfo{}
+	now := h.now()
+	for _, g := range gs {
+		out = append(out, api.GrantInfo{ID: g.ID, Resource: g.Resource, Provider: g.Provider, Consumer: g.Consumer,
+			Mode: g.Mode, Fields: g.Fields, Active: g.Active(now), Expires: g.Expires})
+	}
+	writeJSON(w, out)
+}
+
+func (h *Hub) sealKey(w http.ResponseWriter, r *http.Request) {
+	n, err := h.store.Node(r.Context(), r.PathValue("id"))
+	if err != nil || n.SealPub == "" {
+		httpError(w, http.StatusNotFound, "no such enrolled node")
+		return
+	}
+	w.Write([]byte(n.SealPub))
+}
+
+// batchRef parses and authorises a batch URL for the calling node.
+func (h *Hub) batchRef(w http.ResponseWriter, r *http.Request, role string) (store.Grant, uint64, bool) {
+	seq, err := strconv.ParseUint(r.PathValue("seq"), 10, 64)
+	if err != nil || seq == 0 {
+		httpError(w, http.StatusBadRequest, "bad sequence number")
+		return store.Grant{}, 0, false
+	}
+	g, err := h.store.Grant(r.Context(), r.PathValue("grant"))
+	if errors.Is(err, store.ErrNotFound) {
+		httpError(w, http.StatusNotFound, "no such grant")
+		return g, 0, false
+	}
+	if err != nil {
+		h.internal(w, "load grant", err)
+		return g, 0, false
+	}
+	me := nodeID(r)
+	if (role == "provider" && g.Provider != me) || (role == "consumer" && g.Consumer != me) {
+		h.store.Audit(r.Context(), me, "access.refuse", g.ID, fmt.Sprintf("%s %s as %s", r.Method, r.URL.Path, role))
+		httpError(w, http.StatusForbidden, "this grant is not yours")
+		return g, 0, false
+	}
+	if !g.Active(h.now()) {
+		httpError(w, http.StatusGone, "grant "+g.ID+" is no longer active")
+		return g, 0, false
+	}
+	return g, seq, true
+}
+
+func (h *Hub) uploadLock(g string, seq uint64) *sync.Mutex {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := g + "/" + strconv.FormatUint(seq, 10)
+	m, ok := h.uploads[k]
+	if !ok {
+		m = new(sync.Mutex)
+		h.uploads[k] = m
+	}
+	return m
+}
+
+func (h *Hub) uploadStatus(w http.ResponseWriter, r *http.Request) {
+	g, seq, ok := h.batchRef(w, r, "provider")
+	if !ok {
+		return
+	}
+	if _, err := h.store.Batch(r.Context(), g.ID, seq); err == nil {
+		w.Header().Set(api.HeaderComplete, "1")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	var off int64
+	if fi, err := os.Stat(h.partialPath(g.ID, seq)); err == nil {
+		off = fi.Size()
+	}
+	w.Header().Set(api.HeaderOffset, strconv.FormatInt(off, 10))
+	w.WriteHeader(http.StatusOK)
+}
+
+func (h *Hub) upload(w http.ResponseWriter, r *http.Request) {
+	g, seq, ok := h.batchRef(w, r, "provider")
+	if !ok {
+		return
+	}
+	ctx := r.Context()
+	off, err := transport.ParseOffset(r.Header, api.HeaderOffset)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	total, err := transport.ParseOffset(r.Header, api.HeaderTotal)
+	if err != nil || total == 0 || total > 1<<30 {
+		httpError(w, http.StatusBadRequest, "missing or bad "+api.HeaderTotal+" header")
+		return
+	}
+	mu := h.uploadLock(g.ID, seq)
+	mu.Lock()
+	defer mu.Unlock()
+	if _, err := h.store.Batch(ctx, g.ID, seq); err == nil {
+		w.Header().Set(api.HeaderComplete, "1")
+		w.WriteHeader(http.StatusCreated)
+		return
+	}
+	part := h.partialPath(g.ID, seq)
+	f, err := os.OpenFile(part, os.O_CREATE|os.O_WRONLY, 0o640)
+	if err != nil {
+		h.internal(w, "open partial upload", err)
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		h.internal(w, "stat partial upload", err)
+		return
+	}
+	if fi.Size() != off {
+		w.Header().Set(api.HeaderOffset, strconv.FormatInt(fi.Size(), 10))
+		httpError(w, http.StatusConflict, fmt.Sprintf("upload offset %d does not match the %d bytes held", off, fi.Size()))
+		return
+	}
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		h.internal(w, "seek partial upload", err)
+		return
+	}
+	n, err := io.Copy(f, io.LimitReader(r.Body, total-off))
+	if err != nil {
+		// The provider went away or the link broke: keep what arrived so
+		// the upload resumes from here.
+		h.log.Info("upload interrupted; will resume", "grant", g.ID, "seq", seq, "held", off+n, "err", err)
+		return
+	}
+	if off+n < total {
+		w.Header().Set(api.HeaderOffset, strconv.FormatInt(off+n, 10))
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	if err := f.Sync(); err != nil {
+		h.internal(w, "sync upload", err)
+		return
+	}
+	f.Close()
+	if err := h.accept(ctx, g, seq, part, total); err != nil {
+		os.Remove(part)
+		if errors.Is(err, batch.ErrRejected) {
+			h.store.Audit(ctx, nodeID(r), "batch.reject", fmt.Sprintf("%s/%d", g.ID, seq), err.Error())
+			h.log.Warn("batch rejected", "grant", g.ID, "seq", seq, "err", err)
+			httpError(w, http.StatusUnprocessableEntity, "batch rejected: "+err.Error())
+			return
+		}
+		h.internal(w, "store batch", err)
+		return
+	}
+	w.Header().Set(api.HeaderComplete, "1")
+	w.WriteHeader(http.StatusCreated)
+	h.wake(g.Consumer)
+}
+
+// rejectf makes an error that counts as a rejection of the batch.
+func rejectf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", batch.ErrRejected, fmt.Sprintf(format, args...))
+}
+
+// accept verifies a fully uploaded batch and stores it.
+func (h *Hub) accept(ctx context.Context, g store.Grant, seq uint64, part string, size int64) error {
+	prov, err := h.store.Node(ctx, g.Provider)
+	if err != nil {
+		return err
+	}
+	info, err := batch.VerifyFile(part, func(keyID string) (seal.PublicKey, error) {
+		return seal.ParsePublic(prov.SealPub)
+	})
+	if err != nil {
+		return err
+	}
+	hd := info.Header
+	if hd.Grant != g.ID || hd.Sequence != seq || hd.Resource != g.Resource || hd.Provider != g.Provider || hd.Consumer != g.Consumer {
+		return rejectf("header names grant %s seq %d resource %s %s→%s, but was uploaded as %s/%d (%s %s→%s)",
+			hd.Grant, hd.Sequence, hd.Resource, hd.Provider, hd.Consumer, g.ID, seq, g.Resource, g.Provider, g.Consumer)
+	}
+	dst := h.payloadPath(g.ID, seq)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+		return err
+	}
+	if err := os.Rename(part, dst); err != nil {
+		return err
+	}
+	if err := fsutil.SyncDir(filepath.Dir(dst)); err != nil {
+		return err
+	}
+	return h.store.PutBatch(ctx, store.Batch{Grant: g.ID, Sequence: seq, Resource: g.Resource, Provider: g.Provider,
+		Consumer: g.Consumer, Size: size, Digest: fmt.Sprintf("%x", info.Digest)})
+}
+
+func (h *Hub) waiter(node string) chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c, ok := h.waiters[node]
+	if !ok {
+		c = make(chan struct{})
+		h.waiters[node] = c
+	}
+	return c
+}
+
+func (h *Hub) wake(node string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if c, ok := h.waiters[node]; ok {
+		close(c)
+		delete(h.waiters, node)
+	}
+}
+
+// deliveries long-polls for batches waiting for the calling consumer.
+func (h *Hub) deliveries(w http.ResponseWriter, r *http.Request) {
+	me := nodeID(r)
+	wait, _ := time.ParseDuration(r.URL.Query().Get("wait"))
+	wait = min(max(wait, 0), 60*time.Second)
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		c := h.waiter(me) // before the query, so no wake-up is missed
+		bs, err := h.store.Pending(r.Context(), me, 100)
+		if err != nil {
+			h.internal(w, "list deliveries", err)
+			return
+		}
+		if len(bs) > 0 || wait == 0 {
+			out := []api.Delivery{}
+			for _, b := range bs {
+				out = append(out, api.Delivery{Grant: b.Grant, Sequence: b.Sequence, Resource: b.Resource, Provider: b.Provider, Size: b.Size, Digest: b.Digest})
+			}
+			writeJSON(w, out)
+			return
+		}
+		select {
+		case <-c:
+		case <-deadline.C:
+			wait = 0
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func (h *Hub) download(w http.ResponseWriter, r *http.Request) {
+	g, seq, ok := h.batchRef(w, r, "consumer")
+	if !ok {
+		return
+	}
+	b, err := h.store.Batch(r.Context(), g.ID, seq)
+	if err != nil || !b.Purged.IsZero() {
+		httpError(w, http.StatusNotFound, "no such batch stored")
+		return
+	}
+	f, err := os.Open(h.payloadPath(g.ID, seq))
+	if err != nil {
+		h.internal(w, "open payload", err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/vnd.qianzhi.batch")
+	http.ServeContent(w, r, "", b.Stored, f)
+}
+
+func (h *Hub) receipt(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	me := nodeID(r)
+	raw, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	if err != nil {
+		return
+	}
+	var rc receipt.Receipt
+	if err := json.Unmarshal(raw, &rc); err != nil {
+		h.store.Audit(ctx, me, "receipt.reject", "", "malformed: "+err.Error())
+		httpError(w, http.StatusBadRequest, "malformed receipt")
+		return
+	}
+	subject := fmt.Sprintf("%s/%d", rc.Grant, rc.Sequence)
+	reject := func(why string) {
+		h.store.Audit(ctx, me, "receipt.reject", subject, why)
+		h.log.Warn("receipt rejected", "node", me, "batch", subject, "why", why)
+		httpError(w, http.StatusUnprocessableEntity, "receipt rejected: "+why)
+	}
+	b, err := h.store.Batch(ctx, rc.Grant, rc.Sequence)
+	if err != nil {
+		reject("no such batch")
+		return
+	}
+	if b.Consumer != me || rc.Consumer != me || rc.Provider != b.Provider || rc.Resource != b.Resource || rc.BatchDigest != b.Digest {
+		reject("receipt does not match the stored batch")
+		return
+	}
+	n, err := h.store.Node(ctx, me)
+	if err != nil {
+		h.internal(w, "load node", err)
+		return
+	}
+	pub, err := seal.ParsePublic(n.SealPub)
+	if err != nil {
+		h.internal(w, "parse seal key", err)
+		return
+	}
+	if err := rc.Verify(pub); err != nil {
+		reject(err.Error())
+		return
+	}
+	if err := h.store.PutReceipt(ctx, rc.Grant, rc.Sequence, raw, h.now()); err != nil {
+		h.internal(w, "store receipt", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *Hub) rejection(w http.ResponseWriter, r *http.Request) {
+	var rj api.Rejection
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&rj); err != nil {
+		httpError(w, http.StatusBadRequest, "malformed rejection")
+		return
+	}
+	me := nodeID(r)
+	h.log.Warn("consumer rejected a delivered batch", "node", me, "grant", rj.Grant, "seq", rj.Sequence, "reason", rj.Reason)
+	if err := h.store.Audit(r.Context(), me, "delivery.reject", fmt.Sprintf("%s/%d", rj.Grant, rj.Sequence), rj.Reason); err != nil {
+		h.internal(w, "audit", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,537 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/qianzhi/qianzhi/pkg/sqlitedb"
+)
+
+var schema = []string{
+	`CREATE TABLE IF NOT EXISTS nodes (
+		id TEXT PRIMARY KEY,
+		name TEXT NOT NULL,
+		status TEXT NOT NULL,
+		cert_serial TEXT NOT NULL DEFAULT '',
+		cert_expiry TEXT NOT NULL DEFAULT '',
+		seal_pub TEXT NOT NULL DEFAULT '',
+		created TEXT NOT NULL,
+		enrolled TEXT NOT NULL DEFAULT ''
+	)`,
+	`CREATE TABLE IF NOT EXISTS tokens (
+		hash TEXT PRIMARY KEY,
+		node_id TEXT NOT NULL REFERENCES nodes(id),
+		expires TEXT NOT NULL,
+		used TEXT NOT NULL DEFAULT ''
+	)`,
+	`CREATE TABLE IF NOT EXISTS resources (
+		id TEXT PRIMARY KEY,
+		provider TEXT NOT NULL REFERENCES nodes(id),
+		kind TEXT NOT NULL,
+		updated TEXT NOT NULL
+	)`,
+	`CREATE TABLE IF NOT EXISTS grants (
+		id TEXT PRIMARY KEY,
+		resource TEXT NOT NULL REFERENCES resources(id),
+		provider TEXT NOT NULL,
+		consumer TEXT NOT NULL REFERENCES nodes(id),
+		mode TEXT NOT NULL,
+		fields TEXT NOT NULL DEFAULT '',
+		status TEXT NOT NULL,
+		created TEXT NOT NULL,
+		expires TEXT NOT NULL DEFAULT '',
+		application TEXT NOT NULL DEFAULT ''
+	)`,
+	`CREATE INDEX IF NOT EXISTS grants_consumer ON grants(consumer, status)`,
+	`CREATE TABLE IF NOT EXISTS batches (
+		grant_id TEXT NOT NULL REFERENCES grants(id),
+		seq INTEGER NOT NULL,
+		resource TEXT NOT NULL,
+		provider TEXT NOT NULL,
+		consumer TEXT NOT NULL,
+		size INTEGER NOT NULL,
+		digest TEXT NOT NULL,
+		stored TEXT NOT NULL,
+		receipted TEXT NOT NULL DEFAULT '',
+		receipt BLOB,
+		purged TEXT NOT NULL DEFAULT '',
+		PRIMARY KEY (grant_id, seq)
+	)`,
+	`CREATE INDEX IF NOT EXISTS batches_pending ON batches(consumer, receipted, grant_id, seq)`,
+	`CREATE TABLE IF NOT EXISTS audit (
+		seq INTEGER PRIMARY KEY,
+		at TEXT NOT NULL,
+		actor TEXT NOT NULL,
+		action TEXT NOT NULL,
+		subject TEXT NOT NULL,
+		detail TEXT NOT NULL,
+		prev TEXT NOT NULL,
+		hash TEXT NOT NULL
+	)`,
+}
+
+// SQLite is the embedded Store.
+type SQLite struct {
+	db  *sql.DB
+	now func() time.Time
+}
+
+var _ Store = (*SQLite)(nil)
+
+// OpenSQLite opens or creates the hub database at path.
+func OpenSQLite(path string) (*SQLite, error) {
+	db, err := sqlitedb.Open(path, schema)
+	if err != nil {
+		return nil, err
+	}
+	return &SQLite{db: db, now: time.Now}, nil
+}
+
+// Close closes the database.
+func (s *SQLite) Close() error { return s.db.Close() }
+
+func ts(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+func parseTS(s string) time.Time {
+	if s == "" {
+		return time.Time{}
+	}
+	t, _ := time.Parse(time.RFC3339Nano, s)
+	return t
+}
+
+// tx runs fn in one write transaction.
+func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// AuditHash is the chain hash of a record: SHA-256 over the previous hash
+// and the record's fields, each length-prefixed so no two records collide.
+func AuditHash(r AuditRecord) string {
+	h := sha256.New()
+	for _, f := range []string{r.Prev, strconv.FormatInt(r.Seq, 10), ts(r.At), r.Actor, r.Action, r.Subject, r.Detail} {
+		fmt.Fprintf(h, "%d:%s;", len(f), f)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func (s *SQLite) audit(ctx context.Context, tx *sql.Tx, actor, action, subject, detail string) error {
+	var prev string
+	var last int64
+	err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`).Scan(&last, &prev)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	r := AuditRecord{Seq: last + 1, At: s.now(), Actor: actor, Action: action, Subject: subject, Detail: detail, Prev: prev}
+	r.Hash = AuditHash(r)
+	_, err = tx.ExecContext(ctx, `INSERT INTO audit (seq, at, actor, action, subject, detail, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.Seq, ts(r.At), r.Actor, r.Action, r.Subject, r.Detail, r.Prev, r.Hash)
+	return err
+}
+
+// Audit appends a record on its own.
+func (s *SQLite) Audit(ctx context.Context, actor, action, subject, detail string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error { return s.audit(ctx, tx, actor, action, subject, detail) })
+}
+
+// AuditLog returns every record in order.
+func (s *SQLite) AuditLog(ctx context.Context) ([]AuditRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, at, actor, action, subject, detail, prev, hash FROM audit ORDER BY seq`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []AuditRecord
+	for rows.Next() {
+		var r AuditRecord
+		var at string
+		if err := rows.Scan(&r.Seq, &at, &r.Actor, &r.Action, &r.Subject, &r.Detail, &r.Prev, &r.Hash); err != nil {
+			return nil, err
+		}
+		r.At = parseTS(at)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// AddNode adds a pending node with its first enrolment token.
+func (s *SQLite) AddNode(ctx context.Context, id, name, tokenHash string, tokenExpiry time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM nodes WHERE id = ?`, id).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return fmt.Errorf("node %s: %w", id, ErrExists)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO nodes (id, name, status, created) VALUES (?, ?, ?, ?)`, id, name, NodePending, ts(s.now())); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO tokens (hash, node_id, expires) VALUES (?, ?, ?)`, tokenHash, id, ts(tokenExpiry)); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, "operator", "node.add", id, "name="+name)
+	})
+}
+
+// NewToken issues another enrolment token for an existing node.
+func (s *SQLite) NewToken(ctx context.Context, nodeID, tokenHash string, expiry time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var status string
+		if err := tx.QueryRowContext(ctx, `SELECT status FROM nodes WHERE id = ?`, nodeID).Scan(&status); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("node %s: %w", nodeID, ErrNotFound)
+			}
+			return err
+		}
+		if status == NodeRevoked {
+			return fmt.Errorf("node %s is revoked: %w", nodeID, ErrConflict)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO tokens (hash, node_id, expires) VALUES (?, ?, ?)`, tokenHash, nodeID, ts(expiry)); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, "operator", "node.token", nodeID, "")
+	})
+}
+
+func (s *SQLite) tokenNode(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, hash string) (string, error) {
+	var node, expires, used string
+	err := q.QueryRowContext(ctx, `SELECT node_id, expires, used FROM tokens WHERE hash = ?`, hash).Scan(&node, &expires, &used)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", ErrTokenInvalid
+	}
+	if err != nil {
+		return "", err
+	}
+	if used != "" || !s.now().Before(parseTS(expires)) {
+		return "", ErrTokenInvalid
+	}
+	return node, nil
+}
+
+// TokenNode returns the node of a valid token.
+func (s *SQLite) TokenNode(ctx context.Context, hash string) (string, error) {
+	return s.tokenNode(ctx, s.db, hash)
+}
+
+// Enroll consumes a token and activates the node.
+func (s *SQLite) Enroll(ctx context.Context, hash, serial string, expiry time.Time, sealPub string) (string, error) {
+	var node string
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if node, err = s.tokenNode(ctx, tx, hash); err != nil {
+			return err
+		}
+		var status string
+		if err := tx.QueryRowContext(ctx, `SELECT status FROM nodes WHERE id = ?`, node).Scan(&status); err != nil {
+			return err
+		}
+		if status == NodeRevoked {
+			return fmt.Errorf("node %s is revoked: %w", node, ErrConflict)
+		}
+		now := ts(s.now())
+		if _, err := tx.ExecContext(ctx, `UPDATE tokens SET used = ? WHERE hash = ?`, now, hash); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET status = ?, cert_serial = ?, cert_expiry = ?, seal_pub = ?, enrolled = ? WHERE id = ?`,
+			NodeActive, serial, ts(expiry), sealPub, now, node); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, node, "node.enroll", node, "cert_serial="+serial+" seal="+sealPub)
+	})
+	return node, err
+}
+
+// RevokeNode revokes a node: its certificate is refused from now on.
+func (s *SQLite) RevokeNode(ctx context.Context, id string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE nodes SET status = ? WHERE id = ?`, NodeRevoked, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("node %s: %w", id, ErrNotFound)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE tokens SET used = ? WHERE node_id = ? AND used = ''`, ts(s.now()), id); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, "operator", "node.revoke", id, "")
+	})
+}
+
+func scanNode(sc interface{ Scan(...any) error }) (Node, error) {
+	var n Node
+	var exp, created, enrolled string
+	err := sc.Scan(&n.ID, &n.Name, &n.Status, &n.CertSerial, &exp, &n.SealPub, &created, &enrolled)
+	n.CertExpiry, n.Created, n.Enrolled = parseTS(exp), parseTS(created), parseTS(enrolled)
+	return n, err
+}
+
+const nodeCols = `id, name, status, cert_serial, cert_expiry, seal_pub, created, enrolled`
+
+// Node returns one node.
+func (s *SQLite) Node(ctx context.Context, id string) (Node, error) {
+	n, err := scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return n, fmt.Errorf("node %s: %w", id, ErrNotFound)
+	}
+	return n, err
+}
+
+// Nodes lists every node.
+func (s *SQLite) Nodes(ctx context.Context) ([]Node, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+nodeCols+` FROM nodes ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Node
+	for rows.Next() {
+		n, err := scanNode(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+// RegisterResource records a provider's resource; a resource ID belongs to
+// the first node that registers it.
+func (s *SQLite) RegisterResource(ctx context.Context, r Resource) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var prov, kind string
+		err := tx.QueryRowContext(ctx, `SELECT provider, kind FROM resources WHERE id = ?`, r.ID).Scan(&prov, &kind)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			if _, err := tx.ExecContext(ctx, `INSERT INTO resources (id, provider, kind, updated) VALUES (?, ?, ?, ?)`, r.ID, r.Provider, r.Kind, ts(s.now())); err != nil {
+				return err
+			}
+			return s.audit(ctx, tx, r.Provider, "resource.register", r.ID, "kind="+r.Kind)
+		case err != nil:
+			return err
+		case prov != r.Provider:
+			return fmt.Errorf("resource %s belongs to node %s: %w", r.ID, prov, ErrConflict)
+		case kind != r.Kind:
+			if _, err := tx.ExecContext(ctx, `UPDATE resources SET kind = ?, updated = ? WHERE id = ?`, r.Kind, ts(s.now()), r.ID); err != nil {
+				return err
+			}
+			return s.audit(ctx, tx, r.Provider, "resource.update", r.ID, "kind="+r.Kind)
+		}
+		return nil
+	})
+}
+
+// Resource returns one resource.
+func (s *SQLite) Resource(ctx context.Context, id string) (Resource, error) {
+	var r Resource
+	var up string
+	err := s.db.QueryRowContext(ctx, `SELECT id, provider, kind, updated FROM resources WHERE id = ?`, id).Scan(&r.ID, &r.Provider, &r.Kind, &up)
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, fmt.Errorf("resource %s: %w", id, ErrNotFound)
+	}
+	r.Updated = parseTS(up)
+	return r, err
+}
+
+// AddGrant records a grant.
+func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, expires, application) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, strings.Join(g.Fields, ","), GrantActive, ts(s.now()), ts(g.Expires), g.Application)
+		if err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, "operator", "grant.add", g.ID, fmt.Sprintf("resource=%s provider=%s consumer=%s mode=%s", g.Resource, g.Provider, g.Consumer, g.Mode))
+	})
+}
+
+// RevokeGrant ends a grant; pending batches stop being delivered at once.
+func (s *SQLite) RevokeGrant(ctx context.Context, id string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE grants SET status = ? WHERE id = ? AND status = ?`, GrantRevoked, id, GrantActive)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("active grant %s: %w", id, ErrNotFound)
+		}
+		return s.audit(ctx, tx, "operator", "grant.revoke", id, "")
+	})
+}
+
+const grantCols = `id, resource, provider, consumer, mode, fields, status, created, expires, application`
+
+func scanGrant(sc interface{ Scan(...any) error }) (Grant, error) {
+	var g Grant
+	var fields, created, expires string
+	err := sc.Scan(&g.ID, &g.Resource, &g.Provider, &g.Consumer, &g.Mode, &fields, &g.Status, &created, &expires, &g.Application)
+	if fields != "" {
+		g.Fields = strings.Split(fields, ",")
+	}
+	g.Created, g.Expires = parseTS(created), parseTS(expires)
+	return g, err
+}
+
+// Grant returns one grant.
+func (s *SQLite) Grant(ctx context.Context, id string) (Grant, error) {
+	g, err := scanGrant(s.db.QueryRowContext(ctx, `SELECT `+grantCols+` FROM grants WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return g, fmt.Errorf("grant %s: %w", id, ErrNotFound)
+	}
+	return g, err
+}
+
+func (s *SQLite) grants(ctx context.Context, where string, args ...any) ([]Grant, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+grantCols+` FROM grants `+where+` ORDER BY created, id`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Grant
+	for rows.Next() {
+		g, err := scanGrant(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	return out, rows.Err()
+}
+
+// GrantsFor lists the grants a node takes part in.
+func (s *SQLite) GrantsFor(ctx context.Context, node string) ([]Grant, error) {
+	return s.grants(ctx, `WHERE provider = ? OR consumer = ?`, node, node)
+}
+
+// Grants lists every grant.
+func (s *SQLite) Grants(ctx context.Context) ([]Grant, error) { return s.grants(ctx, ``) }
+
+// PutBatch records a stored batch.
+func (s *SQLite) PutBatch(ctx context.Context, b Batch) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var digest string
+		err := tx.QueryRowContext(ctx, `SELECT digest FROM batches WHERE grant_id = ? AND seq = ?`, b.Grant, b.Sequence).Scan(&digest)
+		if err == nil {
+			if digest == b.Digest {
+				return nil
+			}
+			return fmt.Errorf("batch %s/%d already stored with another digest: %w", b.Grant, b.Sequence, ErrConflict)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO batches (grant_id, seq, resource, provider, consumer, size, digest, stored) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+			b.Grant, b.Sequence, b.Resource, b.Provider, b.Consumer, b.Size, b.Digest, ts(s.now())); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, b.Provider, "batch.store", fmt.Sprintf("%s/%d", b.Grant, b.Sequence),
+			fmt.Sprintf("resource=%s consumer=%s size=%d digest=%s", b.Resource, b.Consumer, b.Size, b.Digest))
+	})
+}
+
+const batchCols = `grant_id, seq, resource, provider, consumer, size, digest, stored, receipted, receipt, purged`
+
+func scanBatch(sc interface{ Scan(...any) error }) (Batch, error) {
+	var b Batch
+	var stored, receipted, purged string
+	err := sc.Scan(&b.Grant, &b.Sequence, &b.Resource, &b.Provider, &b.Consumer, &b.Size, &b.Digest, &stored, &receipted, &b.Receipt, &purged)
+	b.Stored, b.Receipted, b.Purged = parseTS(stored), parseTS(receipted), parseTS(purged)
+	return b, err
+}
+
+func (s *SQLite) batches(ctx context.Context, q string, args ...any) ([]Batch, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Batch
+	for rows.Next() {
+		b, err := scanBatch(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+// Batch returns one batch record.
+func (s *SQLite) Batch(ctx context.Context, grant string, seq uint64) (Batch, error) {
+	b, err := scanBatch(s.db.QueryRowContext(ctx, `SELECT `+batchCols+` FROM batches WHERE grant_id = ? AND seq = ?`, grant, seq))
+	if errors.Is(err, sql.ErrNoRows) {
+		return b, fmt.Errorf("batch %s/%d: %w", grant, seq, ErrNotFound)
+	}
+	return b, err
+}
+
+// Pending lists what a consumer still has to fetch, active grants only.
+func (s *SQLite) Pending(ctx context.Context, consumer string, limit int) ([]Batch, error) {
+	return s.batches(ctx, `SELECT `+prefixed("b.", batchCols)+` FROM batches b JOIN grants g ON g.id = b.grant_id
+		WHERE b.consumer = ? AND b.receipted = '' AND g.status = ? AND (g.expires = '' OR g.expires > ?)
+		ORDER BY b.grant_id, b.seq LIMIT ?`, consumer, GrantActive, ts(s.now()), limit)
+}
+
+func prefixed(p, cols string) string {
+	parts := strings.Split(cols, ", ")
+	for i := range parts {
+		parts[i] = p + parts[i]
+	}
+	return strings.Join(parts, ", ")
+}
+
+// PutReceipt records a consumer's receipt; a repeat is a no-op.
+func (s *SQLite) PutReceipt(ctx context.Context, grant string, seq uint64, receipt []byte, at time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var receipted, consumer string
+		err := tx.QueryRowContext(ctx, `SELECT receipted, consumer FROM batches WHERE grant_id = ? AND seq = ?`, grant, seq).Scan(&receipted, &consumer)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("batch %s/%d: %w", grant, seq, ErrNotFound)
+		}
+		if err != nil || receipted != "" {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET receipted = ?, receipt = ? WHERE grant_id = ? AND seq = ?`, ts(at), receipt, grant, seq); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, consumer, "batch.receipt", fmt.Sprintf("%s/%d", grant, seq), "")
+	})
+}
+
+// Purgeable lists receipted batches whose retention has passed.
+func (s *SQLite) Purgeable(ctx context.Context, cutoff time.Time) ([]Batch, error) {
+	return s.batches(ctx, `SELECT `+batchCols+` FROM batches WHERE receipted != '' AND receipted < ? AND purged = '' ORDER BY grant_id, seq`, ts(cutoff))
+}
+
+// MarkPurged records that a batch's payload was deleted.
+func (s *SQLite) MarkPurged(ctx context.Context, grant string, seq uint64) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET purged = ? WHERE grant_id = ? AND seq = ?`, ts(s.now()), grant, seq); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, "hub", "batch.purge", fmt.Sprintf("%s/%d", grant, seq), "")
+	})
+}

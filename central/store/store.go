@@ -1,0 +1,147 @@
+// Package store is the hub's durable record: nodes, enrolment tokens,
+// resources, grants, batches and receipts, and the hash-chained audit log.
+//
+// Store is the interface the hub codes against. The embedded SQLite
+// implementation is the default, so qz-central runs with no other server; the
+// SQL is kept to what PostgreSQL also accepts so that several hub replicas can
+// later share one database through a second implementation.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors; callers tell cases apart with errors.Is.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	// ErrTokenInvalid covers unknown, used and expired tokens alike, so a
+	// caller cannot probe which tokens exist.
+	ErrTokenInvalid = errors.New("enrolment token is unknown, already used or expired")
+	ErrConflict     = errors.New("conflicts with the current state")
+)
+
+// Node statuses.
+const (
+	NodePending = "pending" // added, not yet enrolled
+	NodeActive  = "active"
+	NodeRevoked = "revoked"
+)
+
+// Node is one department's agent.
+type Node struct {
+	ID         string
+	Name       string
+	Status     string
+	CertSerial string // hex serial of the current certificate
+	CertExpiry time.Time
+	SealPub    string // seal public key text, "ed25519:…"
+	Created    time.Time
+	Enrolled   time.Time
+}
+
+// Resource is what a provider publishes. The catalog issue adds the
+// catalog fields; the identity and owner are fixed here.
+type Resource struct {
+	ID       string
+	Provider string
+	Kind     string
+	Updated  time.Time
+}
+
+// Grant statuses.
+const (
+	GrantActive  = "active"
+	GrantRevoked = "revoked"
+	GrantExpired = "expired"
+)
+
+// Grant lets one consumer receive one resource in one mode.
+type Grant struct {
+	ID          string
+	Resource    string
+	Provider    string
+	Consumer    string
+	Mode        string
+	Fields      []string // empty: every field
+	Status      string
+	Created     time.Time
+	Expires     time.Time // zero: no end
+	Application string    // the application it came from, when the workflow made it
+}
+
+// Active reports whether the grant allows delivery at t.
+func (g Grant) Active(t time.Time) bool {
+	return g.Status == GrantActive && (g.Expires.IsZero() || t.Before(g.Expires))
+}
+
+// Batch is a stored batch's record; its bytes live in the payload folder.
+type Batch struct {
+	Grant     string
+	Sequence  uint64
+	Resource  string
+	Provider  string
+	Consumer  string
+	Size      int64
+	Digest    string
+	Stored    time.Time
+	Receipted time.Time // zero until the consumer's receipt is in
+	Receipt   []byte
+	Purged    time.Time
+}
+
+// AuditRecord is one entry of the hash-chained audit log.
+type AuditRecord struct {
+	Seq     int64
+	At      time.Time
+	Actor   string // node ID, "operator" or "hub"
+	Action  string
+	Subject string
+	Detail  string
+	Prev    string
+	Hash    string
+}
+
+// Store is the hub's persistence. Every method that changes state also
+// appends its audit record in the same transaction.
+type Store interface {
+	AddNode(ctx context.Context, id, name, tokenHash string, tokenExpiry time.Time) error
+	NewToken(ctx context.Context, nodeID, tokenHash string, expiry time.Time) error
+	// Enroll consumes a token and activates its node with the certificate
+	// and seal key, atomically. It returns the node ID the token was for.
+	Enroll(ctx context.Context, tokenHash string, certSerial string, certExpiry time.Time, sealPub string) (string, error)
+	// TokenNode returns the node a valid token is for, without consuming it.
+	TokenNode(ctx context.Context, tokenHash string) (string, error)
+	RevokeNode(ctx context.Context, id string) error
+	Node(ctx context.Context, id string) (Node, error)
+	Nodes(ctx context.Context) ([]Node, error)
+
+	RegisterResource(ctx context.Context, r Resource) error
+	Resource(ctx context.Context, id string) (Resource, error)
+
+	AddGrant(ctx context.Context, g Grant) error
+	RevokeGrant(ctx context.Context, id string) error
+	Grant(ctx context.Context, id string) (Grant, error)
+	// GrantsFor lists grants where the node is provider or consumer.
+	GrantsFor(ctx context.Context, node string) ([]Grant, error)
+	Grants(ctx context.Context) ([]Grant, error)
+
+	// PutBatch records a stored batch; a second call for the same
+	// (grant, sequence) with the same digest is a no-op, with another
+	// digest ErrConflict.
+	PutBatch(ctx context.Context, b Batch) error
+	Batch(ctx context.Context, grant string, seq uint64) (Batch, error)
+	// Pending lists stored, unreceipted batches for a consumer's active
+	// grants in (grant, sequence) order.
+	Pending(ctx context.Context, consumer string, limit int) ([]Batch, error)
+	PutReceipt(ctx context.Context, grant string, seq uint64, receipt []byte, at time.Time) error
+	// Purgeable lists receipted batches older than the cutoff not yet purged.
+	Purgeable(ctx context.Context, cutoff time.Time) ([]Batch, error)
+	MarkPurged(ctx context.Context, grant string, seq uint64) error
+
+	Audit(ctx context.Context, actor, action, subject, detail string) error
+	AuditLog(ctx context.Context) ([]AuditRecord, error)
+	Close() error
+}

@@ -1,0 +1,107 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func open(t *testing.T) *SQLite {
+	t.Helper()
+	s, err := OpenSQLite(filepath.Join(t.TempDir(), "c.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestTokenSingleUseAndExpiry(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	if err := s.AddNode(ctx, "n1", "一", "h1", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddNode(ctx, "n1", "again", "h9", time.Now().Add(time.Hour)); !errors.Is(err, ErrExists) {
+		t.Errorf("duplicate node: %v", err)
+	}
+	if id, err := s.Enroll(ctx, "h1", "ab", time.Now().Add(time.Hour), "ed25519:x"); err != nil || id != "n1" {
+		t.Fatalf("first enrol: %q %v", id, err)
+	}
+	if _, err := s.Enroll(ctx, "h1", "cd", time.Now().Add(time.Hour), "ed25519:x"); !errors.Is(err, ErrTokenInvalid) {
+		t.Errorf("second use of a token: %v", err)
+	}
+	if _, err := s.Enroll(ctx, "nope", "cd", time.Now().Add(time.Hour), "ed25519:x"); !errors.Is(err, ErrTokenInvalid) {
+		t.Errorf("unknown token: %v", err)
+	}
+	if err := s.NewToken(ctx, "n1", "h2", time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Enroll(ctx, "h2", "cd", time.Now().Add(time.Hour), "ed25519:x"); !errors.Is(err, ErrTokenInvalid) {
+		t.Errorf("expired token: %v", err)
+	}
+	n, _ := s.Node(ctx, "n1")
+	if n.Status != NodeActive || n.CertSerial != "ab" {
+		t.Errorf("node after enrolment: %+v", n)
+	}
+	if err := s.RevokeNode(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.Node(ctx, "n1"); n.Status != NodeRevoked {
+		t.Errorf("revoked node status %q", n.Status)
+	}
+}
+
+func TestPendingStopsAtRevocation(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	for _, id := range []string{"p", "c"} {
+		s.AddNode(ctx, id, id, "t"+id, time.Now().Add(time.Hour))
+	}
+	s.RegisterResource(ctx, Resource{ID: "r", Provider: "p", Kind: "file"})
+	if err := s.RegisterResource(ctx, Resource{ID: "r", Provider: "c", Kind: "file"}); !errors.Is(err, ErrConflict) {
+		t.Errorf("resource taken by another node: %v", err)
+	}
+	s.AddGrant(ctx, Grant{ID: "g", Resource: "r", Provider: "p", Consumer: "c", Mode: "batch"})
+	for seq := uint64(1); seq <= 3; seq++ {
+		if err := s.PutBatch(ctx, Batch{Grant: "g", Sequence: seq, Resource: "r", Provider: "p", Consumer: "c", Size: 10, Digest: "d"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutBatch(ctx, Batch{Grant: "g", Sequence: 2, Digest: "other"}); !errors.Is(err, ErrConflict) {
+		t.Errorf("same sequence, other digest: %v", err)
+	}
+	s.PutReceipt(ctx, "g", 1, []byte("{}"), time.Now())
+	bs, _ := s.Pending(ctx, "c", 10)
+	if len(bs) != 2 || bs[0].Sequence != 2 || bs[1].Sequence != 3 {
+		t.Fatalf("pending: %+v", bs)
+	}
+	s.RevokeGrant(ctx, "g")
+	if bs, _ := s.Pending(ctx, "c", 10); len(bs) != 0 {
+		t.Errorf("revoked grant still delivers %d batches", len(bs))
+	}
+}
+
+func TestAuditChain(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	for i := range 5 {
+		s.Audit(ctx, "operator", "test", "s", string(rune('a'+i)))
+	}
+	recs, err := s.AuditLog(ctx)
+	if err != nil || len(recs) != 5 {
+		t.Fatalf("%d records, %v", len(recs), err)
+	}
+	for i, r := range recs {
+		if AuditHash(r) != r.Hash || (i > 0 && r.Prev != recs[i-1].Hash) {
+			t.Fatalf("record %d does not chain", r.Seq)
+		}
+	}
+	changed := recs[2]
+	changed.Detail = "forged"
+	if AuditHash(changed) == recs[2].Hash {
+		t.Error("changing a record does not change its hash")
+	}
+}

@@ -1,0 +1,181 @@
+// Package connectors defines the contract between the agent and the kinds
+// of data it reads and writes (folders now; MySQL, Oracle and an embedded SQL
+// kind later), and the registry through which each kind makes itself known.
+//
+// The agent owns durability: connectors never write the agent's state
+// directly. A source describes the next batch and the state changes that
+// sending it implies; the agent seals and spools the batch and commits those
+// changes in one transaction, so the source's checkpoint never moves before
+// the batch is durable. A sink applies a batch and stages its state changes;
+// the agent commits them together with the applied sequence number.
+package connectors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+
+	"github.com/qianzhi/qianzhi/pkg/batch"
+)
+
+// Common holds the keys every resource and subscription entry has.
+type Common struct {
+	// ID names the resource across the whole exchange, e.g. "dept-a.reports".
+	ID string `yaml:"id"`
+	// Kind selects the connector, e.g. "file".
+	Kind string `yaml:"kind"`
+}
+
+// State is a connector's key-value state for one grant, as of the last
+// commit. Implementations are not safe for concurrent use.
+type State interface {
+	Get(key string) (val []byte, ok bool, err error)
+	// Scan calls fn for every key with the prefix, in key order.
+	Scan(prefix string, fn func(key string, val []byte) error) error
+}
+
+// Changes are state updates a connector stages; the agent applies them in
+// order, atomically with the batch they belong to.
+type Changes struct {
+	ops []change
+}
+
+type change struct {
+	key string
+	val []byte // nil deletes
+}
+
+// Put stages a write.
+func (c *Changes) Put(key string, val []byte) { c.ops = append(c.ops, change{key, val}) }
+
+// Delete stages a removal.
+func (c *Changes) Delete(key string) { c.ops = append(c.ops, change{key, nil}) }
+
+// Len is the number of staged operations.
+func (c *Changes) Len() int { return len(c.ops) }
+
+// Each calls fn for every staged operation in order; val is nil for deletes.
+func (c *Changes) Each(fn func(key string, val []byte) error) error {
+	for _, op := range c.ops {
+		if err := fn(op.key, op.val); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Output collects one batch from a source: the file manifest (for file
+// kinds), the uncompressed body, and the state changes that sending it
+// implies. Limit is the body size the source should stay under; a single
+// entry may exceed it only when it cannot be split.
+type Output struct {
+	Kind    string
+	Files   []batch.FileEntry
+	Body    []byte
+	Limit   int64
+	Changes Changes
+}
+
+// Empty reports whether the output carries nothing to send.
+func (o *Output) Empty() bool { return len(o.Files) == 0 && len(o.Body) == 0 }
+
+// ErrIdle is returned by Source.Next when there is nothing to send now.
+var ErrIdle = errors.New("nothing to send")
+
+// Source reads a provider's resource.
+//
+// The agent calls Next from one goroutine per resource, for each grant in
+// turn, with that grant's state. Next either fills out (files, body and/or
+// state changes) and returns nil, or returns ErrIdle. An output with state
+// changes but nothing to send is committed without producing a batch.
+// Changed may be called from any goroutine.
+type Source interface {
+	Next(ctx context.Context, st State, out *Output) error
+	// Changed receives a value when the source may have new data; the agent
+	// also retries on its own timer, so a missed signal only delays.
+	Changed() <-chan struct{}
+	Close() error
+}
+
+// Sink writes a consumer's copy of a resource.
+//
+// The agent calls Apply for one grant's batches in sequence order from one
+// goroutine, after the batch's seal and digest were verified. Apply may be
+// called again for a batch whose earlier Apply or commit was interrupted by a
+// crash, so it must be idempotent. State changes staged in ch are committed by
+// the agent together with the batch's sequence number.
+type Sink interface {
+	Apply(ctx context.Context, h *batch.Header, body io.Reader, st State, ch *Changes) error
+	Close() error
+}
+
+// SourceConfig is a kind's decoded resource entry.
+type SourceConfig interface {
+	Validate() error
+	OpenSource(log *slog.Logger) (Source, error)
+}
+
+// SinkConfig is a kind's decoded subscription entry.
+type SinkConfig interface {
+	Validate() error
+	OpenSink(log *slog.Logger) (Sink, error)
+}
+
+// Kind describes one connector kind. Either constructor may be nil when the
+// kind is only a source or only a sink. Each returns a pointer to a fresh
+// config with defaults filled, into which the agent decodes the entry.
+type Kind struct {
+	Name       string
+	SourceConf func() SourceConfig
+	SinkConf   func() SinkConfig
+}
+
+var (
+	mu    sync.RWMutex
+	kinds = map[string]Kind{}
+)
+
+// Register makes a kind available by name. It panics on an empty or
+// duplicate name: both are programming errors found at start-up.
+func Register(k Kind) {
+	mu.Lock()
+	defer mu.Unlock()
+	if k.Name == "" {
+		panic("connectors: Register with an empty kind name")
+	}
+	if _, dup := kinds[k.Name]; dup {
+		panic("connectors: Register called twice for kind " + k.Name)
+	}
+	kinds[k.Name] = k
+}
+
+// Lookup returns a registered kind.
+func Lookup(name string) (Kind, error) {
+	mu.RLock()
+	defer mu.RUnlock()
+	k, ok := kinds[name]
+	if !ok {
+		return Kind{}, fmt.Errorf("unknown connector kind %q (known: %v)", name, namesLocked())
+	}
+	return k, nil
+}
+
+// Names lists the registered kinds.
+func Names() []string {
+	mu.RLock()
+	defer mu.RUnlock()
+	return namesLocked()
+}
+
+func namesLocked() []string {
+	var out []string
+	for n := range kinds {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,276 @@
+package file
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/pkg/batch"
+)
+
+// memState is a connectors.State that commits Changes like the agent does.
+type memState map[string][]byte
+
+func (m memState) Get(k string) ([]byte, bool, error) { v, ok := m[k]; return v, ok, nil }
+
+func (m memState) Scan(prefix string, fn func(string, []byte) error) error {
+	var keys []string
+	for k := range m {
+		if strings.HasPrefix(k, prefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := fn(k, m[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m memState) commit(ch *connectors.Changes) {
+	ch.Each(func(k string, v []byte) error {
+		if v == nil {
+			delete(m, k)
+		} else {
+			m[k] = v
+		}
+		return nil
+	})
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func write(t *testing.T, root, rel string, data []byte, age time.Duration) {
+	t.Helper()
+	p := filepath.Join(root, filepath.FromSlash(rel))
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	if err := os.WriteFile(p, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-age)
+	os.Chtimes(p, old, old)
+}
+
+type pair struct {
+	src   *Source
+	sink  *Sink
+	st    memState
+	sinkD string
+	srcD  string
+	n     int // batches moved
+}
+
+func newPair(t *testing.T, mod func(*SourceConfig)) *pair {
+	t.Helper()
+	cfg := NewSourceConfig()
+	cfg.Path = t.TempDir()
+	cfg.ChunkSize = 64 << 10
+	cfg.Settle = 200 * time.Millisecond
+	if mod != nil {
+		mod(cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	src, err := NewSource(cfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	dst := t.TempDir()
+	sink, err := NewSink(dst, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pair{src: src, sink: sink, st: memState{}, sinkD: dst, srcD: cfg.Path}
+}
+
+// sync moves batches until the source is idle.
+func (p *pair) sync(t *testing.T) {
+	t.Helper()
+	for range 10000 {
+		out := connectors.Output{Limit: 100 << 10}
+		err := p.src.Next(context.Background(), p.st, &out)
+		if errors.Is(err, connectors.ErrIdle) {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !out.Empty() {
+			h := batch.Header{Kind: out.Kind, Files: out.Files, BodyLen: int64(len(out.Body))}
+			if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			p.n++
+		}
+		p.st.commit(&out.Changes)
+	}
+	t.Fatal("source never went idle")
+}
+
+func (p *pair) same(t *testing.T, rel string) {
+	t.Helper()
+	a, err1 := os.ReadFile(filepath.Join(p.srcD, filepath.FromSlash(rel)))
+	b, err2 := os.ReadFile(filepath.Join(p.sinkD, filepath.FromSlash(rel)))
+	if err1 != nil || err2 != nil || !bytes.Equal(a, b) {
+		t.Errorf("%s differs at the sink (%v, %v; %d vs %d bytes)", rel, err1, err2, len(a), len(b))
+	}
+}
+
+func pattern(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7) ^ seed ^ byte(i>>9)
+	}
+	return b
+}
+
+func TestRoundTrip(t *testing.T) {
+	p := newPair(t, nil)
+	files := map[string][]byte{
+		"a.txt":                  []byte("hello"),
+		"empty":                  {},
+		"报表/二〇二六年.xlsx":          pattern(1000, 1),
+		"deep/er/large.bin":      pattern(64<<10*5+17, 2), // six chunks
+		"exact/chunk.bin":        pattern(64<<10, 3),
+		"many/one.csv":           pattern(90<<10, 4),
+		"many/two.csv":           pattern(30<<10, 5),
+		"skip/" + TempDir + "/x": []byte("never"),
+	}
+	for rel, data := range files {
+		write(t, p.srcD, rel, data, time.Hour)
+	}
+	p.sync(t)
+	for rel := range files {
+		if strings.Contains(rel, TempDir) {
+			continue
+		}
+		p.same(t, rel)
+	}
+	if p.n < 7 {
+		t.Errorf("only %d batches; the large file should take one a chunk", p.n)
+	}
+	before := p.n
+	p.sync(t)
+	if p.n != before {
+		t.Errorf("unchanged folder produced %d more batches", p.n-before)
+	}
+	// A touched but unchanged file is not sent again.
+	later := time.Now().Add(-time.Minute)
+	os.Chtimes(filepath.Join(p.srcD, "a.txt"), later, later)
+	p.sync(t)
+	if p.n != before {
+		t.Errorf("touched file was sent again")
+	}
+	// A changed file is.
+	write(t, p.srcD, "deep/er/large.bin", pattern(64<<10*3, 9), 30*time.Minute)
+	p.sync(t)
+	p.same(t, "deep/er/large.bin")
+	if ents, _ := os.ReadDir(filepath.Join(p.sinkD, TempDir)); len(ents) != 0 {
+		t.Errorf("temporary files left: %v", ents)
+	}
+}
+
+func TestGlobsAndSettle(t *testing.T) {
+	p := newPair(t, func(c *SourceConfig) {
+		c.Include = []string{"**/*.csv", "*.txt"}
+		c.Exclude = []string{"tmp/**"}
+	})
+	write(t, p.srcD, "a.txt", []byte("a"), time.Hour)
+	write(t, p.srcD, "x/b.csv", []byte("b"), time.Hour)
+	write(t, p.srcD, "x/c.bin", []byte("c"), time.Hour)
+	write(t, p.srcD, "tmp/d.csv", []byte("d"), time.Hour)
+	write(t, p.srcD, "fresh.txt", []byte("being written"), 0)
+	p.sync(t)
+	for rel, want := range map[string]bool{"a.txt": true, "x/b.csv": true, "x/c.bin": false, "tmp/d.csv": false, "fresh.txt": false} {
+		_, err := os.Stat(filepath.Join(p.sinkD, filepath.FromSlash(rel)))
+		if (err == nil) != want {
+			t.Errorf("%s at sink: %v, want %v", rel, err == nil, want)
+		}
+	}
+	select {
+	case <-p.src.Changed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no wake-up after the unsettled file settled")
+	}
+	time.Sleep(300 * time.Millisecond)
+	p.sync(t)
+	p.same(t, "fresh.txt")
+}
+
+func TestDeletes(t *testing.T) {
+	for _, propagate := range []bool{false, true} {
+		p := newPair(t, func(c *SourceConfig) { c.PropagateDeletes = propagate })
+		write(t, p.srcD, "gone.txt", []byte("x"), time.Hour)
+		p.sync(t)
+		os.Remove(filepath.Join(p.srcD, "gone.txt"))
+		p.sync(t)
+		_, err := os.Stat(filepath.Join(p.sinkD, "gone.txt"))
+		if exists := err == nil; exists == propagate {
+			t.Errorf("propagate_deletes=%v: file at sink after delete: %v", propagate, exists)
+		}
+		if _, ok := p.st["f/gone.txt"]; ok {
+			t.Errorf("propagate_deletes=%v: deleted file still in source state", propagate)
+		}
+	}
+}
+
+func TestSinkRejectsBadChunkAndIsIdempotent(t *testing.T) {
+	dst := t.TempDir()
+	s, _ := NewSink(dst, quiet)
+	data := []byte("content")
+	h := batch.Header{Kind: "files", Files: []batch.FileEntry{{Op: "put", Path: "f.txt", Size: 7, Mode: 0o644, ModTime: time.Now(),
+		SHA256: "4ad3ca73a0fb7b4fb24e3f1e3f3bdf5c9fe4a1d4a3a5f8e8e1e2f3f4a5b6c7d8", Chunks: 1, Length: 7, ChunkSHA256: "00"}}}
+	if err := s.Apply(context.Background(), &h, bytes.NewReader(data), nil, nil); !errors.Is(err, ErrMismatch) {
+		t.Errorf("bad chunk hash: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "f.txt")); err == nil {
+		t.Error("file with a bad chunk appeared")
+	}
+	for _, bad := range []string{"../escape", "/abs", TempDir + "/x", "a\\b"} {
+		h := batch.Header{Kind: "files", Files: []batch.FileEntry{{Op: "delete", Path: bad}}}
+		if err := s.Apply(context.Background(), &h, bytes.NewReader(nil), nil, nil); err == nil {
+			t.Errorf("unsafe path %q accepted", bad)
+		}
+	}
+	// Applying the same batches twice leaves the same result.
+	p := newPair(t, nil)
+	write(t, p.srcD, "big.bin", pattern(64<<10*3, 7), time.Hour)
+	var outs []connectors.Output
+	for {
+		out := connectors.Output{Limit: 100 << 10}
+		if err := p.src.Next(context.Background(), p.st, &out); err != nil {
+			break
+		}
+		p.st.commit(&out.Changes)
+		outs = append(outs, out)
+	}
+	for range 2 {
+		for _, out := range outs {
+			h := batch.Header{Kind: out.Kind, Files: out.Files}
+			if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), nil, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A crash after the final rename but before the commit replays only the
+	// last batch: it must be recognised as done.
+	last := outs[len(outs)-1]
+	h = batch.Header{Kind: last.Kind, Files: last.Files}
+	if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(last.Body), nil, nil); err != nil {
+		t.Fatalf("replay of the final chunk: %v", err)
+	}
+	p.same(t, "big.bin")
+}

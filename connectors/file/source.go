@@ -1,0 +1,443 @@
+package file
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/pkg/batch"
+)
+
+// Source publishes a folder.
+type Source struct {
+	cfg     *SourceConfig
+	log     *slog.Logger
+	watcher *fsnotify.Watcher
+	changed chan struct{}
+	done    chan struct{}
+	wg      sync.WaitGroup
+	now     func() time.Time
+
+	mu      sync.Mutex
+	settleT *time.Timer
+}
+
+// sent is the per-grant record of the version of a file last spooled.
+type sent struct {
+	Size   int64  `json:"size"`
+	MTime  int64  `json:"mtime"` // unix nanoseconds
+	SHA256 string `json:"sha256"`
+}
+
+// plan is a large file being sent chunk by chunk.
+type plan struct {
+	Path      string    `json:"path"`
+	Size      int64     `json:"size"`
+	MTime     int64     `json:"mtime"`
+	Mode      uint32    `json:"mode"`
+	SHA256    string    `json:"sha256"`
+	ChunkSize int64     `json:"chunk_size"`
+	Hashes    []string  `json:"hashes"`
+	Next      int       `json:"next"`
+	Started   time.Time `json:"started"`
+}
+
+const (
+	keyPlan = "plan"
+	keySent = "f/"
+)
+
+// NewSource watches cfg.Path.
+func NewSource(cfg *SourceConfig, log *slog.Logger) (*Source, error) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("watch %s: %w", cfg.Path, err)
+	}
+	s := &Source{cfg: cfg, log: log, watcher: w, changed: make(chan struct{}, 1), done: make(chan struct{}), now: time.Now}
+	s.addWatches(cfg.Path)
+	s.wg.Add(1)
+	go s.watch()
+	return s, nil
+}
+
+var _ connectors.Source = (*Source)(nil)
+
+func (s *Source) signal() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Changed fires after filesystem events, rescans and settle timeouts.
+func (s *Source) Changed() <-chan struct{} { return s.changed }
+
+func (s *Source) addWatches(root string) {
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if d.Name() == TempDir {
+			return filepath.SkipDir
+		}
+		if err := s.watcher.Add(p); err != nil {
+			// Too many watches or an odd filesystem: the rescan covers it.
+			s.log.Warn("cannot watch folder; relying on rescans", "folder", p, "err", err)
+		}
+		return nil
+	})
+}
+
+func (s *Source) watch() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.Rescan)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case ev, ok := <-s.watcher.Events:
+			if !ok {
+				return
+			}
+			if ev.Has(fsnotify.Create) {
+				if fi, err := os.Stat(ev.Name); err == nil && fi.IsDir() {
+					s.addWatches(ev.Name)
+				}
+			}
+			s.signal()
+		case err, ok := <-s.watcher.Errors:
+			if !ok {
+				return
+			}
+			// Overflow and friends: events were lost; a rescan catches up.
+			s.log.Warn("folder watch lost events; rescanning", "err", err)
+			s.signal()
+		case <-t.C:
+			s.signal()
+		}
+	}
+}
+
+// wakeAfter asks for another look once an unsettled file may have settled.
+func (s *Source) wakeAfter(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.settleT != nil {
+		s.settleT.Stop()
+	}
+	s.settleT = time.AfterFunc(d, s.signal)
+}
+
+// Close stops watching.
+func (s *Source) Close() error {
+	close(s.done)
+	err := s.watcher.Close()
+	s.wg.Wait()
+	s.mu.Lock()
+	if s.settleT != nil {
+		s.settleT.Stop()
+	}
+	s.mu.Unlock()
+	return err
+}
+
+type listed struct {
+	rel   string
+	size  int64
+	mtime time.Time
+	mode  fs.FileMode
+}
+
+func (s *Source) list() ([]listed, error) {
+	var out []listed
+	root := s.cfg.Path
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == root {
+				return err
+			}
+			s.log.Warn("cannot read; skipping", "path", p, "err", err)
+			return nil
+		}
+		if d.IsDir() {
+			if d.Name() == TempDir {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return nil
+		}
+		rel = filepath.ToSlash(rel)
+		if !s.cfg.matches(rel) {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil // removed meanwhile
+		}
+		out = append(out, listed{rel: rel, size: fi.Size(), mtime: fi.ModTime(), mode: fi.Mode().Perm()})
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].rel < out[j].rel })
+	return out, err
+}
+
+func getJSON(st connectors.State, key string, v any) (bool, error) {
+	b, ok, err := st.Get(key)
+	if err != nil || !ok {
+		return false, err
+	}
+	return true, json.Unmarshal(b, v)
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// errChanged means a file changed while it was being read.
+var errChanged = errors.New("file changed while reading")
+
+// Next implements connectors.Source.
+func (s *Source) Next(ctx context.Context, st connectors.State, out *connectors.Output) error {
+	out.Kind = "files"
+	var p plan
+	if ok, err := getJSON(st, keyPlan, &p); err != nil {
+		return fmt.Errorf("read plan: %w", err)
+	} else if ok {
+		return s.nextChunk(&p, out)
+	}
+	return s.scan(ctx, st, out)
+}
+
+func (s *Source) abs(rel string) string { return filepath.Join(s.cfg.Path, filepath.FromSlash(rel)) }
+
+// nextChunk sends the next chunk of the large file in progress.
+func (s *Source) nextChunk(p *plan, out *connectors.Output) error {
+	drop := func(why string) error {
+		s.log.Info("large file changed during transfer; starting over", "path", p.Path, "why", why)
+		out.Changes.Delete(keyPlan)
+		return nil
+	}
+	f, err := os.Open(s.abs(p.Path))
+	if err != nil {
+		return drop(err.Error())
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Size() != p.Size || fi.ModTime().UnixNano() != p.MTime {
+		return drop("size or modification time changed")
+	}
+	off := int64(p.Next) * p.ChunkSize
+	n := min(p.ChunkSize, p.Size-off)
+	buf := make([]byte, n)
+	if _, err := f.ReadAt(buf, off); err != nil && !(errors.Is(err, io.EOF) && n == 0) {
+		return drop(err.Error())
+	}
+	sum := sha256.Sum256(buf)
+	if hex.EncodeToString(sum[:]) != p.Hashes[p.Next] {
+		return drop("chunk content changed")
+	}
+	out.Files = append(out.Files, batch.FileEntry{
+		Op: "put", Path: p.Path, Size: p.Size, Mode: p.Mode, ModTime: time.Unix(0, p.MTime).UTC(),
+		SHA256: p.SHA256, ChunkSize: p.ChunkSize, Chunks: len(p.Hashes), Chunk: p.Next,
+		Offset: off, Length: n, ChunkSHA256: p.Hashes[p.Next],
+	})
+	out.Body = append(out.Body, buf...)
+	p.Next++
+	if p.Next == len(p.Hashes) {
+		out.Changes.Delete(keyPlan)
+		out.Changes.Put(keySent+p.Path, mustJSON(sent{Size: p.Size, MTime: p.MTime, SHA256: p.SHA256}))
+	} else {
+		out.Changes.Put(keyPlan, mustJSON(p))
+	}
+	return nil
+}
+
+// scan looks for new, changed and deleted files and fills out with as many
+// small files as fit, or starts a large one.
+func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.Output) error {
+	files, err := s.list()
+	if err != nil {
+		return fmt.Errorf("scan %s: %w", s.cfg.Path, err)
+	}
+	now := s.now()
+	present := make(map[string]bool, len(files))
+	var unsettled time.Duration
+	full := false
+	for _, f := range files {
+		present[f.rel] = true
+		if full {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var prev sent
+		had, err := getJSON(st, keySent+f.rel, &prev)
+		if err != nil {
+			return err
+		}
+		if had && prev.Size == f.size && prev.MTime == f.mtime.UnixNano() {
+			continue
+		}
+		if age := now.Sub(f.mtime); age < s.cfg.Settle {
+			// Possibly still being written: look again once it has settled.
+			if w := s.cfg.Settle - age; unsettled == 0 || w < unsettled {
+				unsettled = w
+			}
+			continue
+		}
+		chunk := int64(s.cfg.ChunkSize)
+		if f.size > chunk {
+			if !out.Empty() {
+				full = true // send what we have; the large file starts next time
+				continue
+			}
+			p, err := s.planFile(f, chunk)
+			if errors.Is(err, errChanged) || errors.Is(err, fs.ErrNotExist) {
+				unsettled = s.cfg.Settle
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if had && prev.SHA256 == p.SHA256 {
+				out.Changes.Put(keySent+f.rel, mustJSON(sent{Size: f.size, MTime: f.mtime.UnixNano(), SHA256: p.SHA256}))
+				continue
+			}
+			if err := s.nextChunk(p, out); err != nil {
+				return err
+			}
+			full = true
+			continue
+		}
+		if int64(len(out.Body))+f.size > out.Limit && !out.Empty() {
+			full = true
+			continue
+		}
+		data, sum, err := s.readSmall(f)
+		if errors.Is(err, errChanged) || errors.Is(err, fs.ErrNotExist) {
+			unsettled = s.cfg.Settle
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		rec := mustJSON(sent{Size: f.size, MTime: f.mtime.UnixNano(), SHA256: sum})
+		out.Changes.Put(keySent+f.rel, rec)
+		if had && prev.SHA256 == sum {
+			continue // touched, not changed
+		}
+		cs := chunk
+		out.Files = append(out.Files, batch.FileEntry{
+			Op: "put", Path: f.rel, Size: f.size, Mode: uint32(f.mode), ModTime: f.mtime.UTC(),
+			SHA256: sum, ChunkSize: cs, Chunks: 1, Chunk: 0, Offset: 0, Length: f.size, ChunkSHA256: sum,
+		})
+		out.Body = append(out.Body, data...)
+	}
+	if unsettled > 0 {
+		s.wakeAfter(unsettled + 50*time.Millisecond)
+	}
+	if !full {
+		// Every present file is handled: record what disappeared.
+		err := st.Scan(keySent, func(key string, _ []byte) error {
+			rel := strings.TrimPrefix(key, keySent)
+			if present[rel] {
+				return nil
+			}
+			out.Changes.Delete(key)
+			if s.cfg.PropagateDeletes {
+				out.Files = append(out.Files, batch.FileEntry{Op: "delete", Path: rel})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if out.Empty() && out.Changes.Len() == 0 {
+		return connectors.ErrIdle
+	}
+	return nil
+}
+
+func (s *Source) readSmall(f listed) ([]byte, string, error) {
+	fh, err := os.Open(s.abs(f.rel))
+	if err != nil {
+		return nil, "", err
+	}
+	defer fh.Close()
+	data := make([]byte, f.size)
+	if _, err := io.ReadFull(fh, data); err != nil {
+		return nil, "", errChanged
+	}
+	if err := unchanged(fh, f); err != nil {
+		return nil, "", err
+	}
+	sum := sha256.Sum256(data)
+	return data, hex.EncodeToString(sum[:]), nil
+}
+
+func unchanged(fh *os.File, f listed) error {
+	fi, err := fh.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() != f.size || !fi.ModTime().Equal(f.mtime) {
+		return errChanged
+	}
+	return nil
+}
+
+// planFile hashes a large file whole and chunk by chunk in one pass.
+func (s *Source) planFile(f listed, chunk int64) (*plan, error) {
+	fh, err := os.Open(s.abs(f.rel))
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	whole := sha256.New()
+	p := &plan{Path: f.rel, Size: f.size, MTime: f.mtime.UnixNano(), Mode: uint32(f.mode), ChunkSize: chunk, Started: s.now()}
+	buf := make([]byte, 256<<10)
+	for off := int64(0); off < f.size; off += chunk {
+		part := sha256.New()
+		n, err := io.CopyBuffer(io.MultiWriter(whole, part), io.LimitReader(fh, chunk), buf)
+		if err != nil {
+			return nil, err
+		}
+		if n != min(chunk, f.size-off) {
+			return nil, errChanged
+		}
+		p.Hashes = append(p.Hashes, hex.EncodeToString(part.Sum(nil)))
+	}
+	if err := unchanged(fh, f); err != nil {
+		return nil, err
+	}
+	p.SHA256 = hex.EncodeToString(whole.Sum(nil))
+	return p, nil
+}

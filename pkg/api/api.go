@@ -1,0 +1,81 @@
+// Package api holds the wire types of the hub's HTTP API, shared by the hub
+// and the agent so that neither imports the other.
+//
+// Routes (all JSON unless noted; every route but ping and enroll needs a
+// node certificate):
+//
+//	GET  /v1/ping                      liveness, also the transport probe
+//	POST /v1/enroll                    EnrollRequest → EnrollResponse
+//	POST /v1/resources                 []ResourceDecl
+//	GET  /v1/grants                    → []GrantInfo for the calling node
+//	GET  /v1/nodes/{id}/seal           → seal public key text
+//	HEAD /v1/batches/{grant}/{seq}     upload status: Qz-Offset, Qz-Complete
+//	PUT  /v1/batches/{grant}/{seq}     resumable upload from Qz-Offset, Qz-Total
+//	GET  /v1/batches/{grant}/{seq}     download (Range supported)
+//	GET  /v1/deliveries?wait=25s       long poll → []Delivery
+//	POST /v1/receipts                  a signed receipt
+//	POST /v1/rejections                Rejection
+package api
+
+import "time"
+
+// Headers of the resumable upload.
+const (
+	HeaderOffset   = "Qz-Offset"   // bytes the hub holds / the upload starts at
+	HeaderTotal    = "Qz-Total"    // the batch file's full size
+	HeaderComplete = "Qz-Complete" // "1" when the hub has stored the batch
+)
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// EnrollRequest is what qz-agent enroll sends.
+type EnrollRequest struct {
+	Token   string `json:"token"`
+	CSR     string `json:"csr"`
+	SealPub string `json:"seal_pub"`
+}
+
+// EnrollResponse carries the issued identity.
+type EnrollResponse struct {
+	NodeID string `json:"node_id"`
+	Cert   string `json:"cert"`
+	CA     string `json:"ca"`
+}
+
+// ResourceDecl is how an agent declares what it provides.
+type ResourceDecl struct {
+	ID   string `json:"id"`
+	Kind string `json:"kind"`
+}
+
+// GrantInfo is a grant as agents see it.
+type GrantInfo struct {
+	ID       string    `json:"id"`
+	Resource string    `json:"resource"`
+	Provider string    `json:"provider"`
+	Consumer string    `json:"consumer"`
+	Mode     string    `json:"mode"`
+	Fields   []string  `json:"fields,omitempty"`
+	Active   bool      `json:"active"`
+	Expires  time.Time `json:"expires,omitzero"`
+}
+
+// Delivery is one batch waiting for a consumer.
+type Delivery struct {
+	Grant    string `json:"grant"`
+	Sequence uint64 `json:"seq"`
+	Resource string `json:"resource"`
+	Provider string `json:"provider"`
+	Size     int64  `json:"size"`
+	Digest   string `json:"digest"`
+}
+
+// Rejection is a consumer's report that a delivered batch failed its checks.
+type Rejection struct {
+	Grant    string `json:"grant"`
+	Sequence uint64 `json:"seq"`
+	Reason   string `json:"reason"`
+}

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# make demo: a hub and two agents on loopback, in a temp folder. The provider
+# publishes a folder, the operator grants it to the consumer, and the demo
+# waits until every file has arrived byte-identical.
+# DEMO_KEEP=1 leaves everything running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$PWD/bin
+DEMO=$(mktemp -d /tmp/qianzhi-demo.XXXXXX)
+PIDS=()
+cleanup() {
+	if [[ "${DEMO_KEEP:-}" != 1 ]]; then
+		for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+		wait 2>/dev/null || true
+		rm -rf "$DEMO"
+	fi
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HUB=127.0.0.1:$port
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+say "hub: $HUB, everything under $DEMO"
+mkdir -p "$DEMO"/{hub,provider,consumer,outbox,inbox}
+cat >"$DEMO/hub/central.yaml" <<YAML
+listen: $HUB
+state_dir: $DEMO/hub/state
+hosts: [127.0.0.1, localhost]
+YAML
+for n in provider consumer; do
+	cat >"$DEMO/$n/agent.yaml" <<YAML
+hub: $HUB
+state_dir: $DEMO/$n/state
+YAML
+done
+cat >>"$DEMO/provider/agent.yaml" <<YAML
+resources:
+  - id: demo.reports
+    kind: file
+    path: $DEMO/outbox
+    settle: 500ms
+YAML
+cat >>"$DEMO/consumer/agent.yaml" <<YAML
+subscriptions:
+  - id: demo.reports
+    kind: file
+    path: $DEMO/inbox
+YAML
+
+say "sample files: a 100 MiB file, a nested folder, Chinese names"
+mkdir -p "$DEMO/outbox/报表/2026" "$DEMO/outbox/nested/deeper"
+head -c 100M /dev/urandom >"$DEMO/outbox/large.bin"
+printf '姓名,身份证号\n张三,110101199003078515\n' >"$DEMO/outbox/报表/2026/第一季度人口统计.csv"
+seq 1 100000 >"$DEMO/outbox/nested/deeper/numbers.txt"
+echo "Qianzhi demo" >"$DEMO/outbox/readme.txt"
+touch -d '1 minute ago' "$DEMO"/outbox/large.bin "$DEMO"/outbox/readme.txt "$DEMO"/outbox/nested/deeper/numbers.txt "$DEMO"/outbox/报表/2026/*.csv
+
+C="$BIN/qz-central --config $DEMO/hub/central.yaml"
+$C init >/dev/null
+$C run >"$DEMO/hub/hub.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+
+say "enrol two departments"
+for n in provider consumer; do
+	tok=$($C node add "dept-$n" --name "demo $n" 2>/dev/null)
+	"$BIN/qz-agent" enroll --config "$DEMO/$n/agent.yaml" --token "$tok"
+	"$BIN/qz-agent" run --config "$DEMO/$n/agent.yaml" >"$DEMO/$n/agent.log" 2>&1 & PIDS+=($!)
+done
+
+say "grant demo.reports to dept-consumer"
+for _ in $(seq 100); do
+	if g=$($C grant add --resource demo.reports --consumer dept-consumer 2>/dev/null); then break; fi
+	sleep 0.1
+done
+echo "grant $g"
+
+say "waiting for every file to arrive"
+start=$(date +%s)
+files=$(cd "$DEMO/outbox" && find . -type f | sort)
+while :; do
+	ok=1
+	while IFS= read -r f; do
+		[[ -f "$DEMO/inbox/$f" ]] && cmp -s "$DEMO/outbox/$f" "$DEMO/inbox/$f" || { ok=0; break; }
+	done <<<"$files"
+	[[ $ok == 1 ]] && break
+	if (($(date +%s) - start > 50)); then
+		echo "demo: files did not arrive within 50s; logs in $DEMO" >&2
+		DEMO_KEEP=1
+		exit 1
+	fi
+	sleep 0.3
+done
+
+printf '\n%-40s %12s  %s\n' FILE BYTES "SHA-256 MATCHES"
+while IFS= read -r f; do
+	a=$(sha256sum <"$DEMO/outbox/$f" | cut -c1-64)
+	b=$(sha256sum <"$DEMO/inbox/$f" | cut -c1-64)
+	printf '%-40s %12s  %s\n' "${f#./}" "$(stat -c %s "$DEMO/inbox/$f")" "$([[ $a == "$b" ]] && echo yes || echo NO)"
+done <<<"$files"
+echo
+echo "arrived in $(($(date +%s) - start))s; the hub's audit log:"
+$C audit verify
+
+if [[ "${DEMO_KEEP:-}" == 1 ]]; then
+	cat <<MSG
+
+Everything keeps running (DEMO_KEEP=1). Look around:
+  $C node list
+  $C grant list
+  $C audit list
+  $BIN/qz-agent status --config $DEMO/consumer/agent.yaml
+  ls -R $DEMO/inbox
+  cp some-file $DEMO/outbox/      # and watch it arrive
+Logs: $DEMO/*/*.log    Stop: kill ${PIDS[*]}
+MSG
+fi

@@ -1,0 +1,313 @@
+// Package transport carries the wire protocol between agents and the hub:
+// HTTP/3 over mutual-TLS QUIC as the primary transport, and the same HTTP
+// handlers over HTTP/2 on TLS/TCP as the fallback for networks that block
+// UDP. Agents always dial out; one long-lived connection per agent
+// multiplexes control, uploads and deliveries as concurrent streams.
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+)
+
+// Transport names, as configured and as reported in status.
+const (
+	Auto = "auto"
+	QUIC = "quic"
+	TCP  = "tcp"
+)
+
+// quicConfig keeps quic-go's defaults (measured fastest here) and only sets
+// liveness: keep-alives so an idle agent's connection survives NAT and
+// firewalls, and a short handshake timeout so the TCP fallback is quick.
+func quicConfig() *quic.Config {
+	return &quic.Config{
+		KeepAlivePeriod:      15 * time.Second,
+		MaxIdleTimeout:       60 * time.Second,
+		HandshakeIdleTimeout: 4 * time.Second,
+	}
+}
+
+// Server serves one handler over QUIC and TLS/TCP.
+type Server struct {
+	Handler http.Handler
+	TLS     *tls.Config
+	Logger  *slog.Logger
+
+	udp  net.PacketConn
+	tcp  net.Listener
+	h3   *http3.Server
+	h2   *http.Server
+	once sync.Once
+}
+
+// Listen binds the listeners. Either address may be empty to disable that
+// transport. When tcpAddr ends in ":0" and quicAddr equals it, both bind the
+// same free port number, as a real hub does.
+func (s *Server) Listen(quicAddr, tcpAddr string) error {
+	if tcpAddr != "" {
+		ln, err := net.Listen("tcp", tcpAddr)
+		if err != nil {
+			return fmt.Errorf("listen tcp %s: %w", tcpAddr, err)
+		}
+		s.tcp = ln
+		if quicAddr == tcpAddr {
+			quicAddr = ln.Addr().String()
+		}
+	}
+	if quicAddr != "" {
+		pc, err := net.ListenPacket("udp", quicAddr)
+		if err != nil {
+			if s.tcp != nil {
+				s.tcp.Close()
+			}
+			return fmt.Errorf("listen udp %s: %w", quicAddr, err)
+		}
+		s.udp = pc
+	}
+	if s.tcp == nil && s.udp == nil {
+		return errors.New("no listener: enable QUIC, TCP or both")
+	}
+	return nil
+}
+
+// QUICAddr is the bound UDP address, or "".
+func (s *Server) QUICAddr() string {
+	if s.udp == nil {
+		return ""
+	}
+	return s.udp.LocalAddr().String()
+}
+
+// TCPAddr is the bound TCP address, or "".
+func (s *Server) TCPAddr() string {
+	if s.tcp == nil {
+		return ""
+	}
+	return s.tcp.Addr().String()
+}
+
+// Serve runs until ctx is cancelled. Listen must have been called.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 2)
+	n := 0
+	if s.udp != nil {
+		s.h3 = &http3.Server{
+			Handler:    s.Handler,
+			TLSConfig:  http3.ConfigureTLSConfig(s.TLS.Clone()),
+			QUICConfig: quicConfig(),
+		}
+		n++
+		go func() { errc <- s.h3.Serve(s.udp) }()
+	}
+	if s.tcp != nil {
+		tc := s.TLS.Clone()
+		tc.NextProtos = []string{"h2", "http/1.1"}
+		s.h2 = &http.Server{
+			Handler:           s.Handler,
+			TLSConfig:         tc,
+			ReadHeaderTimeout: 30 * time.Second,
+			ErrorLog:          slogErrorLog(s.Logger),
+		}
+		n++
+		go func() { errc <- s.h2.ServeTLS(s.tcp, "", "") }()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		n--
+	}
+	s.Close()
+	for ; n > 0; n-- {
+		<-errc
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, quic.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// Close stops both listeners and drops open connections.
+func (s *Server) Close() {
+	s.once.Do(func() {
+		if s.h3 != nil {
+			s.h3.Close()
+		}
+		if s.udp != nil {
+			s.udp.Close()
+		}
+		if s.h2 != nil {
+			s.h2.Close()
+		}
+		if s.tcp != nil {
+			s.tcp.Close()
+		}
+	})
+}
+
+// Client is an agent's connection to the hub. It picks QUIC or TLS/TCP on
+// first use (in auto mode QUIC first, then TCP), keeps that connection for
+// every request, and probes again after a network error.
+type Client struct {
+	Hub    string // host:port
+	TLS    *tls.Config
+	Mode   string // Auto, QUIC or TCP
+	Logger *slog.Logger
+
+	mu      sync.Mutex
+	rt      http.RoundTripper
+	closer  func()
+	current string
+}
+
+// ErrUnreachable wraps every failure to reach the hub at all.
+var ErrUnreachable = errors.New("hub unreachable")
+
+func (c *Client) newQUIC() (http.RoundTripper, func()) {
+	t := &http3.Transport{TLSClientConfig: c.TLS.Clone(), QUICConfig: quicConfig()}
+	return t, func() { t.Close() }
+}
+
+func (c *Client) newTCP() (http.RoundTripper, func()) {
+	tc := c.TLS.Clone()
+	t := &http.Transport{
+		TLSClientConfig:     tc,
+		ForceAttemptHTTP2:   true,
+		TLSHandshakeTimeout: 10 * time.Second,
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 1,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	p := new(http.Protocols)
+	p.SetHTTP2(true)
+	t.Protocols = p
+	return t, func() { t.CloseIdleConnections() }
+}
+
+// connect chooses a transport by probing the hub.
+func (c *Client) connect(ctx context.Context) (http.RoundTripper, string, error) {
+	modes := []string{QUIC, TCP}
+	switch c.Mode {
+	case QUIC:
+		modes = []string{QUIC}
+	case TCP:
+		modes = []string{TCP}
+	}
+	var errs []error
+	for _, m := range modes {
+		var rt http.RoundTripper
+		var closer func()
+		if m == QUIC {
+			rt, closer = c.newQUIC()
+		} else {
+			rt, closer = c.newTCP()
+		}
+		pctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+		err := probe(pctx, rt, c.Hub)
+		cancel()
+		if err == nil {
+			c.mu.Lock()
+			if c.closer != nil {
+				c.closer()
+			}
+			c.rt, c.closer, c.current = rt, closer, m
+			c.mu.Unlock()
+			if c.Logger != nil {
+				c.Logger.Info("connected to hub", "hub", c.Hub, "transport", m)
+			}
+			return rt, m, nil
+		}
+		closer()
+		errs = append(errs, fmt.Errorf("%s: %w", m, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, "", fmt.Errorf("%w at %s (%w); check the hub address, that qz-central runs, and that the firewall lets this server reach it", ErrUnreachable, c.Hub, errors.Join(errs...))
+}
+
+func probe(ctx context.Context, rt http.RoundTripper, hub string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+hub+"/v1/ping", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("ping: %s", resp.Status)
+	}
+	return nil
+}
+
+// Transport reports the transport in use, or "" when not connected.
+func (c *Client) Transport() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.current
+}
+
+// Do sends a request over the current connection, connecting first if
+// needed. A network error drops the connection so the next call probes again.
+func (c *Client) Do(req *http.Request) (*http.Response, error) {
+	c.mu.Lock()
+	rt := c.rt
+	c.mu.Unlock()
+	if rt == nil {
+		var err error
+		if rt, _, err = c.connect(req.Context()); err != nil {
+			return nil, err
+		}
+	}
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		c.mu.Lock()
+		if c.rt == rt {
+			c.closer()
+			c.rt, c.closer, c.current = nil, nil, ""
+		}
+		c.mu.Unlock()
+		return nil, err
+	}
+	return resp, nil
+}
+
+// URL builds an absolute URL on the hub.
+func (c *Client) URL(path string) string { return "https://" + c.Hub + path }
+
+// Close drops the connection.
+func (c *Client) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closer != nil {
+		c.closer()
+	}
+	c.rt, c.closer, c.current = nil, nil, ""
+}
+
+// ParseOffset reads a non-negative integer header.
+func ParseOffset(h http.Header, name string) (int64, error) {
+	v := h.Get(name)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("bad %s header %q", name, v)
+	}
+	return n, nil
+}
