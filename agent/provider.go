@@ -69,12 +69,14 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 			continue
 		}
 		reserved := int64(len(out.Body)) + batchOverhead
-		waited, err := a.spool.reserve(ctx, reserved)
-		if waited {
+		if !a.spool.tryReserve(reserved) {
+			used, quota := a.spool.usage()
+			a.log.Warn("spool full; extraction paused until uploads free space", "used", used, "quota", quota)
 			a.state.Add(CounterSpoolFullWaits, 1)
-		}
-		if err != nil {
-			return err
+			if err := a.spool.reserve(ctx, reserved); err != nil {
+				return err
+			}
+			a.log.Info("spool has room again; extraction resumed")
 		}
 		size, err := a.seal(ctx, resource, g, &out)
 		if err != nil {

@@ -46,24 +46,31 @@ func openSpool(dir string, quota int64, st *State) (*spool, error) {
 	return s, nil
 }
 
-// reserve waits until n more bytes fit under the quota. A batch always fits
-// into an empty spool, so a quota smaller than one batch cannot deadlock.
-// It reports whether it had to wait.
-func (s *spool) reserve(ctx context.Context, n int64) (bool, error) {
-	waited := false
+// tryReserve takes n bytes of the quota if they fit now. A batch always
+// fits into an empty spool, so a quota smaller than one batch cannot
+// deadlock.
+func (s *spool) tryReserve(n int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.used == 0 || s.used+n <= s.quota {
+		s.used += n
+		return true
+	}
+	return false
+}
+
+// reserve waits until n more bytes fit under the quota.
+func (s *spool) reserve(ctx context.Context, n int64) error {
 	for {
 		s.mu.Lock()
-		if s.used == 0 || s.used+n <= s.quota {
-			s.used += n
-			s.mu.Unlock()
-			return waited, nil
-		}
 		c := s.freed
 		s.mu.Unlock()
-		waited = true
+		if s.tryReserve(n) {
+			return nil
+		}
 		select {
 		case <-ctx.Done():
-			return waited, ctx.Err()
+			return ctx.Err()
 		case <-c:
 		}
 	}

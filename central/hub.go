@@ -2,6 +2,7 @@ package central
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -16,6 +17,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/qianzhi/qianzhi/central/store"
 	"github.com/qianzhi/qianzhi/pkg/api"
@@ -38,7 +41,7 @@ type Hub struct {
 
 	mu      sync.Mutex
 	waiters map[string]chan struct{} // consumer node → wake-up
-	uploads map[string]*sync.Mutex   // grant/seq → one upload at a time
+	uploads map[string]*upload       // grant/seq → the upload writing it
 }
 
 // ErrNotInitialised means qz-central init has not run for this state dir.
@@ -69,7 +72,7 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 		}
 	}
 	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now,
-		waiters: map[string]chan struct{}{}, uploads: map[string]*sync.Mutex{}}
+		waiters: map[string]chan struct{}{}, uploads: map[string]*upload{}}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	h.tls = &tls.Config{
@@ -114,7 +117,11 @@ func (h *Hub) verifyConnection(cs tls.ConnectionState) error {
 // Serve runs the hub until ctx ends. ready, if not nil, receives the bound
 // addresses once listening.
 func (h *Hub) Serve(ctx context.Context, ready func(quicAddr, tcpAddr string)) error {
-	srv := &transport.Server{Handler: h.Handler(), TLS: h.tls, Logger: h.log}
+	key, err := h.resetKey()
+	if err != nil {
+		return err
+	}
+	srv := &transport.Server{Handler: h.Handler(), TLS: h.tls, Logger: h.log, ResetKey: key}
 	q, t := "", ""
 	if h.cfg.QUIC {
 		q = h.cfg.Listen
@@ -131,6 +138,26 @@ func (h *Hub) Serve(ctx context.Context, ready func(quicAddr, tcpAddr string)) e
 	}
 	go h.janitor(ctx)
 	return srv.Serve(ctx)
+}
+
+// resetKey loads the QUIC stateless-reset key, creating it on first run.
+func (h *Hub) resetKey() (*quic.StatelessResetKey, error) {
+	path := filepath.Join(h.cfg.StateDir, "quic-reset.key")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		b = make([]byte, 32)
+		rand.Read(b)
+		err = fsutil.WriteFileAtomic(path, b, 0o600)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("QUIC reset key: %w", err)
+	}
+	if len(b) != 32 {
+		return nil, fmt.Errorf("QUIC reset key %s is damaged: delete it and restart", path)
+	}
+	var k quic.StatelessResetKey
+	copy(k[:], b)
+	return &k, nil
 }
 
 // janitor deletes payloads whose receipts are in and whose retention passed.
@@ -347,16 +374,37 @@ func (h *Hub) batchRef(w http.ResponseWriter, r *http.Request, role string) (sto
 	return g, seq, true
 }
 
-func (h *Hub) uploadLock(g string, seq uint64) *sync.Mutex {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+// upload is an upload in progress.
+type upload struct {
+	body io.Closer
+	done chan struct{}
+}
+
+// claimUpload makes the caller the only writer of a batch's partial file.
+// A newer upload of the same batch wins: when a provider dies mid-upload and
+// comes back, the hub may not yet know the old stream is dead, and waiting
+// for it would stall the line until a timeout. The old request's body is
+// closed, which ends its copy, and the new one waits for it to finish.
+func (h *Hub) claimUpload(g string, seq uint64, body io.Closer) (release func()) {
 	k := g + "/" + strconv.FormatUint(seq, 10)
-	m, ok := h.uploads[k]
-	if !ok {
-		m = new(sync.Mutex)
-		h.uploads[k] = m
+	me := &upload{body: body, done: make(chan struct{})}
+	for {
+		h.mu.Lock()
+		old, busy := h.uploads[k]
+		if !busy {
+			h.uploads[k] = me
+			h.mu.Unlock()
+			return func() {
+				h.mu.Lock()
+				delete(h.uploads, k)
+				h.mu.Unlock()
+				close(me.done)
+			}
+		}
+		h.mu.Unlock()
+		old.body.Close()
+		<-old.done
 	}
-	return m
 }
 
 func (h *Hub) uploadStatus(w http.ResponseWriter, r *http.Request) {
@@ -393,9 +441,8 @@ func (h *Hub) upload(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "missing or bad "+api.HeaderTotal+" header")
 		return
 	}
-	mu := h.uploadLock(g.ID, seq)
-	mu.Lock()
-	defer mu.Unlock()
+	release := h.claimUpload(g.ID, seq, r.Body)
+	defer release()
 	if _, err := h.store.Batch(ctx, g.ID, seq); err == nil {
 		w.Header().Set(api.HeaderComplete, "1")
 		w.WriteHeader(http.StatusCreated)

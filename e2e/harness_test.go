@@ -83,7 +83,14 @@ func start(t *testing.T, name, logPath string, bin string, args ...string) *proc
 	}
 	p := &proc{t: t, name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() { cmd.Wait(); lf.Close(); close(p.done) }()
-	t.Cleanup(p.kill)
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			t.Logf("last lines of %s's log:\n%s", name, strings.Join(lines[max(0, len(lines)-25):], "\n"))
+		}
+	})
 	return p
 }
 

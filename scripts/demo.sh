@@ -32,6 +32,7 @@ for n in provider consumer; do
 	cat >"$DEMO/$n/agent.yaml" <<YAML
 hub: $HUB
 state_dir: $DEMO/$n/state
+log_level: debug
 YAML
 done
 cat >>"$DEMO/provider/agent.yaml" <<YAML

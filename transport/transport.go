@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,8 +45,14 @@ type Server struct {
 	Handler http.Handler
 	TLS     *tls.Config
 	Logger  *slog.Logger
+	// ResetKey, kept across restarts, lets a restarted server reset the
+	// QUIC connections of its previous life at once (a stateless reset),
+	// so clients reconnect immediately instead of waiting for an idle
+	// timeout.
+	ResetKey *quic.StatelessResetKey
 
 	udp  net.PacketConn
+	qtr  *quic.Transport
 	tcp  net.Listener
 	h3   *http3.Server
 	h2   *http.Server
@@ -108,8 +115,13 @@ func (s *Server) Serve(ctx context.Context) error {
 			TLSConfig:  http3.ConfigureTLSConfig(s.TLS.Clone()),
 			QUICConfig: quicConfig(),
 		}
+		s.qtr = &quic.Transport{Conn: s.udp, StatelessResetKey: s.ResetKey}
+		ln, err := s.qtr.ListenEarly(s.h3.TLSConfig, s.h3.QUICConfig)
+		if err != nil {
+			return fmt.Errorf("listen quic: %w", err)
+		}
 		n++
-		go func() { errc <- s.h3.Serve(s.udp) }()
+		go func() { errc <- s.h3.ServeListener(ln) }()
 	}
 	if s.tcp != nil {
 		tc := s.TLS.Clone()
@@ -145,6 +157,9 @@ func (s *Server) Close() {
 		if s.h3 != nil {
 			s.h3.Close()
 		}
+		if s.qtr != nil {
+			s.qtr.Close()
+		}
 		if s.udp != nil {
 			s.udp.Close()
 		}
@@ -166,6 +181,7 @@ type Client struct {
 	Mode   string // Auto, QUIC or TCP
 	Logger *slog.Logger
 
+	connMu  sync.Mutex // held while connecting
 	mu      sync.Mutex
 	rt      http.RoundTripper
 	closer  func()
@@ -205,7 +221,7 @@ func (c *Client) connect(ctx context.Context) (http.RoundTripper, string, error)
 	case TCP:
 		modes = []string{TCP}
 	}
-	var errs []error
+	var errs []string
 	for _, m := range modes {
 		var rt http.RoundTripper
 		var closer func()
@@ -230,12 +246,12 @@ func (c *Client) connect(ctx context.Context) (http.RoundTripper, string, error)
 			return rt, m, nil
 		}
 		closer()
-		errs = append(errs, fmt.Errorf("%s: %w", m, err))
+		errs = append(errs, m+": "+err.Error())
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return nil, "", fmt.Errorf("%w at %s (%w); check the hub address, that qz-central runs, and that the firewall lets this server reach it", ErrUnreachable, c.Hub, errors.Join(errs...))
+	return nil, "", fmt.Errorf("%w at %s (%s); check the hub address, that qz-central runs, and that the firewall lets this server reach it", ErrUnreachable, c.Hub, strings.Join(errs, "; "))
 }
 
 func probe(ctx context.Context, rt http.RoundTripper, hub string) error {
@@ -268,10 +284,20 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	rt := c.rt
 	c.mu.Unlock()
 	if rt == nil {
-		var err error
-		if rt, _, err = c.connect(req.Context()); err != nil {
-			return nil, err
+		// One connection per agent: concurrent callers wait for the first
+		// to connect rather than each dialling (and closing) their own.
+		c.connMu.Lock()
+		c.mu.Lock()
+		rt = c.rt
+		c.mu.Unlock()
+		if rt == nil {
+			var err error
+			if rt, _, err = c.connect(req.Context()); err != nil {
+				c.connMu.Unlock()
+				return nil, err
+			}
 		}
+		c.connMu.Unlock()
 	}
 	resp, err := rt.RoundTrip(req)
 	if err != nil {
