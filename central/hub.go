@@ -162,7 +162,7 @@ func (h *Hub) resetKey() (*quic.StatelessResetKey, error) {
 
 // janitor deletes payloads whose receipts are in and whose retention passed.
 func (h *Hub) janitor(ctx context.Context) {
-	t := time.NewTicker(time.Minute)
+	t := time.NewTicker(min(max(h.cfg.Retention/4, time.Second), time.Minute))
 	defer t.Stop()
 	for {
 		h.Purge(ctx)

@@ -167,7 +167,8 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 }
 
 type hubOpts struct {
-	noQUIC bool
+	noQUIC    bool
+	retention string
 }
 
 // hub is a qz-central in its own folder.
@@ -184,8 +185,11 @@ func newHub(t *testing.T, o hubOpts) *hub {
 	dir := t.TempDir()
 	h := &hub{t: t, dir: dir, cfg: filepath.Join(dir, "central.yaml")}
 	h.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	yaml := fmt.Sprintf("listen: %s\nquic: %v\ntcp: true\nstate_dir: %s\nhosts: [127.0.0.1, localhost]\nretention: 1h\nlog_level: debug\n",
-		h.addr, !o.noQUIC, filepath.Join(dir, "state"))
+	if o.retention == "" {
+		o.retention = "1h"
+	}
+	yaml := fmt.Sprintf("listen: %s\nquic: %v\ntcp: true\nstate_dir: %s\nhosts: [127.0.0.1, localhost]\nretention: %s\nlog_level: debug\n",
+		h.addr, !o.noQUIC, filepath.Join(dir, "state"), o.retention)
 	if err := os.WriteFile(h.cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -57,7 +57,17 @@ func TestTamperedSpooledBatchRejectedByHub(t *testing.T) {
 	writeFiles(t, src, []fileSpec{{"a.txt", 10000}})
 	batchFile := firstFile(t, filepath.Join(prov.state, "spool"), ".qzb")
 	prov.p.stop()
+	out := mustRun(t, "qz-agent", "batch", "inspect", batchFile, "--config", prov.cfg)
+	for _, want := range []string{"prov.t", "a.txt", "seal: OK"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("batch inspect output lacks %q:\n%s", want, out)
+		}
+	}
 	flipBit(t, batchFile)
+	out, _, err := run("qz-agent", "batch", "inspect", batchFile, "--config", prov.cfg)
+	if err == nil || !strings.Contains(out, "FAILED") {
+		t.Errorf("batch inspect of a damaged batch: err %v, output:\n%s", err, out)
+	}
 	h.start()
 	prov.start()
 	waitFor(t, 30*time.Second, "the provider to record the hub's rejection", func() bool {

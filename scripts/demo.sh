@@ -5,19 +5,23 @@
 # DEMO_KEEP=1 leaves everything running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=$PWD/bin
+BIN=${QZ_BIN:-$PWD/bin}
 DEMO=$(mktemp -d /tmp/qianzhi-demo.XXXXXX)
 PIDS=()
+failed=0
 cleanup() {
-	if [[ "${DEMO_KEEP:-}" != 1 ]]; then
-		for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-		wait 2>/dev/null || true
-		rm -rf "$DEMO"
-	fi
+	[[ "${DEMO_KEEP:-}" == 1 && $failed == 0 ]] && return
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	if [[ $failed == 1 ]]; then echo "demo: logs kept in $DEMO" >&2; else rm -rf "$DEMO"; fi
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# A port free on loopback (nothing answers on TCP there).
+while :; do
+	port=$((20000 + RANDOM % 40000))
+	(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+done
 HUB=127.0.0.1:$port
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -32,7 +36,6 @@ for n in provider consumer; do
 	cat >"$DEMO/$n/agent.yaml" <<YAML
 hub: $HUB
 state_dir: $DEMO/$n/state
-log_level: debug
 YAML
 done
 cat >>"$DEMO/provider/agent.yaml" <<YAML
@@ -86,18 +89,18 @@ while :; do
 	done <<<"$files"
 	[[ $ok == 1 ]] && break
 	if (($(date +%s) - start > 50)); then
-		echo "demo: files did not arrive within 50s; logs in $DEMO" >&2
-		DEMO_KEEP=1
+		echo "demo: files did not arrive within 50s" >&2
+		failed=1
 		exit 1
 	fi
 	sleep 0.3
 done
 
-printf '\n%-40s %12s  %s\n' FILE BYTES "SHA-256 MATCHES"
+printf '\n%12s  %-15s  %s\n' BYTES "SHA-256 MATCHES" FILE
 while IFS= read -r f; do
 	a=$(sha256sum <"$DEMO/outbox/$f" | cut -c1-64)
 	b=$(sha256sum <"$DEMO/inbox/$f" | cut -c1-64)
-	printf '%-40s %12s  %s\n' "${f#./}" "$(stat -c %s "$DEMO/inbox/$f")" "$([[ $a == "$b" ]] && echo yes || echo NO)"
+	printf '%12s  %-15s  %s\n' "$(stat -c %s "$DEMO/inbox/$f")" "$([[ $a == "$b" ]] && echo yes || echo NO)" "${f#./}"
 done <<<"$files"
 echo
 echo "arrived in $(($(date +%s) - start))s; the hub's audit log:"

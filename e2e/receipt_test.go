@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	_ "modernc.org/sqlite"
+
+	"github.com/qianzhi/qianzhi/agent"
+	"github.com/qianzhi/qianzhi/transport"
+)
+
+// TestReceiptsAndPurge: after a transfer the hub holds a verified receipt
+// for every batch, refuses a receipt with one changed bit (and audits it),
+// and deletes payloads once receipted and past retention.
+func TestReceiptsAndPurge(t *testing.T) {
+	h := newHub(t, hubOpts{retention: "1s"})
+	src := filepath.Join(t.TempDir(), "outbox")
+	dst := filepath.Join(t.TempDir(), "inbox")
+	os.MkdirAll(src, 0o755)
+	sums := writeFiles(t, src, []fileSpec{{"a.txt", 3000}, {"b.bin", 9 << 20}})
+	h.start()
+	prov := newNode(t, h, "prov-r", nodeOpts{resources: fileResource("prov.r", src, "")})
+	cons := newNode(t, h, "cons-r", nodeOpts{subs: fileSub("prov.r", dst)})
+	prov.start()
+	cons.start()
+	h.grant("prov.r", "cons-r")
+	waitArrived(t, dst, sums, time.Minute)
+
+	waitFor(t, 30*time.Second, "payloads to be purged after their receipts", func() bool {
+		n := 0
+		filepath.WalkDir(h.payloadDir(), func(p string, d os.DirEntry, err error) error {
+			if err == nil && strings.HasSuffix(p, ".qzb") {
+				n++
+			}
+			return nil
+		})
+		return n == 0
+	})
+	audit := h.central("audit", "list")
+	if got, want := strings.Count(audit, "batch.receipt"), strings.Count(audit, "batch.store"); got != want || got == 0 {
+		t.Errorf("%d receipts for %d stored batches", got, want)
+	}
+	if !strings.Contains(audit, "batch.purge") {
+		t.Error("no purge recorded in the audit log")
+	}
+
+	db, err := sql.Open("sqlite", filepath.Join(cons.state, "agent.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var raw []byte
+	if err := db.QueryRow(`SELECT body FROM receipts ORDER BY seq LIMIT 1`).Scan(&raw); err != nil {
+		t.Fatal(err)
+	}
+	id, err := agent.LoadIdentity(filepath.Join(cons.state, "identity"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &transport.Client{Hub: h.addr, TLS: id.ClientTLS(h.addr), Mode: "auto"}
+	defer c.Close()
+	post := func(body []byte) int {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.URL("/v1/receipts"), bytes.NewReader(body))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(raw); code != http.StatusNoContent {
+		t.Errorf("re-sending a valid receipt: %d, want 204", code)
+	}
+	// Flip one bit inside the applied timestamp: still valid JSON, wrong signature.
+	i := bytes.Index(raw, []byte(`"applied":"`)) + len(`"applied":"`) + 3
+	bad := bytes.Clone(raw)
+	bad[i] ^= 0x01
+	if code := post(bad); code != http.StatusUnprocessableEntity {
+		t.Errorf("receipt with a changed bit: %d, want 422", code)
+	}
+	if !strings.Contains(h.central("audit", "list"), "receipt.reject") {
+		t.Error("rejected receipt not audited")
+	}
+}
