@@ -154,6 +154,7 @@ type Status struct {
 	Applied    map[string]int64 `json:"applied"`
 	Counters   map[string]int64 `json:"counters"`
 	Rejections []Rejection      `json:"rejections"`
+	Stopped    []StoppedLine    `json:"stopped"`
 }
 
 // ReadStatus reads the agent's status from its state; it works while the
@@ -194,6 +195,9 @@ func ReadStatus(cfg Config) (*Status, error) {
 	if s.Rejections, err = st.Rejections(); err != nil {
 		return nil, err
 	}
+	if s.Stopped, err = st.Stopped(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -227,6 +231,9 @@ func status(cfg Config, asJSON bool, w io.Writer) error {
 	}
 	for _, r := range s.Rejections {
 		fmt.Fprintf(tw, "rejected\t%s/%d by %s at %s: %s\n", r.Grant, r.Seq, r.Side, r.At.Local().Format(time.DateTime), r.Reason)
+	}
+	for _, l := range s.Stopped {
+		fmt.Fprintf(tw, "STOPPED\t%s (%s) since %s: %s\n", l.Grant, l.Side, l.At.Local().Format(time.DateTime), l.Reason)
 	}
 	return tw.Flush()
 }

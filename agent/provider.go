@@ -248,6 +248,7 @@ func (a *Agent) rejected(ctx context.Context, e spoolEntry, reason string) error
 	os.Rename(path, q+"/"+e.File)
 	a.log.Error("spooled batch is damaged; quarantined it, the line for this grant stops here", "grant", e.Grant, "seq", e.Seq, "err", verr)
 	a.quarantine(e)
+	a.state.setStopped(e.Grant, "provider", fmt.Sprintf("batch %d was damaged in the spool and quarantined in %s; the consumer's line stops before it", e.Seq, q))
 	a.spool.release(e.Size)
 	return fmt.Errorf("%w: batch %s/%d damaged in the spool: %v", errStopped, e.Grant, e.Seq, verr)
 }

@@ -26,6 +26,8 @@ var stateSchema = []string{
 	`CREATE TABLE IF NOT EXISTS applied (grant_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, at TEXT NOT NULL)`,
 	`CREATE TABLE IF NOT EXISTS receipts (grant_id TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (grant_id, seq))`,
 	`CREATE TABLE IF NOT EXISTS rejections (id INTEGER PRIMARY KEY, at TEXT NOT NULL, grant_id TEXT NOT NULL, seq INTEGER NOT NULL, side TEXT NOT NULL, reason TEXT NOT NULL)`,
+	// Lines that are stopped, and why: shown by status until they move again.
+	`CREATE TABLE IF NOT EXISTS stopped (grant_id TEXT NOT NULL, side TEXT NOT NULL, at TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (grant_id, side))`,
 	// Monotonic counters, for status and for tests that bound re-sent bytes.
 	`CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)`,
 }
@@ -341,6 +343,43 @@ func (s *State) Rejections() ([]Rejection, error) {
 		}
 		r.At, _ = time.Parse(time.RFC3339Nano, at)
 		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// StoppedLine is a grant whose batches cannot move until something is fixed.
+type StoppedLine struct {
+	Grant  string    `json:"grant"`
+	Side   string    `json:"side"` // "provider" or "consumer"
+	At     time.Time `json:"at"`
+	Reason string    `json:"reason"`
+}
+
+func (s *State) setStopped(grant, side, reason string) {
+	s.db.Exec(`INSERT INTO stopped (grant_id, side, at, reason) VALUES (?, ?, ?, ?) ON CONFLICT (grant_id, side) DO UPDATE SET at = excluded.at, reason = excluded.reason`,
+		grant, side, time.Now().UTC().Format(time.RFC3339Nano), reason)
+}
+
+func (s *State) clearStopped(grant, side string) {
+	s.db.Exec(`DELETE FROM stopped WHERE grant_id = ? AND side = ?`, grant, side)
+}
+
+// Stopped lists the stopped lines.
+func (s *State) Stopped() ([]StoppedLine, error) {
+	rows, err := s.db.Query(`SELECT grant_id, side, at, reason FROM stopped ORDER BY grant_id, side`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []StoppedLine
+	for rows.Next() {
+		var l StoppedLine
+		var at string
+		if err := rows.Scan(&l.Grant, &l.Side, &at, &l.Reason); err != nil {
+			return nil, err
+		}
+		l.At, _ = time.Parse(time.RFC3339Nano, at)
+		out = append(out, l)
 	}
 	return out, rows.Err()
 }

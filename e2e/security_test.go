@@ -109,6 +109,10 @@ func TestTamperedDeliveryRejectedByConsumer(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dst, "a.txt")); err == nil {
 		t.Error("a tampered batch was applied")
 	}
+	waitFor(t, 10*time.Second, "status to show the stopped line", func() bool {
+		st := cons.status().Stopped
+		return len(st) == 1 && st[0].Side == "consumer" && strings.Contains(st[0].Reason, "batch 1")
+	})
 	waitFor(t, 10*time.Second, "hub audit of the rejection", func() bool {
 		return strings.Contains(h.central("audit", "list"), "delivery.reject")
 	})
