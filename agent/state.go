@@ -123,15 +123,7 @@ func applyChanges(tx *sql.Tx, scope string, ch *connectors.Changes) error {
 }
 
 func (s *State) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	return sqlitedb.InTx(ctx, s.db, fn)
 }
 
 func addCounter(tx interface {

@@ -114,15 +114,7 @@ func parseTS(s string) time.Time {
 
 // tx runs fn in one write transaction.
 func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	return sqlitedb.InTx(ctx, s.db, fn)
 }
 
 // AuditHash is the chain hash of a record: SHA-256 over the previous hash

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qianzhi/qianzhi/pkg/fsutil"
 	"hash"
 	"io"
 	"os"
@@ -264,17 +265,8 @@ func Create(path string, h Header, body io.Reader, s Signer) (size int64, err er
 	if err := os.Rename(tmp, path); err != nil {
 		return 0, fmt.Errorf("batch: rename into place: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := fsutil.SyncDir(dir); err != nil {
 		return 0, fmt.Errorf("batch: sync folder %s: %w", dir, err)
 	}
 	return w.Size(), nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -17,6 +17,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/qianzhi/qianzhi/pkg/fsutil"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -187,16 +188,7 @@ func createExclusive(path string, data []byte) (err error) {
 			return err
 		}
 	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsutil.SyncDir(dir)
 }
 
 // PublicKey is a node's public seal key. The zero value holds no key: it

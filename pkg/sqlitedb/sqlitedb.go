@@ -6,6 +6,7 @@
 package sqlitedb
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"net/url"
@@ -33,4 +34,17 @@ func Open(path string, schema []string) (*sql.DB, error) {
 		}
 	}
 	return db, nil
+}
+
+// InTx runs fn in one write transaction, committing if it returns nil.
+func InTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
 }
