@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/qianzhi/qianzhi/connectors"
@@ -31,6 +32,7 @@ type Agent struct {
 	spool *spool
 	hub   *transport.Client
 	log   *slog.Logger
+	lock  *os.File
 
 	sources map[string]connectors.Source // by resource ID
 
@@ -54,12 +56,17 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("prepare %s: %w", d, err)
 		}
 	}
-	st, err := OpenState(cfg.dbPath())
+	lock, err := lockDir(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
+	st, err := OpenState(cfg.dbPath())
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
 	a := &Agent{
-		cfg: cfg, id: id, state: st, log: log.With("node", id.NodeID),
+		cfg: cfg, id: id, state: st, lock: lock, log: log.With("node", id.NodeID),
 		sources: map[string]connectors.Source{}, sinks: map[string]connectors.Sink{},
 		sealKeys: map[string]seal.PublicKey{}, grantsGen: make(chan struct{}),
 		uploadKick: make(chan struct{}, 1),
@@ -92,7 +99,24 @@ func (a *Agent) Close() error {
 		s.Close()
 	}
 	a.hub.Close()
-	return a.state.Close()
+	err := a.state.Close()
+	a.lock.Close()
+	return err
+}
+
+// lockDir takes an exclusive lock on the state folder: two agents on one
+// state would hand out the same sequence numbers and delete each other's
+// spool files.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock state folder: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another qz-agent is already running with state folder %s; stop it first (systemctl stop qz-agent)", dir)
+	}
+	return f, nil
 }
 
 // NodeID is the enrolled node's ID.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/qianzhi/qianzhi/connectors"
 	_ "github.com/qianzhi/qianzhi/connectors/file" // registers the file kind
+	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/config"
 	"github.com/qianzhi/qianzhi/transport"
 )
@@ -110,6 +111,9 @@ func (e *Entry) decode(file, where string, source bool) []error {
 	at := func(err error) error { return &config.Error{File: file, Line: line, Msg: where + ": " + err.Error()} }
 	if e.ID == "" {
 		return []error{at(errors.New("id is required"))}
+	}
+	if err := api.ValidID("resource", e.ID); err != nil {
+		return []error{at(err)}
 	}
 	k, err := connectors.Lookup(e.Kind)
 	if err != nil {

@@ -81,6 +81,9 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 	}
 	switch {
 	case d.Sequence <= applied:
+		// Applied before a crash that came before the receipt (and maybe
+		// before the inbox file was removed).
+		os.Remove(filepath.Join(a.cfg.inboxDir(), batchName(d.Grant, d.Sequence)+".part"))
 		return a.sendReceipt(ctx, d.Grant, d.Sequence)
 	case d.Sequence > applied+1:
 		return fmt.Errorf("gap: batch %d arrived but %d is the next to apply", d.Sequence, applied+1)
@@ -90,6 +93,14 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 		return err
 	}
 	info, err := batch.VerifyFile(path, func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, d.Provider) })
+	if errors.Is(err, seal.ErrBadSignature) {
+		// The provider may have enrolled again with a new seal key: ask
+		// the hub once more before calling the batch forged.
+		a.mu.Lock()
+		delete(a.sealKeys, d.Provider)
+		a.mu.Unlock()
+		info, err = batch.VerifyFile(path, func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, d.Provider) })
+	}
 	if err == nil {
 		err = checkDelivery(info, d, a.id.NodeID)
 	}
@@ -208,6 +219,9 @@ func (a *Agent) sink(resource, kind string) (connectors.Sink, error) {
 	defer a.mu.Unlock()
 	if s, ok := a.sinks[resource]; ok {
 		return s, nil
+	}
+	if err := api.ValidID("resource", resource); err != nil {
+		return nil, err // it names a folder below; never let it escape
 	}
 	var s connectors.Sink
 	var err error

@@ -16,6 +16,7 @@ import (
 	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/fsutil"
 	"github.com/qianzhi/qianzhi/pkg/seal"
+	"github.com/qianzhi/qianzhi/transport"
 )
 
 // batchOverhead bounds the header and trailer of a batch for quota
@@ -122,7 +123,8 @@ func (a *Agent) seal(ctx context.Context, resource string, g api.GrantInfo, out 
 	return size, nil
 }
 
-// uploadLoop sends spooled batches to the hub in spool order.
+// uploadLoop sends spooled batches to the hub, each grant's in sequence
+// order. A batch that fails holds back only the rest of its own grant.
 func (a *Agent) uploadLoop(ctx context.Context) {
 	attempt := 0
 	for {
@@ -130,29 +132,37 @@ func (a *Agent) uploadLoop(ctx context.Context) {
 		if err != nil {
 			a.log.Error("read spool index", "err", err)
 		}
+		failed := map[string]bool{}
 		progressed := false
 		for _, e := range es {
 			if ctx.Err() != nil {
 				return
 			}
-			err := a.upload(ctx, e)
-			if err != nil {
+			if failed[e.Grant] {
+				continue
+			}
+			if err := a.upload(ctx, e); err != nil {
 				if ctx.Err() != nil {
 					return
+				}
+				failed[e.Grant] = true
+				if errors.Is(err, transport.ErrUnreachable) {
+					break // no point trying the other grants now
 				}
 				attempt++
 				if attempt == 1 || attempt%20 == 0 {
 					a.log.Warn("upload failed; will resume", "grant", e.Grant, "seq", e.Seq, "err", err)
 				}
-				break
+				continue
 			}
-			attempt = 0
 			progressed = true
 		}
 		if progressed {
+			attempt = 0
 			continue
 		}
-		if attempt > 0 {
+		if len(failed) > 0 {
+			attempt++
 			if !backoff(ctx, attempt) {
 				return
 			}
@@ -184,7 +194,7 @@ func (a *Agent) upload(ctx context.Context, e spoolEntry) error {
 	}
 	resp.Body.Close()
 	switch {
-	case resp.StatusCode == http.StatusGone || resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusForbidden:
+	case resp.StatusCode == http.StatusGone:
 		// The grant ended: nothing under it may be delivered any more.
 		a.log.Warn("grant no longer active; dropping its spooled batch", "grant", e.Grant, "seq", e.Seq, "status", resp.StatusCode)
 		return a.finish(ctx, e, "")
@@ -243,19 +253,24 @@ func (a *Agent) rejected(ctx context.Context, e spoolEntry, reason string) error
 		a.log.Warn("hub rejected a batch that verifies here; sending it again", "grant", e.Grant, "seq", e.Seq, "reason", reason)
 		return fmt.Errorf("hub rejected batch %s/%d: %s", e.Grant, e.Seq, reason)
 	}
+	// Index first, then the file: a crash between leaves a file the
+	// index no longer lists, never a listed batch without its file.
+	if err := a.quarantine(e); err != nil {
+		return err
+	}
 	q := a.spoolPath("quarantine")
 	os.MkdirAll(q, 0o750)
 	os.Rename(path, q+"/"+e.File)
 	a.log.Error("spooled batch is damaged; quarantined it, the line for this grant stops here", "grant", e.Grant, "seq", e.Seq, "err", verr)
-	a.quarantine(e)
 	a.state.setStopped(e.Grant, "provider", fmt.Sprintf("batch %d was damaged in the spool and quarantined in %s; the consumer's line stops before it", e.Seq, q))
 	a.spool.release(e.Size)
 	return fmt.Errorf("%w: batch %s/%d damaged in the spool: %v", errStopped, e.Grant, e.Seq, verr)
 }
 
 // quarantine takes a damaged batch out of the upload order.
-func (a *Agent) quarantine(e spoolEntry) {
-	a.state.db.Exec(`UPDATE spool SET id = -id WHERE id = ?`, e.ID)
+func (a *Agent) quarantine(e spoolEntry) error {
+	_, err := a.state.db.Exec(`UPDATE spool SET id = -id WHERE id = ?`, e.ID)
+	return err
 }
 
 // finish removes an uploaded (or obsolete) batch: index first, then file,

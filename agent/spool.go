@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -31,6 +32,13 @@ func openSpool(dir string, quota int64, st *State) (*spool, error) {
 	}
 	known := map[string]bool{}
 	for _, e := range es {
+		if _, err := os.Stat(filepath.Join(dir, e.File)); err != nil {
+			// Listed but gone (the folder was tampered with): set it aside
+			// so it does not block the line forever; status reports it.
+			st.db.Exec(`UPDATE spool SET id = -id WHERE id = ?`, e.ID)
+			st.setStopped(e.Grant, "provider", fmt.Sprintf("batch %d is missing from the spool folder: %v", e.Seq, err))
+			continue
+		}
 		known[e.File] = true
 		s.used += e.Size
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/qianzhi/qianzhi/central/store"
+	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/cli"
 	"github.com/qianzhi/qianzhi/pkg/logging"
 	"github.com/qianzhi/qianzhi/pkg/pki"
@@ -269,13 +270,8 @@ func randHex(n int) string {
 
 // validID accepts node IDs such as unified social credit codes.
 func validID(id string) error {
-	if id == "" || len(id) > 64 {
-		return cli.Usagef("node ID must be 1 to 64 characters")
-	}
-	for _, r := range id {
-		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-			return cli.Usagef("node ID %q may hold only letters, digits, '-', '_' and '.'", id)
-		}
+	if err := api.ValidID("node", id); err != nil {
+		return cli.Usagef("%v", err)
 	}
 	return nil
 }

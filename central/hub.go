@@ -190,7 +190,19 @@ func (h *Hub) Purge(ctx context.Context) {
 		}
 		os.Remove(h.payloadPath(b.Grant, b.Sequence))
 	}
+	// Uploads abandoned half-way (the grant ended, the provider's spool
+	// was lost) would otherwise hold disk space forever.
+	ents, _ := os.ReadDir(h.cfg.partialDir())
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && h.now().Sub(fi.ModTime()) > partialMaxAge {
+			os.Remove(filepath.Join(h.cfg.partialDir(), e.Name()))
+			h.log.Info("removed an abandoned partial upload", "file", e.Name())
+		}
+	}
 }
+
+// partialMaxAge is how long an unfinished upload is kept.
+const partialMaxAge = 7 * 24 * time.Hour
 
 func (h *Hub) payloadPath(grant string, seq uint64) string {
 	return filepath.Join(h.cfg.payloadDir(), grant, strconv.FormatUint(seq, 10)+".qzb")
@@ -226,8 +238,15 @@ func (h *Hub) node(fn http.HandlerFunc) http.Handler {
 			httpError(w, http.StatusUnauthorized, "a node certificate is required; enrol first with 'qz-agent enroll'")
 			return
 		}
-		id := r.TLS.PeerCertificates[0].Subject.CommonName
-		fn(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
+		// The handshake checked the node, but a connection lives long:
+		// check again on every request so a revocation cuts it off now.
+		c := r.TLS.PeerCertificates[0]
+		n, err := h.store.Node(r.Context(), c.Subject.CommonName)
+		if err != nil || n.Status != store.NodeActive || n.CertSerial != c.SerialNumber.Text(16) {
+			httpError(w, http.StatusForbidden, "this node's certificate is revoked or superseded")
+			return
+		}
+		fn(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, n.ID)))
 	})
 }
 
@@ -304,8 +323,8 @@ func (h *Hub) registerResources(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, d := range decls {
-		if d.ID == "" || d.Kind == "" {
-			httpError(w, http.StatusBadRequest, "resource id and kind are required")
+		if err := api.ValidID("resource", d.ID); err != nil || d.Kind == "" {
+			httpError(w, http.StatusBadRequest, fmt.Sprintf("resource %q: a valid id and a kind are required (%v)", d.ID, err))
 			return
 		}
 		err := h.store.RegisterResource(r.Context(), store.Resource{ID: d.ID, Provider: nodeID(r), Kind: d.Kind})
@@ -666,6 +685,10 @@ func (h *Hub) rejection(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	me := nodeID(r)
+	if g, err := h.store.Grant(r.Context(), rj.Grant); err != nil || g.Consumer != me {
+		httpError(w, http.StatusForbidden, "only the grant's consumer can reject its batches")
+		return
+	}
 	h.log.Warn("consumer rejected a delivered batch", "node", me, "grant", rj.Grant, "seq", rj.Sequence, "reason", rj.Reason)
 	if err := h.store.Audit(r.Context(), me, "delivery.reject", fmt.Sprintf("%s/%d", rj.Grant, rj.Sequence), rj.Reason); err != nil {
 		h.internal(w, "audit", err)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // expectFail runs a command that must fail with a clear one-line error
@@ -68,6 +69,12 @@ func TestBadInput(t *testing.T) {
 
 	h := newHub(t, hubOpts{})
 	h.start()
+	t.Run("second agent on one state folder", func(t *testing.T) {
+		n := newNode(t, h, "node-twice", nodeOpts{})
+		n.start()
+		waitFor(t, 10*time.Second, "the first agent to start", func() bool { return logHas(n.logPath(), "agent starting") })
+		expectFail(t, "qz-agent", []string{"run", "--config", n.cfg}, "already running")
+	})
 	t.Run("wrong token", func(t *testing.T) {
 		h.addNode("node-w")
 		cfg := write("agent6.yaml", fmt.Sprintf("hub: %s\nstate_dir: %s/state6\n", h.addr, dir))

@@ -185,7 +185,29 @@ func TestIdentity(t *testing.T) {
 	})
 
 	t.Run("revoked node refused at handshake", func(t *testing.T) {
+		// A connection opened before the revocation is cut off too.
+		id, err := agent.LoadIdentity(filepath.Join(n.state, "identity"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		live := &transport.Client{Hub: h.addr, TLS: id.ClientTLS(h.addr), Mode: "quic"}
+		defer live.Close()
+		get := func() int {
+			req, _ := http.NewRequest(http.MethodGet, live.URL("/v1/grants"), nil)
+			resp, err := live.Do(req)
+			if err != nil {
+				return 0
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		if code := get(); code != http.StatusOK {
+			t.Fatalf("before revocation: %d", code)
+		}
 		h.central("node", "revoke", "node-a")
+		if code := get(); code == http.StatusOK {
+			t.Error("an open connection kept working after its node was revoked")
+		}
 		for _, mode := range []string{"quic", "tcp"} {
 			code, err := hubGet(t, h, n.state, mode, "/v1/ping")
 			if err == nil {

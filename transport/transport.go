@@ -301,6 +301,9 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	}
 	resp, err := rt.RoundTrip(req)
 	if err != nil {
+		if req.Context().Err() != nil {
+			return nil, err // this request was cancelled; the connection is fine
+		}
 		c.mu.Lock()
 		if c.rt == rt {
 			c.closer()

@@ -482,9 +482,14 @@ func (s *SQLite) Batch(ctx context.Context, grant string, seq uint64) (Batch, er
 
 // Pending lists what a consumer still has to fetch, active grants only.
 func (s *SQLite) Pending(ctx context.Context, consumer string, limit int) ([]Batch, error) {
-	return s.batches(ctx, `SELECT `+prefixed("b.", batchCols)+` FROM batches b JOIN grants g ON g.id = b.grant_id
+	// At most perGrant from each grant, so one stuck or busy grant cannot
+	// hide the others.
+	const perGrant = 16
+	return s.batches(ctx, `SELECT `+batchCols+` FROM (
+		SELECT `+prefixed("b.", batchCols)+`, ROW_NUMBER() OVER (PARTITION BY b.grant_id ORDER BY b.seq) AS n
+		FROM batches b JOIN grants g ON g.id = b.grant_id
 		WHERE b.consumer = ? AND b.receipted = '' AND g.status = ? AND (g.expires = '' OR g.expires > ?)
-		ORDER BY b.grant_id, b.seq LIMIT ?`, consumer, GrantActive, ts(s.now()), limit)
+	) p WHERE n <= ? ORDER BY grant_id, seq LIMIT ?`, consumer, GrantActive, ts(s.now()), perGrant, limit)
 }
 
 func prefixed(p, cols string) string {
@@ -515,7 +520,12 @@ func (s *SQLite) PutReceipt(ctx context.Context, grant string, seq uint64, recei
 
 // Purgeable lists receipted batches whose retention has passed.
 func (s *SQLite) Purgeable(ctx context.Context, cutoff time.Time) ([]Batch, error) {
-	return s.batches(ctx, `SELECT `+batchCols+` FROM batches WHERE receipted != '' AND receipted < ? AND purged = '' ORDER BY grant_id, seq`, ts(cutoff))
+	// Receipted batches, and batches of grants that ended (they will never
+	// be delivered), once the retention has passed.
+	c := ts(cutoff)
+	return s.batches(ctx, `SELECT `+prefixed("b.", batchCols)+` FROM batches b JOIN grants g ON g.id = b.grant_id
+		WHERE b.purged = '' AND ((b.receipted != '' AND b.receipted < ?) OR (g.status != ? AND b.stored < ?))
+		ORDER BY b.grant_id, b.seq`, c, GrantActive, c)
 }
 
 // MarkPurged records that a batch's payload was deleted.

@@ -137,7 +137,8 @@ type Store interface {
 	// grants in (grant, sequence) order.
 	Pending(ctx context.Context, consumer string, limit int) ([]Batch, error)
 	PutReceipt(ctx context.Context, grant string, seq uint64, receipt []byte, at time.Time) error
-	// Purgeable lists receipted batches older than the cutoff not yet purged.
+	// Purgeable lists batches whose payload may go: receipted before the
+	// cutoff, or stored before it under a grant that ended.
 	Purgeable(ctx context.Context, cutoff time.Time) ([]Batch, error)
 	MarkPurged(ctx context.Context, grant string, seq uint64) error
 

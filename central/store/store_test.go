@@ -78,9 +78,26 @@ func TestPendingStopsAtRevocation(t *testing.T) {
 	if len(bs) != 2 || bs[0].Sequence != 2 || bs[1].Sequence != 3 {
 		t.Fatalf("pending: %+v", bs)
 	}
+	// A grant with a long backlog does not hide another grant's batches.
+	s.AddGrant(ctx, Grant{ID: "h", Resource: "r", Provider: "p", Consumer: "c", Mode: "batch"})
+	for seq := uint64(4); seq <= 60; seq++ {
+		s.PutBatch(ctx, Batch{Grant: "g", Sequence: seq, Resource: "r", Provider: "p", Consumer: "c", Size: 10, Digest: "d"})
+	}
+	s.PutBatch(ctx, Batch{Grant: "h", Sequence: 1, Resource: "r", Provider: "p", Consumer: "c", Size: 10, Digest: "d"})
+	bs, _ = s.Pending(ctx, "c", 20)
+	if last := bs[len(bs)-1]; last.Grant != "h" {
+		t.Errorf("grant h starved behind grant g's backlog: %d pending listed, last %s/%d", len(bs), last.Grant, last.Sequence)
+	}
+	s.RevokeGrant(ctx, "h")
 	s.RevokeGrant(ctx, "g")
 	if bs, _ := s.Pending(ctx, "c", 10); len(bs) != 0 {
 		t.Errorf("revoked grant still delivers %d batches", len(bs))
+	}
+	if bs, _ := s.Purgeable(ctx, time.Now().Add(-time.Hour)); len(bs) != 0 {
+		t.Errorf("%d batches purgeable before their retention", len(bs))
+	}
+	if bs, _ := s.Purgeable(ctx, time.Now().Add(time.Hour)); len(bs) != 61 {
+		t.Errorf("%d batches purgeable after retention, want all 61 of the ended grants", len(bs))
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -273,4 +274,54 @@ func TestSinkRejectsBadChunkAndIsIdempotent(t *testing.T) {
 		t.Fatalf("replay of the final chunk: %v", err)
 	}
 	p.same(t, "big.bin")
+}
+
+// TestManySmallFiles: a batch's manifest is bounded whatever the folder
+// holds; many empty files go in several batches, and so do their deletes.
+func TestManySmallFiles(t *testing.T) {
+	defer func(old int) { maxEntries = old }(maxEntries)
+	maxEntries = 40
+	p := newPair(t, func(c *SourceConfig) { c.PropagateDeletes = true })
+	n := maxEntries*3 + 7
+	for i := range n {
+		write(t, p.srcD, filepath.Join("ok", strconv.Itoa(i)+".ok"), nil, time.Hour)
+	}
+	max := 0
+	count := func() {
+		for {
+			out := connectors.Output{Limit: 1 << 20}
+			err := p.src.Next(context.Background(), p.st, &out)
+			if errors.Is(err, connectors.ErrIdle) {
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			max = maxInt(max, len(out.Files))
+			h := batch.Header{Kind: out.Kind, Files: out.Files}
+			if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			p.st.commit(&out.Changes)
+		}
+	}
+	count()
+	if ents, _ := os.ReadDir(filepath.Join(p.sinkD, "ok")); len(ents) != n {
+		t.Fatalf("%d of %d files arrived", len(ents), n)
+	}
+	os.RemoveAll(filepath.Join(p.srcD, "ok"))
+	count()
+	if ents, _ := os.ReadDir(filepath.Join(p.sinkD, "ok")); len(ents) != 0 {
+		t.Errorf("%d files left after deleting the folder", len(ents))
+	}
+	if max > maxEntries {
+		t.Errorf("a batch carried %d entries; the bound is %d", max, maxEntries)
+	}
+}
+
+func maxInt(a, b int) int {
+	if a > b {
+		return a
+	}
+	return b
 }

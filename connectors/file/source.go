@@ -164,15 +164,18 @@ type listed struct {
 	mode  fs.FileMode
 }
 
-func (s *Source) list() ([]listed, error) {
-	var out []listed
+// list walks the folder. complete is false when part of it could not be
+// read: then nothing may be taken for deleted.
+func (s *Source) list() (out []listed, complete bool, err error) {
 	root := s.cfg.Path
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+	complete = true
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if p == root {
 				return err
 			}
-			s.log.Warn("cannot read; skipping", "path", p, "err", err)
+			s.log.Warn("cannot read; skipping it this time", "path", p, "err", err)
+			complete = false
 			return nil
 		}
 		if d.IsDir() {
@@ -194,14 +197,19 @@ func (s *Source) list() ([]listed, error) {
 		}
 		fi, err := d.Info()
 		if err != nil {
-			return nil // removed meanwhile
+			complete = false // removed meanwhile, or unreadable: look again later
+			return nil
 		}
 		out = append(out, listed{rel: rel, size: fi.Size(), mtime: fi.ModTime(), mode: fi.Mode().Perm()})
 		return nil
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].rel < out[j].rel })
-	return out, err
+	return out, complete, err
 }
+
+// maxEntries bounds the file entries of one batch, so its header stays
+// small whatever the folder holds (many empty files, a deleted tree).
+var maxEntries = 5000
 
 func getJSON(st connectors.State, key string, v any) (bool, error) {
 	b, ok, err := st.Get(key)
@@ -281,17 +289,22 @@ func (s *Source) nextChunk(p *plan, out *connectors.Output) error {
 // scan looks for new, changed and deleted files and fills out with as many
 // small files as fit, or starts a large one.
 func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.Output) error {
-	files, err := s.list()
+	files, complete, err := s.list()
 	if err != nil {
 		return fmt.Errorf("scan %s: %w", s.cfg.Path, err)
 	}
+	full := !complete // an incomplete listing must not read as deletions
 	now := s.now()
 	present := make(map[string]bool, len(files))
 	var unsettled time.Duration
-	full := false
+	stopped := false // this batch is full; later files wait for the next
 	for _, f := range files {
 		present[f.rel] = true
-		if full {
+		if stopped {
+			continue
+		}
+		if len(out.Files) >= maxEntries {
+			stopped = true
 			continue
 		}
 		if err := ctx.Err(); err != nil {
@@ -315,7 +328,7 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 		chunk := int64(s.cfg.ChunkSize)
 		if f.size > chunk {
 			if !out.Empty() {
-				full = true // send what we have; the large file starts next time
+				stopped = true // send what we have; the large file starts next time
 				continue
 			}
 			p, err := s.planFile(f, chunk)
@@ -324,7 +337,9 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 				continue
 			}
 			if err != nil {
-				return err
+				s.unreadable(f.rel, err)
+				unsettled = s.cfg.Rescan
+				continue
 			}
 			if had && prev.SHA256 == p.SHA256 {
 				out.Changes.Put(keySent+f.rel, mustJSON(sent{Size: f.size, MTime: f.mtime.UnixNano(), SHA256: p.SHA256}))
@@ -333,11 +348,11 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 			if err := s.nextChunk(p, out); err != nil {
 				return err
 			}
-			full = true
+			stopped = true
 			continue
 		}
 		if int64(len(out.Body))+f.size > out.Limit && !out.Empty() {
-			full = true
+			stopped = true
 			continue
 		}
 		data, sum, err := s.readSmall(f)
@@ -346,7 +361,9 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 			continue
 		}
 		if err != nil {
-			return err
+			s.unreadable(f.rel, err)
+			unsettled = s.cfg.Rescan
+			continue
 		}
 		rec := mustJSON(sent{Size: f.size, MTime: f.mtime.UnixNano(), SHA256: sum})
 		out.Changes.Put(keySent+f.rel, rec)
@@ -363,11 +380,11 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 	if unsettled > 0 {
 		s.wakeAfter(unsettled + 50*time.Millisecond)
 	}
-	if !full {
+	if !full && !stopped {
 		// Every present file is handled: record what disappeared.
 		err := st.Scan(keySent, func(key string, _ []byte) error {
 			rel := strings.TrimPrefix(key, keySent)
-			if present[rel] {
+			if present[rel] || len(out.Files) >= maxEntries {
 				return nil
 			}
 			out.Changes.Delete(key)
@@ -384,6 +401,12 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 		return connectors.ErrIdle
 	}
 	return nil
+}
+
+// unreadable logs a file that cannot be read (permissions, say) once per
+// scan; the rest of the folder goes on.
+func (s *Source) unreadable(rel string, err error) {
+	s.log.Warn("cannot read file; skipping it until it can be read", "path", rel, "err", err)
 }
 
 func (s *Source) readSmall(f listed) ([]byte, string, error) {

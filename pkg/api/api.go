@@ -17,7 +17,10 @@
 //	POST /v1/rejections                Rejection
 package api
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Headers of the resumable upload.
 const (
@@ -78,4 +81,22 @@ type Rejection struct {
 	Grant    string `json:"grant"`
 	Sequence uint64 `json:"seq"`
 	Reason   string `json:"reason"`
+}
+
+// ValidID checks a node, resource or grant ID: 1 to 64 letters, digits,
+// '-', '_' and '.', not starting with '.'. IDs become file and folder names
+// on both sides, so nothing else is allowed.
+func ValidID(what, id string) error {
+	if id == "" || len(id) > 64 {
+		return fmt.Errorf("%s ID must be 1 to 64 characters", what)
+	}
+	if id[0] == '.' {
+		return fmt.Errorf("%s ID %q must not start with '.'", what, id)
+	}
+	for _, r := range id {
+		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return fmt.Errorf("%s ID %q may hold only letters, digits, '-', '_' and '.'", what, id)
+		}
+	}
+	return nil
 }
