@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -207,10 +208,12 @@ func hubStatus(err error) int {
 	return 0
 }
 
-// grantLoop registers this node's resources and keeps the grant list fresh.
+// grantLoop registers this node's resources and follows its grants with a
+// long poll, so a new or revoked grant takes effect within a second.
 func (a *Agent) grantLoop(ctx context.Context) {
 	registered := false
 	fails := 0
+	version := ""
 	for {
 		if !registered {
 			var decls []api.ResourceDecl
@@ -226,8 +229,15 @@ func (a *Agent) grantLoop(ctx context.Context) {
 				registered = true
 			}
 		}
-		var gs []api.GrantInfo
-		if err := a.call(ctx, http.MethodGet, "/v1/grants", nil, &gs); err != nil {
+		gs, v, err := a.fetchGrants(ctx, version)
+		if err == nil {
+			fails = 0
+			version = v
+			a.setGrants(ctx, gs)
+			if registered {
+				continue
+			}
+		} else {
 			if ctx.Err() != nil {
 				return
 			}
@@ -235,9 +245,6 @@ func (a *Agent) grantLoop(ctx context.Context) {
 			if fails == 1 || fails%60 == 0 {
 				a.log.Warn("cannot reach the hub; working from the last known grants", "err", err)
 			}
-		} else {
-			fails = 0
-			a.setGrants(ctx, gs)
 		}
 		t := time.NewTimer(a.cfg.Poll)
 		select {
@@ -247,6 +254,27 @@ func (a *Agent) grantLoop(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+func (a *Agent) fetchGrants(ctx context.Context, version string) ([]api.GrantInfo, string, error) {
+	q := url.Values{"wait": {"25s"}, "version": {version}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.hub.URL("/v1/grants?"+q.Encode()), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	resp, err := a.hub.Do(req)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, "", &hubError{Status: resp.StatusCode, Msg: apiError(resp)}
+	}
+	var gs []api.GrantInfo
+	if err := json.NewDecoder(resp.Body).Decode(&gs); err != nil {
+		return nil, "", err
+	}
+	return gs, resp.Header.Get(api.HeaderVersion), nil
 }
 
 func (a *Agent) setGrants(ctx context.Context, gs []api.GrantInfo) {

@@ -45,7 +45,8 @@ type Config struct {
 		// Compression is off, fastest, default, better or best (zstd).
 		Compression string `yaml:"compression"`
 	} `yaml:"batch"`
-	// Poll is how often grants are refreshed from the hub.
+	// Poll is the retry interval while the hub cannot be reached; grant
+	// changes themselves arrive at once through a long poll.
 	Poll time.Duration `yaml:"poll"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`

@@ -3,8 +3,10 @@ package central
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,9 +41,10 @@ type Hub struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	mu      sync.Mutex
-	waiters map[string]chan struct{} // consumer node → wake-up
-	uploads map[string]*upload       // grant/seq → the upload writing it
+	mu        sync.Mutex
+	waiters   map[string]chan struct{} // consumer node → wake-up
+	grantsGen chan struct{}            // closed and replaced when grants change
+	uploads   map[string]*upload       // grant/seq → the upload writing it
 }
 
 // ErrNotInitialised means qz-central init has not run for this state dir.
@@ -72,7 +75,7 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 		}
 	}
 	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now,
-		waiters: map[string]chan struct{}{}, uploads: map[string]*upload{}}
+		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{}}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	h.tls = &tls.Config{
@@ -137,6 +140,7 @@ func (h *Hub) Serve(ctx context.Context, ready func(quicAddr, tcpAddr string)) e
 		ready(srv.QUICAddr(), srv.TCPAddr())
 	}
 	go h.janitor(ctx)
+	go h.watchGrants(ctx)
 	return srv.Serve(ctx)
 }
 
@@ -340,11 +344,41 @@ func (h *Hub) registerResources(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// listGrants answers with the calling node's grants. With ?wait=D&version=V
+// it is a long poll: it answers once the list differs from version V (an
+// opaque value from the Qz-Version header of an earlier answer), or after D.
 func (h *Hub) listGrants(w http.ResponseWriter, r *http.Request) {
-	gs, err := h.store.GrantsFor(r.Context(), nodeID(r))
+	wait, _ := time.ParseDuration(r.URL.Query().Get("wait"))
+	wait = min(max(wait, 0), 60*time.Second)
+	have := r.URL.Query().Get("version")
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		changed := h.grantsChanged()
+		out, version, err := h.grantsOf(r.Context(), nodeID(r))
+		if err != nil {
+			h.internal(w, "list grants", err)
+			return
+		}
+		if version != have || wait == 0 {
+			w.Header().Set(api.HeaderVersion, version)
+			writeJSON(w, out)
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			wait = 0
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func (h *Hub) grantsOf(ctx context.Context, node string) ([]api.GrantInfo, string, error) {
+	gs, err := h.store.GrantsFor(ctx, node)
 	if err != nil {
-		h.internal(w, "list grants", err)
-		return
+		return nil, "", err
 	}
 	out := []api.GrantInfo{}
 	now := h.now()
@@ -352,7 +386,40 @@ func (h *Hub) listGrants(w http.ResponseWriter, r *http.Request) {
 		out = append(out, api.GrantInfo{ID: g.ID, Resource: g.Resource, Provider: g.Provider, Consumer: g.Consumer,
 			Mode: g.Mode, Fields: g.Fields, Active: g.Active(now), Expires: g.Expires})
 	}
-	writeJSON(w, out)
+	b, _ := json.Marshal(out)
+	sum := sha256.Sum256(b)
+	return out, hex.EncodeToString(sum[:8]), nil
+}
+
+// grantsChanged returns a channel closed at the next change of any grant.
+func (h *Hub) grantsChanged() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.grantsGen
+}
+
+// watchGrants notices grant changes, including those the admin CLI makes
+// directly in the database, and wakes the long polls waiting for them.
+func (h *Hub) watchGrants(ctx context.Context) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	last, _ := h.store.GrantsVersion(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		v, err := h.store.GrantsVersion(ctx)
+		if err != nil || v == last {
+			continue
+		}
+		last = v
+		h.mu.Lock()
+		close(h.grantsGen)
+		h.grantsGen = make(chan struct{})
+		h.mu.Unlock()
+	}
 }
 
 func (h *Hub) sealKey(w http.ResponseWriter, r *http.Request) {

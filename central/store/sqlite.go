@@ -65,6 +65,8 @@ var schema = []string{
 		PRIMARY KEY (grant_id, seq)
 	)`,
 	`CREATE INDEX IF NOT EXISTS batches_pending ON batches(consumer, receipted, grant_id, seq)`,
+	// Counters that change with the data they name, for cheap polling.
+	`CREATE TABLE IF NOT EXISTS versions (name TEXT PRIMARY KEY, value INTEGER NOT NULL)`,
 	`CREATE TABLE IF NOT EXISTS audit (
 		seq INTEGER PRIMARY KEY,
 		at TEXT NOT NULL,
@@ -115,6 +117,21 @@ func parseTS(s string) time.Time {
 // tx runs fn in one write transaction.
 func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	return sqlitedb.InTx(ctx, s.db, fn)
+}
+
+func bump(ctx context.Context, tx *sql.Tx, name string) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO versions (name, value) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1`, name)
+	return err
+}
+
+// GrantsVersion changes whenever a grant or a node's status changes.
+func (s *SQLite) GrantsVersion(ctx context.Context) (int64, error) {
+	var v int64
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM versions WHERE name = 'grants'`).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return v, err
 }
 
 // AuditHash is the chain hash of a record: SHA-256 over the previous hash
@@ -269,6 +286,9 @@ func (s *SQLite) RevokeNode(ctx context.Context, id string) error {
 		if _, err := tx.ExecContext(ctx, `UPDATE tokens SET used = ? WHERE node_id = ? AND used = ''`, ts(s.now()), id); err != nil {
 			return err
 		}
+		if err := bump(ctx, tx, "grants"); err != nil {
+			return err
+		}
 		return s.audit(ctx, tx, "operator", "node.revoke", id, "")
 	})
 }
@@ -356,6 +376,9 @@ func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
 		if err != nil {
 			return err
 		}
+		if err := bump(ctx, tx, "grants"); err != nil {
+			return err
+		}
 		return s.audit(ctx, tx, "operator", "grant.add", g.ID, fmt.Sprintf("resource=%s provider=%s consumer=%s mode=%s", g.Resource, g.Provider, g.Consumer, g.Mode))
 	})
 }
@@ -369,6 +392,9 @@ func (s *SQLite) RevokeGrant(ctx context.Context, id string) error {
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			return fmt.Errorf("active grant %s: %w", id, ErrNotFound)
+		}
+		if err := bump(ctx, tx, "grants"); err != nil {
+			return err
 		}
 		return s.audit(ctx, tx, "operator", "grant.revoke", id, "")
 	})

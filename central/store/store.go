@@ -127,6 +127,9 @@ type Store interface {
 	// GrantsFor lists grants where the node is provider or consumer.
 	GrantsFor(ctx context.Context, node string) ([]Grant, error)
 	Grants(ctx context.Context) ([]Grant, error)
+	// GrantsVersion changes whenever a grant or a node's status changes,
+	// whoever made the change (the hub or the admin CLI beside it).
+	GrantsVersion(ctx context.Context) (int64, error)
 
 	// PutBatch records a stored batch; a second call for the same
 	// (grant, sequence) with the same digest is a no-op, with another

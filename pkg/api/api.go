@@ -7,7 +7,7 @@
 //	GET  /v1/ping                      liveness, also the transport probe
 //	POST /v1/enroll                    EnrollRequest → EnrollResponse
 //	POST /v1/resources                 []ResourceDecl
-//	GET  /v1/grants                    → []GrantInfo for the calling node
+//	GET  /v1/grants?wait=25s&version=V → []GrantInfo for the calling node (long poll)
 //	GET  /v1/nodes/{id}/seal           → seal public key text
 //	HEAD /v1/batches/{grant}/{seq}     upload status: Qz-Offset, Qz-Complete
 //	PUT  /v1/batches/{grant}/{seq}     resumable upload from Qz-Offset, Qz-Total
@@ -27,6 +27,7 @@ const (
 	HeaderOffset   = "Qz-Offset"   // bytes the hub holds / the upload starts at
 	HeaderTotal    = "Qz-Total"    // the batch file's full size
 	HeaderComplete = "Qz-Complete" // "1" when the hub has stored the batch
+	HeaderVersion  = "Qz-Version"  // opaque version of a long-polled list
 )
 
 // Error is the body of every error response.
