@@ -162,6 +162,10 @@ func backoff(ctx context.Context, attempt int) bool {
 
 // call sends a JSON request to the hub and decodes a JSON answer.
 func (a *Agent) call(ctx context.Context, method, path string, in, out any) error {
+	return call(ctx, a.hub, method, path, in, out)
+}
+
+func call(ctx context.Context, hub *transport.Client, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -170,14 +174,14 @@ func (a *Agent) call(ctx context.Context, method, path string, in, out any) erro
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, a.hub.URL(path), body)
+	req, err := http.NewRequestWithContext(ctx, method, hub.URL(path), body)
 	if err != nil {
 		return err
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := a.hub.Do(req)
+	resp, err := hub.Do(req)
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ Usage:
   qz-agent run                                    run the agent (as the systemd service does)
   qz-agent config check                           validate the configuration file
   qz-agent status [--json]                        spool, grants, lines and counters
+  qz-agent receipts [--grant G] [--json]          batches provided, and the consumers' receipts checked
   qz-agent batch inspect FILE [--seal-key KEY]    print a batch's header and check its seal
   qz-agent version
 
@@ -49,6 +50,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	hub := fs.String("hub", "", "hub address host:port")
 	token := fs.String("token", "", "enrolment token")
 	asJSON := fs.Bool("json", false, "print JSON")
+	grantID := fs.String("grant", "", "only this grant")
 	sealKey := fs.String("seal-key", "", "provider seal public key (ed25519:…) to check the seal against")
 	pos, err := cli.Parse(fs, rest)
 	if err != nil {
@@ -104,6 +106,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return a.Serve(ctx)
 	case "status":
 		return status(cfg, *asJSON, stdout)
+	case "receipts":
+		ls, err := ListReceipts(ctx, cfg, *grantID)
+		if err != nil {
+			return err
+		}
+		return printReceipts(stdout, ls, *asJSON)
 	}
 	return cli.Usagef("unknown command %q; run 'qz-agent help'", strings.Join(args, " "))
 }

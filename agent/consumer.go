@@ -187,23 +187,8 @@ func (a *Agent) sealKey(ctx context.Context, node string) (seal.PublicKey, error
 	if ok {
 		return k, nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.hub.URL("/v1/nodes/"+node+"/seal"), nil)
+	k, err := fetchSealKey(ctx, a.hub, node)
 	if err != nil {
-		return k, err
-	}
-	resp, err := a.hub.Do(req)
-	if err != nil {
-		return k, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return k, fmt.Errorf("seal key of %s: %s", node, apiError(resp))
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if err != nil {
-		return k, err
-	}
-	if k, err = seal.ParsePublic(string(b)); err != nil {
 		return k, err
 	}
 	a.mu.Lock()

@@ -38,6 +38,7 @@ Usage:
   qz-central grant add --resource R --consumer NODE [--expires 720h]
   qz-central grant revoke GRANT_ID
   qz-central grant list
+  qz-central batch list [--grant G]   stored batches: size, receipt, purge
   qz-central audit verify             check the audit log's hash chain
   qz-central audit list
   qz-central version
@@ -53,7 +54,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config") && len(rest) > 0 {
+	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch") && len(rest) > 0 {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
@@ -61,6 +62,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	name := fs.String("name", "", "node display name")
 	resource := fs.String("resource", "", "resource ID")
 	consumer := fs.String("consumer", "", "consumer node ID")
+	grantID := fs.String("grant", "", "only this grant")
 	expires := fs.Duration("expires", 0, "grant lifetime (0: no end)")
 	pos, err := cli.Parse(fs, rest)
 	if err != nil {
@@ -205,6 +207,24 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(tw, "GRANT\tRESOURCE\tPROVIDER\tCONSUMER\tMODE\tSTATUS\tEXPIRES")
 		for _, g := range gs {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, g.Status, day(g.Expires))
+		}
+		return tw.Flush()
+	case "batch list":
+		bs, err := st.Batches(ctx, *grantID)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "GRANT\tBATCH\tRESOURCE\tPROVIDER → CONSUMER\tBYTES\tSTORED\tRECEIPT\tPAYLOAD")
+		for _, b := range bs {
+			rc, payload := "waiting", "held"
+			if !b.Receipted.IsZero() {
+				rc = b.Receipted.Local().Format(time.DateTime)
+			}
+			if !b.Purged.IsZero() {
+				payload = "purged"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s → %s\t%d\t%s\t%s\t%s\n", b.Grant, b.Sequence, b.Resource, b.Provider, b.Consumer, b.Size, b.Stored.Local().Format(time.DateTime), rc, payload)
 		}
 		return tw.Flush()
 	case "audit list":

@@ -229,6 +229,7 @@ func (h *Hub) Handler() http.Handler {
 	mux.Handle("GET /v1/batches/{grant}/{seq}", h.node(h.download))
 	mux.Handle("GET /v1/deliveries", h.node(h.deliveries))
 	mux.Handle("POST /v1/receipts", h.node(h.receipt))
+	mux.Handle("GET /v1/receipts", h.node(h.listReceipts))
 	mux.Handle("POST /v1/rejections", h.node(h.rejection))
 	return mux
 }
@@ -762,4 +763,28 @@ func (h *Hub) rejection(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// listReceipts lets a grant's provider (or consumer) see which batches were
+// applied, with the consumer's signed receipts to check for itself.
+func (h *Hub) listReceipts(w http.ResponseWriter, r *http.Request) {
+	g, err := h.store.Grant(r.Context(), r.URL.Query().Get("grant"))
+	if err != nil {
+		httpError(w, http.StatusNotFound, "no such grant")
+		return
+	}
+	if me := nodeID(r); g.Provider != me && g.Consumer != me {
+		httpError(w, http.StatusForbidden, "this grant is not yours")
+		return
+	}
+	bs, err := h.store.Batches(r.Context(), g.ID)
+	if err != nil {
+		h.internal(w, "list receipts", err)
+		return
+	}
+	out := []api.ReceiptRecord{}
+	for _, b := range bs {
+		out = append(out, api.ReceiptRecord{Sequence: b.Sequence, Size: b.Size, Digest: b.Digest, Stored: b.Stored, Receipted: b.Receipted, Receipt: b.Receipt})
+	}
+	writeJSON(w, out)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -44,6 +45,21 @@ func TestReceiptsAndPurge(t *testing.T) {
 		})
 		return n == 0
 	})
+	var ls []agent.ReceiptLine
+	if err := json.Unmarshal([]byte(mustRun(t, "qz-agent", "receipts", "--json", "--config", prov.cfg)), &ls); err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) == 0 {
+		t.Fatal("provider sees no receipts")
+	}
+	for _, l := range ls {
+		if !l.Verified {
+			t.Errorf("provider could not verify the receipt of batch %d: %s", l.Seq, l.Problem)
+		}
+	}
+	if list := h.central("batch", "list"); strings.Count(list, "purged") != len(ls) {
+		t.Errorf("batch list does not show all %d batches purged:\n%s", len(ls), list)
+	}
 	audit := h.central("audit", "list")
 	if got, want := strings.Count(audit, "batch.receipt"), strings.Count(audit, "batch.store"); got != want || got == 0 {
 		t.Errorf("%d receipts for %d stored batches", got, want)

@@ -506,6 +506,14 @@ func (s *SQLite) Batch(ctx context.Context, grant string, seq uint64) (Batch, er
 	return b, err
 }
 
+// Batches lists batch records in (grant, sequence) order.
+func (s *SQLite) Batches(ctx context.Context, grant string) ([]Batch, error) {
+	if grant == "" {
+		return s.batches(ctx, `SELECT `+batchCols+` FROM batches ORDER BY grant_id, seq`)
+	}
+	return s.batches(ctx, `SELECT `+batchCols+` FROM batches WHERE grant_id = ? ORDER BY seq`, grant)
+}
+
 // Pending lists what a consumer still has to fetch, active grants only.
 func (s *SQLite) Pending(ctx context.Context, consumer string, limit int) ([]Batch, error) {
 	// At most perGrant from each grant, so one stuck or busy grant cannot

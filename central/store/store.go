@@ -139,6 +139,8 @@ type Store interface {
 	// Pending lists stored, unreceipted batches for a consumer's active
 	// grants in (grant, sequence) order.
 	Pending(ctx context.Context, consumer string, limit int) ([]Batch, error)
+	// Batches lists a grant's batch records in sequence order ("" for all).
+	Batches(ctx context.Context, grant string) ([]Batch, error)
 	PutReceipt(ctx context.Context, grant string, seq uint64, receipt []byte, at time.Time) error
 	// Purgeable lists batches whose payload may go: receipted before the
 	// cutoff, or stored before it under a grant that ended.

@@ -14,10 +14,12 @@
 //	GET  /v1/batches/{grant}/{seq}     download (Range supported)
 //	GET  /v1/deliveries?wait=25s       long poll → []Delivery
 //	POST /v1/receipts                  a signed receipt
+//	GET  /v1/receipts?grant=G          → []ReceiptRecord, for the grant's provider or consumer
 //	POST /v1/rejections                Rejection
 package api
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -75,6 +77,17 @@ type Delivery struct {
 	Provider string `json:"provider"`
 	Size     int64  `json:"size"`
 	Digest   string `json:"digest"`
+}
+
+// ReceiptRecord is a stored batch and, once applied, the consumer's signed
+// receipt for it (the receipt's JSON exactly as signed).
+type ReceiptRecord struct {
+	Sequence  uint64          `json:"seq"`
+	Size      int64           `json:"size"`
+	Digest    string          `json:"digest"`
+	Stored    time.Time       `json:"stored"`
+	Receipted time.Time       `json:"receipted,omitzero"`
+	Receipt   json.RawMessage `json:"receipt,omitempty"`
 }
 
 // Rejection is a consumer's report that a delivered batch failed its checks.

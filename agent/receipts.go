@@ -1,0 +1,131 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"text/tabwriter"
+	"time"
+
+	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/receipt"
+	"github.com/qianzhi/qianzhi/pkg/seal"
+	"github.com/qianzhi/qianzhi/transport"
+)
+
+// ReceiptLine is one batch this node provided and what became of it.
+type ReceiptLine struct {
+	Grant    string    `json:"grant"`
+	Resource string    `json:"resource"`
+	Consumer string    `json:"consumer"`
+	Seq      uint64    `json:"seq"`
+	Size     int64     `json:"size"`
+	Stored   time.Time `json:"stored"`
+	Applied  time.Time `json:"applied,omitzero"`
+	// Verified is true when the consumer's receipt checks out against the
+	// consumer's seal key and names this batch's digest.
+	Verified bool   `json:"verified"`
+	Problem  string `json:"problem,omitempty"`
+}
+
+// ListReceipts asks the hub for the receipts of the grants this node
+// provides (or only grant, if not empty) and checks each signature here:
+// the provider need not trust the hub's word that a batch was applied.
+func ListReceipts(ctx context.Context, cfg Config, grant string) ([]ReceiptLine, error) {
+	id, err := LoadIdentity(cfg.identityDir())
+	if err != nil {
+		return nil, err
+	}
+	hub := &transport.Client{Hub: cfg.Hub, TLS: id.ClientTLS(cfg.Hub), Mode: cfg.Transport}
+	defer hub.Close()
+	var gs []api.GrantInfo
+	if err := call(ctx, hub, http.MethodGet, "/v1/grants", nil, &gs); err != nil {
+		return nil, err
+	}
+	keys := map[string]seal.PublicKey{}
+	var out []ReceiptLine
+	for _, g := range gs {
+		if g.Provider != id.NodeID || (grant != "" && g.ID != grant) {
+			continue
+		}
+		var recs []api.ReceiptRecord
+		if err := call(ctx, hub, http.MethodGet, "/v1/receipts?"+url.Values{"grant": {g.ID}}.Encode(), nil, &recs); err != nil {
+			return nil, err
+		}
+		for _, r := range recs {
+			l := ReceiptLine{Grant: g.ID, Resource: g.Resource, Consumer: g.Consumer, Seq: r.Sequence, Size: r.Size, Stored: r.Stored}
+			if len(r.Receipt) == 0 {
+				l.Problem = "not applied yet"
+				out = append(out, l)
+				continue
+			}
+			rc, err := receipt.Unmarshal(r.Receipt)
+			if err == nil {
+				l.Applied = rc.Applied
+				k, ok := keys[g.Consumer]
+				if !ok {
+					if k, err = fetchSealKey(ctx, hub, g.Consumer); err == nil {
+						keys[g.Consumer] = k
+					}
+				}
+				if err == nil {
+					err = rc.Verify(k)
+				}
+				if err == nil && (rc.BatchDigest != r.Digest || rc.Sequence != r.Sequence || rc.Grant != g.ID || rc.Provider != id.NodeID) {
+					err = fmt.Errorf("receipt names another batch")
+				}
+			}
+			if err != nil {
+				l.Problem = err.Error()
+			} else {
+				l.Verified = true
+			}
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+func fetchSealKey(ctx context.Context, hub *transport.Client, node string) (seal.PublicKey, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, hub.URL("/v1/nodes/"+node+"/seal"), nil)
+	if err != nil {
+		return seal.PublicKey{}, err
+	}
+	resp, err := hub.Do(req)
+	if err != nil {
+		return seal.PublicKey{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return seal.PublicKey{}, fmt.Errorf("seal key of %s: %s", node, apiError(resp))
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if err != nil {
+		return seal.PublicKey{}, err
+	}
+	return seal.ParsePublic(string(b))
+}
+
+func printReceipts(w io.Writer, ls []ReceiptLine, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(ls)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GRANT\tRESOURCE\tCONSUMER\tBATCH\tBYTES\tAPPLIED\tRECEIPT")
+	for _, l := range ls {
+		applied, verdict := "-", "verified"
+		if !l.Applied.IsZero() {
+			applied = l.Applied.Local().Format(time.DateTime)
+		}
+		if !l.Verified {
+			verdict = l.Problem
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", l.Grant, l.Resource, l.Consumer, l.Seq, l.Size, applied, verdict)
+	}
+	return tw.Flush()
+}
