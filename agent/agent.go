@@ -42,6 +42,7 @@ type Agent struct {
 	grantsGen  chan struct{}              // closed and replaced when grants change
 	sinks      map[string]connectors.Sink // by resource ID
 	sealKeys   map[string]seal.PublicKey  // by node ID
+	fresh      map[string]bool            // spool files sealed by this process, not yet tried
 	uploadKick chan struct{}
 }
 
@@ -69,7 +70,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, id: id, state: st, lock: lock, log: log.With("node", id.NodeID),
 		sources: map[string]connectors.Source{}, sinks: map[string]connectors.Sink{},
-		sealKeys: map[string]seal.PublicKey{}, grantsGen: make(chan struct{}),
+		sealKeys: map[string]seal.PublicKey{}, fresh: map[string]bool{}, grantsGen: make(chan struct{}),
 		uploadKick: make(chan struct{}, 1),
 	}
 	a.hub = &transport.Client{Hub: cfg.Hub, TLS: id.ClientTLS(cfg.Hub), Mode: cfg.Transport, Logger: a.log}

@@ -119,6 +119,7 @@ func (a *Agent) seal(ctx context.Context, resource string, g api.GrantInfo, out 
 		os.Remove(a.spoolPath(name))
 		return 0, fmt.Errorf("record batch %s: %w", name, err)
 	}
+	a.markFresh(name)
 	a.log.Debug("batch sealed", "grant", g.ID, "seq", seq, "bytes", size, "files", len(out.Files))
 	return size, nil
 }
@@ -184,28 +185,33 @@ var errStopped = errors.New("batch set aside")
 func (a *Agent) upload(ctx context.Context, e spoolEntry) error {
 	path := a.spoolPath(e.File)
 	url := a.hub.URL("/v1/batches/" + e.Grant + "/" + strconv.FormatUint(e.Seq, 10))
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := a.hub.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusGone:
-		// The grant ended: nothing under it may be delivered any more.
-		a.log.Warn("grant no longer active; dropping its spooled batch", "grant", e.Grant, "seq", e.Seq, "status", resp.StatusCode)
-		return a.finish(ctx, e, "")
-	case resp.StatusCode != http.StatusOK:
-		return fmt.Errorf("upload status: %s", resp.Status)
-	case resp.Header.Get(api.HeaderComplete) == "1":
-		return a.finish(ctx, e, CounterUploaded)
-	}
-	off, err := strconv.ParseInt(resp.Header.Get(api.HeaderOffset), 10, 64)
-	if err != nil || off < 0 || off > e.Size {
-		off = 0
+	var off int64
+	if !a.takeFresh(e.File) {
+		// A batch this process did not seal (or tried before) may be partly
+		// at the hub already: ask how much, and send only the rest.
+		req, err := http.NewRequestWithContext(ctx, http.MethodHead, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := a.hub.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == http.StatusGone:
+			// The grant ended: nothing under it may be delivered any more.
+			a.log.Warn("grant no longer active; dropping its spooled batch", "grant", e.Grant, "seq", e.Seq, "status", resp.StatusCode)
+			return a.finish(ctx, e, "")
+		case resp.StatusCode != http.StatusOK:
+			return fmt.Errorf("upload status: %s", resp.Status)
+		case resp.Header.Get(api.HeaderComplete) == "1":
+			return a.finish(ctx, e, CounterUploaded)
+		}
+		off, err = strconv.ParseInt(resp.Header.Get(api.HeaderOffset), 10, 64)
+		if err != nil || off < 0 || off > e.Size {
+			off = 0
+		}
 	}
 	f, err := os.Open(path)
 	if err != nil {
@@ -216,14 +222,14 @@ func (a *Agent) upload(ctx context.Context, e spoolEntry) error {
 	if err := a.state.Add(CounterUploadAttempted, e.Size-off); err != nil {
 		return err
 	}
-	req, err = http.NewRequestWithContext(ctx, http.MethodPut, url, io.NewSectionReader(f, off, e.Size-off))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, io.NewSectionReader(f, off, e.Size-off))
 	if err != nil {
 		return err
 	}
 	req.ContentLength = e.Size - off
 	req.Header.Set(api.HeaderOffset, strconv.FormatInt(off, 10))
 	req.Header.Set(api.HeaderTotal, strconv.FormatInt(e.Size, 10))
-	resp, err = a.hub.Do(req)
+	resp, err := a.hub.Do(req)
 	if err != nil {
 		return err
 	}
@@ -283,4 +289,21 @@ func (a *Agent) finish(ctx context.Context, e spoolEntry, counter string) error 
 	fsutil.SyncDir(a.cfg.spoolDir())
 	a.spool.release(e.Size)
 	return nil
+}
+
+// markFresh notes a batch sealed by this process: nothing of it can be at
+// the hub yet, so its first upload skips the status round trip.
+func (a *Agent) markFresh(name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.fresh[name] = true
+}
+
+// takeFresh reports (once) whether a batch is fresh.
+func (a *Agent) takeFresh(name string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ok := a.fresh[name]
+	delete(a.fresh, name)
+	return ok
 }

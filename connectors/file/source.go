@@ -107,6 +107,7 @@ func (s *Source) watch() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.Rescan)
 	defer t.Stop()
+	var debounce <-chan time.Time
 	for {
 		select {
 		case <-s.done:
@@ -120,6 +121,13 @@ func (s *Source) watch() {
 					s.addWatches(ev.Name)
 				}
 			}
+			// A file being written fires an event per write: look once the
+			// burst pauses, not once per event.
+			if debounce == nil {
+				debounce = time.After(100 * time.Millisecond)
+			}
+		case <-debounce:
+			debounce = nil
 			s.signal()
 		case err, ok := <-s.watcher.Errors:
 			if !ok {

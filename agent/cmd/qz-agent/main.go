@@ -14,9 +14,11 @@ import (
 )
 
 func main() {
+	stopProfile := cli.StartProfile()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := agent.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
+	stopProfile()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "qz-agent:", err)
 		if errors.Is(err, cli.ErrUsage) {
