@@ -44,7 +44,10 @@ type Hub struct {
 	mu        sync.Mutex
 	waiters   map[string]chan struct{} // consumer node → wake-up
 	grantsGen chan struct{}            // closed and replaced when grants change
-	uploads   map[string]*upload       // grant/seq → the upload writing it
+
+	lastRefusal time.Time          // last audited enrolment refusal
+	refusals    int                // refusals since, not yet audited
+	uploads     map[string]*upload // grant/seq → the upload writing it
 }
 
 // ErrNotInitialised means qz-central init has not run for this state dir.
@@ -314,11 +317,32 @@ func (h *Hub) enroll(w http.ResponseWriter, r *http.Request) {
 
 func (h *Hub) refuseToken(ctx context.Context, w http.ResponseWriter, err error) {
 	if errors.Is(err, store.ErrTokenInvalid) || errors.Is(err, store.ErrConflict) {
-		h.store.Audit(ctx, "hub", "enroll.refuse", "", err.Error())
+		h.auditRefusal(ctx, err.Error())
 		httpError(w, http.StatusForbidden, err.Error()+"; ask the hub operator for a new token ('qz-central node token NODE_ID')")
 		return
 	}
 	h.internal(w, "enroll", err)
+}
+
+// auditRefusal records refused enrolments, at most one record every 10 s
+// with a count of the others: enrolment needs no certificate, so anyone who
+// reaches the port could otherwise grow the audit log without bound.
+func (h *Hub) auditRefusal(ctx context.Context, reason string) {
+	h.mu.Lock()
+	now := h.now()
+	if now.Sub(h.lastRefusal) < 10*time.Second {
+		h.refusals++
+		h.mu.Unlock()
+		h.log.Warn("enrolment refused", "reason", reason)
+		return
+	}
+	n := h.refusals
+	h.lastRefusal, h.refusals = now, 0
+	h.mu.Unlock()
+	if n > 0 {
+		reason = fmt.Sprintf("%s (and %d more refusals since the last record)", reason, n)
+	}
+	h.store.Audit(ctx, "hub", "enroll.refuse", "", reason)
 }
 
 func (h *Hub) registerResources(w http.ResponseWriter, r *http.Request) {
