@@ -35,9 +35,10 @@ demo: build ## run a hub and two agents on loopback and move a folder between th
 	./scripts/demo.sh
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet and staticcheck (pinned in go.mod)
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 
 .PHONY: clean
 clean: ## remove build output

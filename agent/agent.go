@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -205,14 +203,6 @@ type hubError struct {
 
 func (e *hubError) Error() string { return fmt.Sprintf("hub answered %d: %s", e.Status, e.Msg) }
 
-func hubStatus(err error) int {
-	var he *hubError
-	if errors.As(err, &he) {
-		return he.Status
-	}
-	return 0
-}
-
 // grantLoop registers this node's resources and follows its grants with a
 // long poll, so a new or revoked grant takes effect within a second.
 func (a *Agent) grantLoop(ctx context.Context) {
@@ -327,19 +317,6 @@ func (a *Agent) grantActive(id string) (api.GrantInfo, bool) {
 
 func batchName(grant string, seq uint64) string {
 	return grant + "-" + strconv.FormatUint(seq, 10) + ".qzb"
-}
-
-func parseBatchName(name string) (string, uint64, bool) {
-	base, ok := strings.CutSuffix(name, ".qzb")
-	if !ok {
-		return "", 0, false
-	}
-	i := strings.LastIndexByte(base, '-')
-	if i < 0 {
-		return "", 0, false
-	}
-	n, err := strconv.ParseUint(base[i+1:], 10, 64)
-	return base[:i], n, err == nil
 }
 
 func (a *Agent) spoolPath(name string) string { return filepath.Join(a.cfg.spoolDir(), name) }
