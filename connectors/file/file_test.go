@@ -64,12 +64,13 @@ func write(t *testing.T, root, rel string, data []byte, age time.Duration) {
 }
 
 type pair struct {
-	src   *Source
-	sink  *Sink
-	st    memState
-	sinkD string
-	srcD  string
-	n     int // batches moved
+	src    *Source
+	sink   *Sink
+	st     memState
+	sinkSt memState
+	sinkD  string
+	srcD   string
+	n      int // batches moved
 }
 
 func newPair(t *testing.T, mod func(*SourceConfig)) *pair {
@@ -94,7 +95,7 @@ func newPair(t *testing.T, mod func(*SourceConfig)) *pair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &pair{src: src, sink: sink, st: memState{}, sinkD: dst, srcD: cfg.Path}
+	return &pair{src: src, sink: sink, st: memState{}, sinkSt: memState{}, sinkD: dst, srcD: cfg.Path}
 }
 
 // sync moves batches until the source is idle.
@@ -111,9 +112,11 @@ func (p *pair) sync(t *testing.T) {
 		}
 		if !out.Empty() {
 			h := batch.Header{Kind: out.Kind, Files: out.Files, BodyLen: int64(len(out.Body))}
-			if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), nil, nil); err != nil {
+			var ch connectors.Changes
+			if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), p.sinkSt, &ch); err != nil {
 				t.Fatal(err)
 			}
+			p.sinkSt.commit(&ch)
 			p.n++
 		}
 		p.st.commit(&out.Changes)
@@ -179,9 +182,52 @@ func TestRoundTrip(t *testing.T) {
 	write(t, p.srcD, "deep/er/large.bin", pattern(64<<10*3, 9), 30*time.Minute)
 	p.sync(t)
 	p.same(t, "deep/er/large.bin")
+	// The last batch's finished-file names go with the next apply.
+	var ch connectors.Changes
+	p.sink.Apply(context.Background(), &batch.Header{Kind: "files"}, bytes.NewReader(nil), p.sinkSt, &ch)
+	p.sinkSt.commit(&ch)
 	if ents, _ := os.ReadDir(filepath.Join(p.sinkD, TempDir)); len(ents) != 0 {
 		t.Errorf("temporary files left: %v", ents)
 	}
+}
+
+// TestCrashAfterRename: the agent dies after the final rename of a file
+// but before its commit, and the department's application has taken the
+// file away meanwhile. Applying the batch again puts it back.
+func TestCrashAfterRename(t *testing.T) {
+	p := newPair(t, nil)
+	write(t, p.srcD, "pickup/big.bin", pattern(64<<10*3+5, 11), time.Hour)
+	var outs []connectors.Output
+	for {
+		out := connectors.Output{Limit: 100 << 10}
+		if err := p.src.Next(context.Background(), p.st, &out); err != nil {
+			break
+		}
+		p.st.commit(&out.Changes)
+		outs = append(outs, out)
+	}
+	for i, out := range outs {
+		h := batch.Header{Kind: out.Kind, Files: out.Files}
+		var ch connectors.Changes
+		if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), p.sinkSt, &ch); err != nil {
+			t.Fatal(err)
+		}
+		if i < len(outs)-1 {
+			p.sinkSt.commit(&ch) // the last commit is lost in the crash
+		}
+	}
+	dst := filepath.Join(p.sinkD, "pickup", "big.bin")
+	if err := os.Rename(dst, filepath.Join(t.TempDir(), "taken")); err != nil {
+		t.Fatal(err)
+	}
+	last := outs[len(outs)-1]
+	h := batch.Header{Kind: last.Kind, Files: last.Files}
+	var ch connectors.Changes
+	if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(last.Body), p.sinkSt, &ch); err != nil {
+		t.Fatalf("re-apply after the crash: %v", err)
+	}
+	p.sinkSt.commit(&ch)
+	p.same(t, "pickup/big.bin")
 }
 
 func TestGlobsAndSettle(t *testing.T) {

@@ -77,9 +77,21 @@ func (s *Sink) dropTemps(rel, keep string) {
 // Apply implements connectors.Sink. Every step is idempotent: writing a
 // chunk again writes the same bytes at the same offset, and a final rename
 // already done is recognised by the target's hash.
-func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ connectors.State, _ *connectors.Changes) error {
+func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, st connectors.State, ch *connectors.Changes) error {
 	if h.Kind != "files" {
 		return fmt.Errorf("file sink cannot apply a %q batch", h.Kind)
+	}
+	if st != nil && ch != nil {
+		// Completed files kept from batches now committed are not needed
+		// any more (see finish).
+		err := st.Scan(keyDone, func(key string, _ []byte) error {
+			os.Remove(filepath.Join(s.tmp, strings.TrimPrefix(key, keyDone)))
+			ch.Delete(key)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 	}
 	for i := range h.Files {
 		if err := ctx.Err(); err != nil {
@@ -89,7 +101,7 @@ func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ con
 		var err error
 		switch e.Op {
 		case "put":
-			err = s.put(e, io.LimitReader(body, e.Length))
+			err = s.put(e, io.LimitReader(body, e.Length), ch)
 		case "delete":
 			err = s.delete(e)
 		default:
@@ -102,7 +114,11 @@ func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ con
 	return nil
 }
 
-func (s *Sink) put(e *batch.FileEntry, data io.Reader) error {
+// keyDone prefixes the state keys of completed files kept until their
+// batch is committed.
+const keyDone = "done/"
+
+func (s *Sink) put(e *batch.FileEntry, data io.Reader, ch *connectors.Changes) error {
 	dst, err := s.target(e.Path)
 	if err != nil {
 		return err
@@ -138,15 +154,14 @@ func (s *Sink) put(e *batch.FileEntry, data io.Reader) error {
 	if err := f.Sync(); err != nil {
 		return err
 	}
-	if sum, err := hashFile(tmp); err != nil {
+	sum, err := hashFile(tmp)
+	if err != nil {
 		return err
-	} else if sum != e.SHA256 {
-		if done, _ := hashFile(dst); done == e.SHA256 {
-			os.Remove(tmp)
-			return nil
-		}
+	}
+	if sum != e.SHA256 {
+		f.Close()
 		os.Remove(tmp)
-		return fmt.Errorf("whole file: %w (a chunk is missing; the provider will resend the file)", ErrMismatch)
+		return s.redo(e, dst)
 	}
 	if err := f.Chmod(fs.FileMode(e.Mode).Perm() | 0o200); err != nil {
 		return err
@@ -157,10 +172,44 @@ func (s *Sink) put(e *batch.FileEntry, data io.Reader) error {
 	if err := os.Chtimes(tmp, e.ModTime, e.ModTime); err != nil {
 		return err
 	}
+	// Keep a second name for the finished file until the batch is
+	// committed: if the agent dies after the rename below and the
+	// department's application takes the file away meanwhile, applying the
+	// batch again can still put it in place.
+	if ch != nil {
+		done := tmp + ".done"
+		os.Remove(done)
+		if err := os.Link(tmp, done); err == nil {
+			ch.Put(keyDone+filepath.Base(done), []byte(e.Path))
+		}
+	}
+	return s.place(tmp, dst)
+}
+
+// redo handles a final chunk whose file is not (or no longer) assembled:
+// the batch was applied before, up to its rename, by a process that died
+// before its commit.
+func (s *Sink) redo(e *batch.FileEntry, dst string) error {
+	if sum, _ := hashFile(dst); sum == e.SHA256 {
+		return nil
+	}
+	done := s.tempName(e.Path, e.SHA256) + ".done"
+	if sum, _ := hashFile(done); sum == e.SHA256 {
+		again := done + ".again"
+		if err := os.Link(done, again); err != nil {
+			return err
+		}
+		return s.place(again, dst)
+	}
+	return fmt.Errorf("whole file: %w; earlier chunks of this file were lost from %s, so this line stops: have the provider send the file again (touch it)", ErrMismatch, s.tmp)
+}
+
+// place renames a finished file into its target and makes it durable.
+func (s *Sink) place(from, dst string) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, dst); err != nil {
+	if err := os.Rename(from, dst); err != nil {
 		return err
 	}
 	if err := fsutil.SyncDir(filepath.Dir(dst)); err != nil {
