@@ -134,6 +134,7 @@ func (a *Agent) Serve(ctx context.Context) error {
 			a.log.Debug("loop stopped", "loop", name)
 		}()
 	}
+	run("watch", func(ctx context.Context) { a.hub.Watch(ctx, 5*time.Second) })
 	run("grants", a.grantLoop)
 	for id, src := range a.sources {
 		run("producer", func(ctx context.Context) { a.produceLoop(ctx, id, src) })

@@ -22,6 +22,10 @@ import (
 	"github.com/qianzhi/qianzhi/pkg/seal"
 )
 
+// errTransient marks failures of the link or the hub, which a retry
+// resolves, as opposed to problems of the line itself.
+var errTransient = errors.New("hub connection lost")
+
 // consumeLoop fetches, verifies and applies deliveries, in sequence order
 // per grant, and answers each with a signed receipt.
 func (a *Agent) consumeLoop(ctx context.Context) {
@@ -54,6 +58,13 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
+				if errors.Is(err, errTransient) {
+					// The hub or the link went away: not this line's fault.
+					// Resume shortly, from the bytes already fetched.
+					a.log.Warn("delivery interrupted; resuming", "grant", d.Grant, "seq", d.Sequence, "err", err)
+					blocked = true
+					break
+				}
 				a.log.Error("delivery not applied; this grant's line waits", "grant", d.Grant, "seq", d.Sequence, "err", err)
 				a.state.setStopped(d.Grant, "consumer", fmt.Sprintf("batch %d: %v", d.Sequence, err))
 				stopped[d.Grant] = time.Now().Add(30 * time.Second)
@@ -65,7 +76,7 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 		}
 		if blocked || len(ds) == 0 {
 			// Nothing we can act on now: do not spin on the same list.
-			if !backoff(ctx, 3) {
+			if !backoff(ctx, 1) {
 				return
 			}
 		}
@@ -160,7 +171,7 @@ func (a *Agent) download(ctx context.Context, d api.Delivery, path string) error
 	}
 	resp, err := a.hub.Do(req)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errTransient, err)
 	}
 	defer resp.Body.Close()
 	switch {
@@ -175,7 +186,7 @@ func (a *Agent) download(ctx context.Context, d api.Delivery, path string) error
 	// damaged file fails verification and is fetched again; the durable step
 	// is the apply, which the sink fsyncs before the commit.
 	if _, err := io.Copy(f, resp.Body); err != nil {
-		return fmt.Errorf("download interrupted: %w", err)
+		return fmt.Errorf("%w: download interrupted: %w", errTransient, err)
 	}
 	return nil
 }
@@ -189,7 +200,7 @@ func (a *Agent) sealKey(ctx context.Context, node string) (seal.PublicKey, error
 	}
 	k, err := fetchSealKey(ctx, a.hub, node)
 	if err != nil {
-		return k, err
+		return k, fmt.Errorf("%w: %w", errTransient, err)
 	}
 	a.mu.Lock()
 	a.sealKeys[node] = k
@@ -280,7 +291,7 @@ func (a *Agent) sendReceipt(ctx context.Context, grant string, seq uint64) error
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := a.hub.Do(req)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errTransient, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {

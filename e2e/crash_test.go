@@ -56,20 +56,28 @@ func TestKillNineMidTransfer(t *testing.T) {
 
 	waitFor(t, 2*time.Minute, "consumer to apply 20 batches", func() bool { return applied() >= 20 })
 	cons.p.kill()
-	t.Logf("killed consumer after %d applied batches", applied())
+	t.Logf("%s killed consumer after %d applied batches", time.Now().Format("15:04:05.000"), applied())
 	cons.start()
 
 	waitFor(t, 2*time.Minute, "provider to upload 80 MiB", func() bool { return uploaded() >= 80<<20 })
 	prov.p.kill()
-	t.Logf("killed provider after %d uploaded bytes", uploaded())
+	t.Logf("%s killed provider after %d uploaded bytes", time.Now().Format("15:04:05.000"), uploaded())
 	prov.start()
 
 	waitFor(t, 2*time.Minute, "provider to upload 140 MiB", func() bool { return uploaded() >= 140<<20 })
 	h.p.kill()
-	t.Logf("killed hub after %d uploaded bytes", uploaded())
+	t.Logf("%s killed hub after %d uploaded bytes", time.Now().Format("15:04:05.000"), uploaded())
 	h.start()
 
+	t0 := time.Now()
 	waitArrived(t, dst, sums, 3*time.Minute)
+	t.Logf("arrived %s after the hub restart", time.Since(t0).Round(time.Millisecond))
+	if os.Getenv("QZ_KEEP_LOGS") != "" {
+		for _, p := range []string{prov.logPath(), cons.logPath(), h.p.log} {
+			b, _ := os.ReadFile(p)
+			os.WriteFile(filepath.Join(os.Getenv("QZ_KEEP_LOGS"), filepath.Base(filepath.Dir(p))+"-"+filepath.Base(p)), b, 0o644)
+		}
+	}
 	select {
 	case msg := <-bad:
 		t.Fatalf("a partial file appeared under its final name: %s", msg)

@@ -315,6 +315,43 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// Watch checks the connection every period with a ping and drops it when
+// the ping fails, so requests waiting on a dead connection (the hub was
+// killed and came back, a middlebox forgot the flow) fail now and reconnect,
+// instead of waiting out QUIC's idle timeout. It returns when ctx ends.
+func (c *Client) Watch(ctx context.Context, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		rt := c.rt
+		c.mu.Unlock()
+		if rt == nil {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 2*period)
+		err := probe(pctx, rt, c.Hub)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			continue
+		}
+		c.mu.Lock()
+		if c.rt == rt {
+			if c.Logger != nil {
+				c.Logger.Warn("hub connection is dead; reconnecting", "transport", c.current, "err", err)
+			}
+			c.closer()
+			c.rt, c.closer, c.current = nil, nil, ""
+		}
+		c.mu.Unlock()
+	}
+}
+
 // URL builds an absolute URL on the hub.
 func (c *Client) URL(path string) string { return "https://" + c.Hub + path }
 
