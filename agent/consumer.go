@@ -100,9 +100,11 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 		return fmt.Errorf("gap: batch %d arrived but %d is the next to apply", d.Sequence, applied+1)
 	}
 	path := filepath.Join(a.cfg.inboxDir(), batchName(d.Grant, d.Sequence)+".part")
+	t0 := time.Now()
 	if err := a.download(ctx, d, path); err != nil {
 		return err
 	}
+	t1 := time.Now()
 	info, err := batch.VerifyFile(path, func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, d.Provider) })
 	if errors.Is(err, seal.ErrBadSignature) {
 		// The provider may have enrolled again with a new seal key: ask
@@ -124,11 +126,15 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 		}
 		return err
 	}
+	t2 := time.Now()
 	if err := a.apply(ctx, d, path, info); err != nil {
 		return err
 	}
+	t3 := time.Now()
 	os.Remove(path)
-	return a.sendReceipt(ctx, d.Grant, d.Sequence)
+	err = a.sendReceipt(ctx, d.Grant, d.Sequence)
+	a.log.Debug("delivery timing", "seq", d.Sequence, "download", t1.Sub(t0), "verify", t2.Sub(t1), "apply", t3.Sub(t2), "receipt", time.Since(t3))
+	return err
 }
 
 // checkDelivery makes sure the sealed header says what the hub said.
