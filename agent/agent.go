@@ -225,14 +225,18 @@ func (a *Agent) grantLoop(ctx context.Context) {
 				registered = true
 			}
 		}
+		asked := time.Now()
 		gs, v, err := a.fetchGrants(ctx, version)
 		if err == nil {
 			fails = 0
+			quick := v == "" || (v == version && time.Since(asked) < time.Second)
 			version = v
 			a.setGrants(ctx, gs)
-			if registered {
+			if registered && !quick {
 				continue
 			}
+			// A hub that does not hold the poll open (an older one, say)
+			// is asked again after the poll interval, not at once.
 		} else {
 			if ctx.Err() != nil {
 				return

@@ -20,7 +20,23 @@ import (
 	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/receipt"
 	"github.com/qianzhi/qianzhi/pkg/seal"
+	"github.com/qianzhi/qianzhi/transport"
 )
+
+// readErrs remembers whether a copy failed reading (the network) rather
+// than writing (the local disk).
+type readErrs struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErrs) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
+}
 
 // errTransient marks failures of the link or the hub, which a retry
 // resolves, as opposed to problems of the line itself.
@@ -62,8 +78,12 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 					// The hub or the link went away: not this line's fault.
 					// Resume shortly, from the bytes already fetched.
 					a.log.Warn("delivery interrupted; resuming", "grant", d.Grant, "seq", d.Sequence, "err", err)
+					stopped[d.Grant] = time.Now().Add(time.Second)
 					blocked = true
-					break
+					if errors.Is(err, transport.ErrUnreachable) {
+						break
+					}
+					continue
 				}
 				a.log.Error("delivery not applied; this grant's line waits", "grant", d.Grant, "seq", d.Sequence, "err", err)
 				a.state.setStopped(d.Grant, "consumer", fmt.Sprintf("batch %d: %v", d.Sequence, err))
@@ -116,6 +136,18 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 	}
 	if err == nil {
 		err = checkDelivery(info, d, a.id.NodeID)
+	}
+	if errors.Is(err, batch.ErrRejected) {
+		// The inbox copy is not fsynced: after a machine crash it may hold
+		// stale blocks. Fetch it once more before calling it forged.
+		os.Remove(path)
+		if err = a.download(ctx, d, path); err != nil {
+			return err
+		}
+		info, err = batch.VerifyFile(path, func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, d.Provider) })
+		if err == nil {
+			err = checkDelivery(info, d, a.id.NodeID)
+		}
 	}
 	if err != nil {
 		if errors.Is(err, batch.ErrRejected) {
@@ -191,8 +223,12 @@ func (a *Agent) download(ctx context.Context, d api.Delivery, path string) error
 	// No fsync: the inbox is a cache of what the hub holds. After a crash a
 	// damaged file fails verification and is fetched again; the durable step
 	// is the apply, which the sink fsyncs before the commit.
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		return fmt.Errorf("%w: download interrupted: %w", errTransient, err)
+	body := &readErrs{r: resp.Body}
+	if _, err := io.Copy(f, body); err != nil {
+		if body.err != nil {
+			return fmt.Errorf("%w: download interrupted: %w", errTransient, err)
+		}
+		return fmt.Errorf("write inbox file (is the disk full?): %w", err)
 	}
 	return nil
 }
@@ -206,7 +242,7 @@ func (a *Agent) sealKey(ctx context.Context, node string) (seal.PublicKey, error
 	}
 	k, err := fetchSealKey(ctx, a.hub, node)
 	if err != nil {
-		return k, fmt.Errorf("%w: %w", errTransient, err)
+		return k, err
 	}
 	a.mu.Lock()
 	a.sealKeys[node] = k

@@ -115,11 +115,12 @@ func (a *Agent) seal(ctx context.Context, resource string, g api.GrantInfo, out 
 		return 0, fmt.Errorf("seal batch %s: %w", name, err)
 	}
 	e := spoolEntry{Grant: g.ID, Seq: seq, Resource: resource, File: name, Size: size}
+	a.markFresh(name) // before the commit, so the uploader cannot see it first
 	if err := a.state.commitSealed(ctx, e, &out.Changes); err != nil {
+		a.takeFresh(name)
 		os.Remove(a.spoolPath(name))
 		return 0, fmt.Errorf("record batch %s: %w", name, err)
 	}
-	a.markFresh(name)
 	a.log.Debug("batch sealed", "grant", g.ID, "seq", seq, "bytes", size, "files", len(out.Files))
 	return size, nil
 }

@@ -96,7 +96,7 @@ func fetchSealKey(ctx context.Context, hub *transport.Client, node string) (seal
 	}
 	resp, err := hub.Do(req)
 	if err != nil {
-		return seal.PublicKey{}, err
+		return seal.PublicKey{}, fmt.Errorf("%w: %w", errTransient, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -55,16 +55,25 @@ func TestKillNineMidTransfer(t *testing.T) {
 	uploaded := func() int64 { return prov.counter(agent.CounterUploaded) }
 
 	waitFor(t, 2*time.Minute, "consumer to apply 20 batches", func() bool { return applied() >= 20 })
+	if applied() >= large/chunk {
+		t.Errorf("the consumer finished before its kill: this run tested nothing mid-transfer")
+	}
 	cons.p.kill()
 	t.Logf("%s killed consumer after %d applied batches", time.Now().Format("15:04:05.000"), applied())
 	cons.start()
 
 	waitFor(t, 2*time.Minute, "provider to upload 80 MiB", func() bool { return uploaded() >= 80<<20 })
+	if uploaded() >= large {
+		t.Errorf("the provider finished before its kill: this run tested nothing mid-transfer")
+	}
 	prov.p.kill()
 	t.Logf("%s killed provider after %d uploaded bytes", time.Now().Format("15:04:05.000"), uploaded())
 	prov.start()
 
 	waitFor(t, 2*time.Minute, "provider to upload 140 MiB", func() bool { return uploaded() >= 140<<20 })
+	if uploaded() >= large {
+		t.Errorf("the upload finished before the hub's kill: this run tested nothing mid-transfer")
+	}
 	h.p.kill()
 	t.Logf("%s killed hub after %d uploaded bytes", time.Now().Format("15:04:05.000"), uploaded())
 	h.start()

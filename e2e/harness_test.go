@@ -134,15 +134,17 @@ func mustRun(t *testing.T, bin string, args ...string) string {
 	return out
 }
 
-// freePort finds a port free for both TCP and UDP on 127.0.0.1.
+// freePort finds a port free for both TCP and UDP on 127.0.0.1, below the
+// kernel's ephemeral range so that no client socket takes it while a hub
+// restarts on it.
 func freePort(t *testing.T) int {
 	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			t.Fatal(err)
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
 		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
 		l.Close()
 		if err == nil {
@@ -162,7 +164,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -201,6 +203,12 @@ func (h *hub) start() {
 	h.t.Helper()
 	h.p = start(h.t, "hub", filepath.Join(h.dir, "hub.log"), "qz-central", "run", "--config", h.cfg)
 	waitFor(h.t, 10*time.Second, "hub to listen", func() bool {
+		select {
+		case <-h.p.done:
+			b, _ := os.ReadFile(h.p.log)
+			h.t.Fatalf("hub exited at start:\n%s", b)
+		default:
+		}
 		c, err := net.DialTimeout("tcp", h.addr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()

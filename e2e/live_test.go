@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -17,7 +18,7 @@ func TestLiveChanges(t *testing.T) {
 	os.MkdirAll(src, 0o755)
 	sums := writeFiles(t, src, []fileSpec{{"keep.txt", 100}, {"change.txt", 200}, {"drop.txt", 300}})
 	h.start()
-	prov := newNode(t, h, "prov-l", nodeOpts{resources: fileResource("prov.l", src, "    propagate_deletes: true\n")})
+	prov := newNode(t, h, "prov-l", nodeOpts{resources: strings.Replace(fileResource("prov.l", src, "    propagate_deletes: true\n"), "settle: 300ms", "settle: 2s", 1)})
 	cons := newNode(t, h, "cons-l", nodeOpts{subs: fileSub("prov.l", dst)})
 	prov.start()
 	cons.start()
@@ -30,6 +31,26 @@ func TestLiveChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A file being written slowly: never visible at the consumer until whole.
+	// Watch the target until the end: slow.bin must never show partly.
+	const slowSize = 20 * 64 << 10
+	stop := make(chan struct{})
+	defer close(stop)
+	bad := make(chan int64, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if fi, err := os.Stat(filepath.Join(dst, "slow.bin")); err == nil && fi.Size() != slowSize {
+				select {
+				case bad <- fi.Size():
+				default:
+				}
+			}
+		}
+	}()
 	slow := filepath.Join(src, "slow.bin")
 	f, err := os.Create(slow)
 	if err != nil {
@@ -40,9 +61,6 @@ func TestLiveChanges(t *testing.T) {
 		chunk[0] = byte(i)
 		f.Write(chunk)
 		f.Sync()
-		if fi, err := os.Stat(filepath.Join(dst, "slow.bin")); err == nil && fi.Size() != 20*64<<10 {
-			t.Fatalf("slow.bin visible at the consumer with %d bytes while being written", fi.Size())
-		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	f.Close()
@@ -53,6 +71,11 @@ func TestLiveChanges(t *testing.T) {
 		_, err := os.Stat(filepath.Join(dst, "drop.txt"))
 		return os.IsNotExist(err)
 	})
+	select {
+	case n := <-bad:
+		t.Fatalf("slow.bin was visible at the consumer with %d of %d bytes", n, slowSize)
+	default:
+	}
 	if got, _, _ := hashFile(filepath.Join(dst, "keep.txt")); got != sums["keep.txt"] {
 		t.Error("an unchanged file changed at the consumer")
 	}

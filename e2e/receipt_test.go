@@ -35,6 +35,10 @@ func TestReceiptsAndPurge(t *testing.T) {
 	h.grant("prov.r", "cons-r")
 	waitArrived(t, dst, sums, time.Minute)
 
+	g := strings.Fields(strings.Split(h.central("grant", "list"), "\n")[1])[0]
+	if _, err := os.Stat(filepath.Join(h.payloadDir(), g)); err != nil {
+		t.Fatalf("the hub's payload folder for %s is not where the test looks: %v", g, err)
+	}
 	waitFor(t, 30*time.Second, "payloads to be purged after their receipts", func() bool {
 		n := 0
 		filepath.WalkDir(h.payloadDir(), func(p string, d os.DirEntry, err error) error {

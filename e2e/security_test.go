@@ -49,8 +49,9 @@ func TestTamperedSpooledBatchRejectedByHub(t *testing.T) {
 	os.MkdirAll(src, 0o755)
 	h.start()
 	prov := newNode(t, h, "prov-t", nodeOpts{resources: fileResource("prov.t", src, "")})
-	cons := newNode(t, h, "cons-t", nodeOpts{})
+	cons := newNode(t, h, "cons-t", nodeOpts{subs: fileSub("prov.t", filepath.Join(t.TempDir(), "inbox"))})
 	prov.start()
+	cons.start()
 	h.grant("prov.t", "cons-t")
 	waitFor(t, 10*time.Second, "provider to learn the grant", func() bool { return logHas(prov.logPath(), "grants changed") })
 	h.p.stop()
@@ -81,8 +82,14 @@ func TestTamperedSpooledBatchRejectedByHub(t *testing.T) {
 	if !strings.Contains(h.central("audit", "list"), "batch.reject") {
 		t.Error("hub audit log has no batch.reject record")
 	}
+	// The consumer is running and polling: the damaged batch never
+	// reached it, so it applied nothing.
+	time.Sleep(time.Second)
 	if n := cons.counter(agent.CounterBatchesApplied); n != 0 {
 		t.Errorf("consumer applied %d batches although the only batch was damaged", n)
+	}
+	if n := cons.counter(agent.CounterDownloadAttempted); n != 0 {
+		t.Errorf("consumer downloaded %d bytes of a batch the hub refused", n)
 	}
 }
 

@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,10 +51,13 @@ func TestFolderArrivesOverQUIC(t *testing.T) {
 			t.Errorf("%s fell back to TCP although QUIC was available", n.id)
 		}
 	}
-	waitFor(t, 10*time.Second, "receipts to reach the hub", func() bool {
-		s := cons.status()
-		return s.Counters[agent.CounterBatchesApplied] > 0 && prov.status().Spooled == 0
+	waitFor(t, 30*time.Second, "a receipt at the hub for every stored batch", func() bool {
+		list := h.central("batch", "list")
+		return strings.Count(list, "\n") > 1 && !strings.Contains(list, "waiting")
 	})
+	if n := cons.counter(agent.CounterBatchesApplied); n < 50 {
+		t.Errorf("consumer applied %d batches; 200 MiB in 4 MiB chunks needs at least 50", n)
+	}
 	if rj := cons.status().Rejections; len(rj) != 0 {
 		t.Errorf("consumer recorded rejections in a clean transfer: %+v", rj)
 	}

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${QZ_BIN:-$PWD/bin}
-DEMO=$(mktemp -d /tmp/qianzhi-demo.XXXXXX)
+DEMO=$(mktemp -d "${TMPDIR:-/tmp}/qianzhi-demo.XXXXXX")
 PIDS=()
 failed=0
 cleanup() {
@@ -16,10 +16,11 @@ cleanup() {
 	if [[ $failed == 1 ]]; then echo "demo: logs kept in $DEMO" >&2; else rm -rf "$DEMO"; fi
 }
 trap cleanup EXIT
+trap 'failed=1' ERR
 
 # A port free on loopback (nothing answers on TCP there).
 while :; do
-	port=$((20000 + RANDOM % 40000))
+	port=$((20000 + RANDOM % 12000)) # below the ephemeral range
 	(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
 done
 HUB=127.0.0.1:$port

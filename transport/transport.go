@@ -209,6 +209,8 @@ func (c *Client) newTCP() (http.RoundTripper, func()) {
 	p := new(http.Protocols)
 	p.SetHTTP2(true)
 	t.Protocols = p
+	// HTTP/2 pings find a dead TCP connection even under long polls.
+	t.HTTP2 = &http.HTTP2Config{SendPingTimeout: 10 * time.Second, PingTimeout: 5 * time.Second}
 	return t, func() { t.CloseIdleConnections() }
 }
 
@@ -322,6 +324,7 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 func (c *Client) Watch(ctx context.Context, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
+	failed := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -338,8 +341,15 @@ func (c *Client) Watch(ctx context.Context, period time.Duration) {
 		err := probe(pctx, rt, c.Hub)
 		cancel()
 		if err == nil || ctx.Err() != nil {
+			failed = 0
 			continue
 		}
+		// One slow ping behind bulk data on a thin link is not a dead
+		// connection; two in a row are.
+		if failed++; failed < 2 {
+			continue
+		}
+		failed = 0
 		c.mu.Lock()
 		if c.rt == rt {
 			if c.Logger != nil {

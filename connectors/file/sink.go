@@ -161,7 +161,7 @@ func (s *Sink) put(e *batch.FileEntry, data io.Reader, ch *connectors.Changes) e
 	if sum != e.SHA256 {
 		f.Close()
 		os.Remove(tmp)
-		return s.redo(e, dst)
+		return s.redo(e, dst, ch)
 	}
 	if err := f.Chmod(fs.FileMode(e.Mode).Perm() | 0o200); err != nil {
 		return err
@@ -189,13 +189,18 @@ func (s *Sink) put(e *batch.FileEntry, data io.Reader, ch *connectors.Changes) e
 // redo handles a final chunk whose file is not (or no longer) assembled:
 // the batch was applied before, up to its rename, by a process that died
 // before its commit.
-func (s *Sink) redo(e *batch.FileEntry, dst string) error {
+func (s *Sink) redo(e *batch.FileEntry, dst string, ch *connectors.Changes) error {
+	done := s.tempName(e.Path, e.SHA256) + ".done"
+	if _, err := os.Stat(done); err == nil && ch != nil {
+		// Left by the apply that crashed; remove it with this commit.
+		ch.Put(keyDone+filepath.Base(done), []byte(e.Path))
+	}
 	if sum, _ := hashFile(dst); sum == e.SHA256 {
 		return nil
 	}
-	done := s.tempName(e.Path, e.SHA256) + ".done"
 	if sum, _ := hashFile(done); sum == e.SHA256 {
 		again := done + ".again"
+		os.Remove(again) // from a crash between the link and the rename
 		if err := os.Link(done, again); err != nil {
 			return err
 		}
