@@ -39,7 +39,7 @@ type Agent struct {
 	grants     []api.GrantInfo
 	grantsGen  chan struct{}              // closed and replaced when grants change
 	sinks      map[string]connectors.Sink // by resource ID
-	sealKeys   map[string]seal.PublicKey  // by node ID
+	sealKeys   map[string]seal.PublicKey  // by "node/key ID"
 	fresh      map[string]bool            // spool files sealed by this process, not yet tried
 	uploadKick chan struct{}
 }

@@ -125,15 +125,8 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 		return err
 	}
 	t1 := time.Now()
-	info, err := batch.VerifyFile(path, func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, d.Provider) })
-	if errors.Is(err, seal.ErrBadSignature) {
-		// The provider may have enrolled again with a new seal key: ask
-		// the hub once more before calling the batch forged.
-		a.mu.Lock()
-		delete(a.sealKeys, d.Provider)
-		a.mu.Unlock()
-		info, err = batch.VerifyFile(path, func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, d.Provider) })
-	}
+	keys := func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, d.Provider, keyID) }
+	info, err := batch.VerifyFile(path, keys)
 	if err == nil {
 		err = checkDelivery(info, d, a.id.NodeID)
 	}
@@ -144,7 +137,7 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 		if err = a.download(ctx, d, path); err != nil {
 			return err
 		}
-		info, err = batch.VerifyFile(path, func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, d.Provider) })
+		info, err = batch.VerifyFile(path, keys)
 		if err == nil {
 			err = checkDelivery(info, d, a.id.NodeID)
 		}
@@ -233,21 +226,23 @@ func (a *Agent) download(ctx context.Context, d api.Delivery, path string) error
 	return nil
 }
 
-func (a *Agent) sealKey(ctx context.Context, node string) (seal.PublicKey, error) {
+// sealKey returns a node's seal key by key ID, asking the hub once per key.
+func (a *Agent) sealKey(ctx context.Context, node, keyID string) (seal.PublicKey, error) {
+	k := node + "/" + keyID
 	a.mu.Lock()
-	k, ok := a.sealKeys[node]
+	pub, ok := a.sealKeys[k]
 	a.mu.Unlock()
 	if ok {
-		return k, nil
+		return pub, nil
 	}
-	k, err := fetchSealKey(ctx, a.hub, node)
+	pub, err := fetchSealKey(ctx, a.hub, node, keyID)
 	if err != nil {
-		return k, err
+		return pub, err
 	}
 	a.mu.Lock()
-	a.sealKeys[node] = k
+	a.sealKeys[k] = pub
 	a.mu.Unlock()
-	return k, nil
+	return pub, nil
 }
 
 // sink returns the sink for a resource: its subscription, or a folder under

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/receipt"
 	"github.com/qianzhi/qianzhi/pkg/seal"
 	"github.com/qianzhi/qianzhi/transport"
@@ -65,10 +66,10 @@ func ListReceipts(ctx context.Context, cfg Config, grant string) ([]ReceiptLine,
 			rc, err := receipt.Unmarshal(r.Receipt)
 			if err == nil {
 				l.Applied = rc.Applied
-				k, ok := keys[g.Consumer]
+				k, ok := keys[rc.SealKeyID]
 				if !ok {
-					if k, err = fetchSealKey(ctx, hub, g.Consumer); err == nil {
-						keys[g.Consumer] = k
+					if k, err = fetchSealKey(ctx, hub, g.Consumer, rc.SealKeyID); err == nil {
+						keys[rc.SealKeyID] = k
 					}
 				}
 				if err == nil {
@@ -89,8 +90,10 @@ func ListReceipts(ctx context.Context, cfg Config, grant string) ([]ReceiptLine,
 	return out, nil
 }
 
-func fetchSealKey(ctx context.Context, hub *transport.Client, node string) (seal.PublicKey, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, hub.URL("/v1/nodes/"+node+"/seal"), nil)
+// fetchSealKey asks the hub for a node's seal key by key ID, and checks
+// the answer is that key.
+func fetchSealKey(ctx context.Context, hub *transport.Client, node, keyID string) (seal.PublicKey, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, hub.URL("/v1/nodes/"+node+"/seal?"+url.Values{"key": {keyID}}.Encode()), nil)
 	if err != nil {
 		return seal.PublicKey{}, err
 	}
@@ -99,6 +102,9 @@ func fetchSealKey(ctx context.Context, hub *transport.Client, node string) (seal
 		return seal.PublicKey{}, fmt.Errorf("%w: %w", errTransient, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return seal.PublicKey{}, fmt.Errorf("%w: %s is not a seal key of node %s", batch.ErrUnknownKey, keyID, node)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return seal.PublicKey{}, fmt.Errorf("seal key of %s: %s", node, apiError(resp))
 	}
@@ -106,7 +112,14 @@ func fetchSealKey(ctx context.Context, hub *transport.Client, node string) (seal
 	if err != nil {
 		return seal.PublicKey{}, err
 	}
-	return seal.ParsePublic(string(b))
+	pub, err := seal.ParsePublic(string(b))
+	if err != nil {
+		return pub, err
+	}
+	if pub.KeyID() != keyID {
+		return seal.PublicKey{}, fmt.Errorf("hub sent seal key %s for %s", pub.KeyID(), keyID)
+	}
+	return pub, nil
 }
 
 func printReceipts(w io.Writer, ls []ReceiptLine, asJSON bool) error {

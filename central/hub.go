@@ -447,8 +447,20 @@ func (h *Hub) watchGrants(ctx context.Context) {
 	}
 }
 
+// sealKey serves a node's seal public key: the one with ?key=ID (current or
+// from before a re-enrolment), or the current one.
 func (h *Hub) sealKey(w http.ResponseWriter, r *http.Request) {
-	n, err := h.store.Node(r.Context(), r.PathValue("id"))
+	id := r.PathValue("id")
+	if keyID := r.URL.Query().Get("key"); keyID != "" {
+		pub, err := h.store.SealKey(r.Context(), id, keyID)
+		if err != nil {
+			httpError(w, http.StatusNotFound, "no such seal key")
+			return
+		}
+		w.Write([]byte(pub))
+		return
+	}
+	n, err := h.store.Node(r.Context(), id)
 	if err != nil || n.SealPub == "" {
 		httpError(w, http.StatusNotFound, "no such enrolled node")
 		return
@@ -613,6 +625,21 @@ func (h *Hub) upload(w http.ResponseWriter, r *http.Request) {
 	h.wake(g.Consumer)
 }
 
+// nodeKeys looks up a node's seal keys by key ID. A key the node never
+// enrolled with is a rejection, not an I/O error.
+func (h *Hub) nodeKeys(ctx context.Context, node string) func(keyID string) (seal.PublicKey, error) {
+	return func(keyID string) (seal.PublicKey, error) {
+		pub, err := h.store.SealKey(ctx, node, keyID)
+		if errors.Is(err, store.ErrNotFound) {
+			return seal.PublicKey{}, fmt.Errorf("%w: %s is not a seal key of node %s", batch.ErrUnknownKey, keyID, node)
+		}
+		if err != nil {
+			return seal.PublicKey{}, err
+		}
+		return seal.ParsePublic(pub)
+	}
+}
+
 // rejectf makes an error that counts as a rejection of the batch.
 func rejectf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", batch.ErrRejected, fmt.Sprintf(format, args...))
@@ -620,13 +647,7 @@ func rejectf(format string, args ...any) error {
 
 // accept verifies a fully uploaded batch and stores it.
 func (h *Hub) accept(ctx context.Context, g store.Grant, seq uint64, part string, size int64) error {
-	prov, err := h.store.Node(ctx, g.Provider)
-	if err != nil {
-		return err
-	}
-	info, err := batch.VerifyFile(part, func(keyID string) (seal.PublicKey, error) {
-		return seal.ParsePublic(prov.SealPub)
-	})
+	info, err := batch.VerifyFile(part, h.nodeKeys(ctx, g.Provider))
 	if err != nil {
 		return err
 	}
@@ -749,14 +770,9 @@ func (h *Hub) receipt(w http.ResponseWriter, r *http.Request) {
 		reject("receipt does not match the stored batch")
 		return
 	}
-	n, err := h.store.Node(ctx, me)
+	pub, err := h.nodeKeys(ctx, me)(rc.SealKeyID)
 	if err != nil {
-		h.internal(w, "load node", err)
-		return
-	}
-	pub, err := seal.ParsePublic(n.SealPub)
-	if err != nil {
-		h.internal(w, "parse seal key", err)
+		reject(err.Error())
 		return
 	}
 	if err := rc.Verify(pub); err != nil {

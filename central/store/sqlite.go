@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/qianzhi/qianzhi/pkg/seal"
 	"github.com/qianzhi/qianzhi/pkg/sqlitedb"
 )
 
@@ -30,6 +31,15 @@ var schema = []string{
 		node_id TEXT NOT NULL REFERENCES nodes(id),
 		expires TEXT NOT NULL,
 		used TEXT NOT NULL DEFAULT ''
+	)`,
+	// Every seal key a node ever enrolled with, so batches and receipts
+	// sealed before a re-enrolment still verify.
+	`CREATE TABLE IF NOT EXISTS seal_keys (
+		node_id TEXT NOT NULL REFERENCES nodes(id),
+		key_id TEXT NOT NULL,
+		pub TEXT NOT NULL,
+		added TEXT NOT NULL,
+		PRIMARY KEY (node_id, key_id)
 	)`,
 	`CREATE TABLE IF NOT EXISTS resources (
 		id TEXT PRIMARY KEY,
@@ -268,9 +278,27 @@ func (s *SQLite) Enroll(ctx context.Context, hash, serial string, expiry time.Ti
 			NodeActive, serial, ts(expiry), sealPub, now, node); err != nil {
 			return err
 		}
+		pub, err := seal.ParsePublic(sealPub)
+		if err != nil {
+			return fmt.Errorf("seal key: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO seal_keys (node_id, key_id, pub, added) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			node, pub.KeyID(), sealPub, now); err != nil {
+			return err
+		}
 		return s.audit(ctx, tx, node, "node.enroll", node, "cert_serial="+serial+" seal="+sealPub)
 	})
 	return node, err
+}
+
+// SealKey returns one of a node's seal keys by key ID, current or past.
+func (s *SQLite) SealKey(ctx context.Context, node, keyID string) (string, error) {
+	var pub string
+	err := s.db.QueryRowContext(ctx, `SELECT pub FROM seal_keys WHERE node_id = ? AND key_id = ?`, node, keyID).Scan(&pub)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("seal key %s of node %s: %w", keyID, node, ErrNotFound)
+	}
+	return pub, err
 }
 
 // RevokeNode revokes a node: its certificate is refused from now on.

@@ -114,6 +114,9 @@ type Store interface {
 	Enroll(ctx context.Context, tokenHash string, certSerial string, certExpiry time.Time, sealPub string) (string, error)
 	// TokenNode returns the node a valid token is for, without consuming it.
 	TokenNode(ctx context.Context, tokenHash string) (string, error)
+	// SealKey returns a node's seal key by key ID, including keys from
+	// before a re-enrolment.
+	SealKey(ctx context.Context, node, keyID string) (string, error)
 	RevokeNode(ctx context.Context, id string) error
 	Node(ctx context.Context, id string) (Node, error)
 	Nodes(ctx context.Context) ([]Node, error)

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/qianzhi/qianzhi/pkg/seal"
 )
 
 func open(t *testing.T) *SQLite {
@@ -18,33 +20,61 @@ func open(t *testing.T) *SQLite {
 	return s
 }
 
+func sealKeyText(t *testing.T) (string, string) {
+	t.Helper()
+	k, err := seal.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := k.Public().MarshalText()
+	return string(b), k.KeyID()
+}
+
 func TestTokenSingleUseAndExpiry(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
+	key1, id1 := sealKeyText(t)
 	if err := s.AddNode(ctx, "n1", "一", "h1", time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.AddNode(ctx, "n1", "again", "h9", time.Now().Add(time.Hour)); !errors.Is(err, ErrExists) {
 		t.Errorf("duplicate node: %v", err)
 	}
-	if id, err := s.Enroll(ctx, "h1", "ab", time.Now().Add(time.Hour), "ed25519:x"); err != nil || id != "n1" {
+	if id, err := s.Enroll(ctx, "h1", "ab", time.Now().Add(time.Hour), key1); err != nil || id != "n1" {
 		t.Fatalf("first enrol: %q %v", id, err)
 	}
-	if _, err := s.Enroll(ctx, "h1", "cd", time.Now().Add(time.Hour), "ed25519:x"); !errors.Is(err, ErrTokenInvalid) {
+	if _, err := s.Enroll(ctx, "h1", "cd", time.Now().Add(time.Hour), key1); !errors.Is(err, ErrTokenInvalid) {
 		t.Errorf("second use of a token: %v", err)
 	}
-	if _, err := s.Enroll(ctx, "nope", "cd", time.Now().Add(time.Hour), "ed25519:x"); !errors.Is(err, ErrTokenInvalid) {
+	if _, err := s.Enroll(ctx, "nope", "cd", time.Now().Add(time.Hour), key1); !errors.Is(err, ErrTokenInvalid) {
 		t.Errorf("unknown token: %v", err)
 	}
 	if err := s.NewToken(ctx, "n1", "h2", time.Now().Add(-time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Enroll(ctx, "h2", "cd", time.Now().Add(time.Hour), "ed25519:x"); !errors.Is(err, ErrTokenInvalid) {
+	if _, err := s.Enroll(ctx, "h2", "cd", time.Now().Add(time.Hour), key1); !errors.Is(err, ErrTokenInvalid) {
 		t.Errorf("expired token: %v", err)
 	}
 	n, _ := s.Node(ctx, "n1")
 	if n.Status != NodeActive || n.CertSerial != "ab" {
 		t.Errorf("node after enrolment: %+v", n)
+	}
+	// Enrolling again with a new seal key keeps the old one verifiable.
+	key2, id2 := sealKeyText(t)
+	s.NewToken(ctx, "n1", "h3", time.Now().Add(time.Hour))
+	if _, err := s.Enroll(ctx, "h3", "ef", time.Now().Add(time.Hour), key2); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{id1: key1, id2: key2} {
+		if got, err := s.SealKey(ctx, "n1", id); err != nil || got != want {
+			t.Errorf("seal key %s after re-enrolment: %q, %v", id, got, err)
+		}
+	}
+	if _, err := s.SealKey(ctx, "n1", "0000"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown seal key: %v", err)
+	}
+	if n, _ := s.Node(ctx, "n1"); n.SealPub != key2 || n.CertSerial != "ef" {
+		t.Errorf("current identity after re-enrolment: %+v", n)
 	}
 	if err := s.RevokeNode(ctx, "n1"); err != nil {
 		t.Fatal(err)

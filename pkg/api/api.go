@@ -8,7 +8,7 @@
 //	POST /v1/enroll                    EnrollRequest → EnrollResponse
 //	POST /v1/resources                 []ResourceDecl
 //	GET  /v1/grants?wait=25s&version=V → []GrantInfo for the calling node (long poll)
-//	GET  /v1/nodes/{id}/seal           → seal public key text
+//	GET  /v1/nodes/{id}/seal?key=K     → seal public key text, by key ID
 //	HEAD /v1/batches/{grant}/{seq}     upload status: Qz-Offset, Qz-Complete
 //	PUT  /v1/batches/{grant}/{seq}     resumable upload from Qz-Offset, Qz-Total
 //	GET  /v1/batches/{grant}/{seq}     download (Range supported)
