@@ -71,7 +71,11 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		sealKeys: map[string]seal.PublicKey{}, fresh: map[string]bool{}, grantsGen: make(chan struct{}),
 		uploadKick: make(chan struct{}, 1),
 	}
-	a.hub = &transport.Client{Hub: cfg.Hub, TLS: id.ClientTLS(cfg.Hub), Mode: cfg.Transport, Logger: a.log}
+	a.hub = &transport.Client{Hub: cfg.Hub, TLS: id.ClientTLS(cfg.Hub), Mode: cfg.Transport, Logger: a.log,
+		OnConnect: func(m string) {
+			st.setRuntime("transport", m)
+			st.setRuntime("connected", time.Now().UTC().Format(time.RFC3339))
+		}}
 	if a.spool, err = openSpool(cfg.spoolDir(), int64(cfg.Spool.Quota), st); err != nil {
 		st.Close()
 		return nil, err

@@ -156,6 +156,8 @@ func inspect(path, key, cfgPath string, w io.Writer) error {
 type Status struct {
 	Node       string           `json:"node"`
 	Hub        string           `json:"hub"`
+	Transport  string           `json:"transport"` // last used: quic or tcp
+	Connected  string           `json:"connected"` // when that connection was made (RFC 3339)
 	SpoolBytes int64            `json:"spool_bytes"`
 	SpoolQuota int64            `json:"spool_quota"`
 	Spooled    int              `json:"spooled_batches"`
@@ -186,6 +188,7 @@ func ReadStatus(cfg Config) (*Status, error) {
 		s.SpoolBytes += e.Size
 	}
 	s.Spooled = len(es)
+	s.Transport, s.Connected = st.runtime("transport"), st.runtime("connected")
 	rows, err := st.db.Query(`SELECT grant_id, seq FROM applied`)
 	if err != nil {
 		return nil, err
@@ -220,7 +223,8 @@ func status(cfg Config, asJSON bool, w io.Writer) error {
 		return enc.Encode(s)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "node\t%s\nhub\t%s\nspool\t%d batches, %d of %d bytes\n", s.Node, s.Hub, s.Spooled, s.SpoolBytes, s.SpoolQuota)
+	fmt.Fprintf(tw, "node\t%s\nhub\t%s (last connected over %s at %s)\nspool\t%d batches, %d of %d bytes\n",
+		s.Node, s.Hub, orDash(s.Transport), orDash(s.Connected), s.Spooled, s.SpoolBytes, s.SpoolQuota)
 	var keys []string
 	for k := range s.Applied {
 		keys = append(keys, k)
@@ -244,4 +248,11 @@ func status(cfg Config, asJSON bool, w io.Writer) error {
 		fmt.Fprintf(tw, "STOPPED\t%s (%s) since %s: %s\n", l.Grant, l.Side, l.At.Local().Format(time.DateTime), l.Reason)
 	}
 	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

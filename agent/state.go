@@ -28,6 +28,8 @@ var stateSchema = []string{
 	`CREATE TABLE IF NOT EXISTS rejections (id INTEGER PRIMARY KEY, at TEXT NOT NULL, grant_id TEXT NOT NULL, seq INTEGER NOT NULL, side TEXT NOT NULL, reason TEXT NOT NULL)`,
 	// Lines that are stopped, and why: shown by status until they move again.
 	`CREATE TABLE IF NOT EXISTS stopped (grant_id TEXT NOT NULL, side TEXT NOT NULL, at TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (grant_id, side))`,
+	// What the running agent reports about itself (transport in use).
+	`CREATE TABLE IF NOT EXISTS runtime (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
 	// Monotonic counters, for status and for tests that bound re-sent bytes.
 	`CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)`,
 }
@@ -374,4 +376,14 @@ func (s *State) Stopped() ([]StoppedLine, error) {
 		out = append(out, l)
 	}
 	return out, rows.Err()
+}
+
+func (s *State) setRuntime(key, value string) {
+	s.db.Exec(`INSERT INTO runtime (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
+}
+
+func (s *State) runtime(key string) string {
+	var v string
+	s.db.QueryRow(`SELECT value FROM runtime WHERE key = ?`, key).Scan(&v)
+	return v
 }

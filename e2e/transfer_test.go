@@ -50,6 +50,9 @@ func TestFolderArrivesOverQUIC(t *testing.T) {
 		if logHas(n.logPath(), `"transport":"tcp"`) {
 			t.Errorf("%s fell back to TCP although QUIC was available", n.id)
 		}
+		if tr := n.status().Transport; tr != "quic" {
+			t.Errorf("%s status reports transport %q, want quic", n.id, tr)
+		}
 	}
 	waitFor(t, 30*time.Second, "a receipt at the hub for every stored batch", func() bool {
 		list := h.central("batch", "list")
@@ -68,7 +71,10 @@ func TestFolderArrivesOverTCPWhenQUICUnavailable(t *testing.T) {
 	prov, cons := transfer(t, h, "auto", 200<<20)
 	for _, n := range []*node{prov, cons} {
 		if !logHas(n.logPath(), `"transport":"tcp"`) {
-			t.Errorf("%s did not report the TCP fallback; see %s", n.id, n.logPath())
+			t.Errorf("%s did not log the TCP fallback; see %s", n.id, n.logPath())
+		}
+		if tr := n.status().Transport; tr != "tcp" {
+			t.Errorf("%s status reports transport %q, want tcp", n.id, tr)
 		}
 	}
 }

@@ -180,6 +180,8 @@ type Client struct {
 	TLS    *tls.Config
 	Mode   string // Auto, QUIC or TCP
 	Logger *slog.Logger
+	// OnConnect, if set, is called with the transport after each connect.
+	OnConnect func(transport string)
 
 	connMu  sync.Mutex // held while connecting
 	mu      sync.Mutex
@@ -244,6 +246,9 @@ func (c *Client) connect(ctx context.Context) (http.RoundTripper, string, error)
 			c.mu.Unlock()
 			if c.Logger != nil {
 				c.Logger.Info("connected to hub", "hub", c.Hub, "transport", m)
+			}
+			if c.OnConnect != nil {
+				c.OnConnect(m)
 			}
 			return rt, m, nil
 		}
