@@ -197,6 +197,7 @@ func (h *Hub) Purge(ctx context.Context) {
 		}
 		os.Remove(h.payloadPath(b.Grant, b.Sequence))
 	}
+	h.flushRefusals(ctx)
 	// Uploads abandoned half-way (the grant ended, the provider's spool
 	// was lost) would otherwise hold disk space forever.
 	ents, _ := os.ReadDir(h.cfg.partialDir())
@@ -343,6 +344,19 @@ func (h *Hub) auditRefusal(ctx context.Context, reason string) {
 		reason = fmt.Sprintf("%s (and %d more refusals since the last record)", reason, n)
 	}
 	h.store.Audit(ctx, "hub", "enroll.refuse", "", reason)
+}
+
+// flushRefusals records refusals still uncounted once their window ended.
+func (h *Hub) flushRefusals(ctx context.Context) {
+	h.mu.Lock()
+	n := h.refusals
+	if n == 0 || h.now().Sub(h.lastRefusal) < 10*time.Second {
+		h.mu.Unlock()
+		return
+	}
+	h.refusals = 0
+	h.mu.Unlock()
+	h.store.Audit(ctx, "hub", "enroll.refuse", "", fmt.Sprintf("%d more refusals after the last record", n))
 }
 
 func (h *Hub) registerResources(w http.ResponseWriter, r *http.Request) {

@@ -183,7 +183,7 @@ type Client struct {
 	// OnConnect, if set, is called with the transport after each connect.
 	OnConnect func(transport string)
 
-	connMu  sync.Mutex // held while connecting
+	connSem chan struct{} // held while connecting
 	mu      sync.Mutex
 	rt      http.RoundTripper
 	closer  func()
@@ -292,19 +292,30 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	c.mu.Unlock()
 	if rt == nil {
 		// One connection per agent: concurrent callers wait for the first
-		// to connect rather than each dialling (and closing) their own.
-		c.connMu.Lock()
+		// to connect rather than each dialling (and closing) their own;
+		// each stops waiting when its own request is cancelled.
+		c.mu.Lock()
+		if c.connSem == nil {
+			c.connSem = make(chan struct{}, 1)
+		}
+		sem := c.connSem
+		c.mu.Unlock()
+		select {
+		case sem <- struct{}{}:
+		case <-req.Context().Done():
+			return nil, req.Context().Err()
+		}
 		c.mu.Lock()
 		rt = c.rt
 		c.mu.Unlock()
 		if rt == nil {
 			var err error
 			if rt, _, err = c.connect(req.Context()); err != nil {
-				c.connMu.Unlock()
+				<-sem
 				return nil, err
 			}
 		}
-		c.connMu.Unlock()
+		<-sem
 	}
 	resp, err := rt.RoundTrip(req)
 	if err != nil {
