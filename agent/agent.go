@@ -71,7 +71,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		sealKeys: map[string]seal.PublicKey{}, fresh: map[string]bool{}, grantsGen: make(chan struct{}),
 		uploadKick: make(chan struct{}, 1),
 	}
-	a.hub = &transport.Client{Hub: cfg.Hub, TLS: id.ClientTLS(cfg.Hub), Mode: cfg.Transport, Logger: a.log,
+	a.hub = &transport.Client{Hub: cfg.Hub, TLS: id.ClientTLS(cfg.Hub), Mode: cfg.Transport, Logger: a.log, RetryQUIC: cfg.RetryQUIC,
 		OnConnect: func(m string) {
 			st.setRuntime("transport", m)
 			st.setRuntime("connected", time.Now().UTC().Format(time.RFC3339))

@@ -31,6 +31,8 @@ type Config struct {
 	Hub string `yaml:"hub"`
 	// Transport is auto (QUIC, falling back to TLS/TCP), quic or tcp.
 	Transport string `yaml:"transport"`
+	// RetryQUIC is how often, while on the TCP fallback, QUIC is tried again.
+	RetryQUIC time.Duration `yaml:"retry_quic"`
 	// StateDir holds the identity, the state database, spool and inbox.
 	StateDir string `yaml:"state_dir"`
 	Spool    struct {
@@ -76,6 +78,7 @@ func DefaultConfig() Config {
 	var c Config
 	c.Hub = "127.0.0.1:7443"
 	c.Transport = transport.Auto
+	c.RetryQUIC = 5 * time.Minute
 	c.StateDir = "/var/lib/qianzhi/agent"
 	c.Spool.Quota = 1 << 30
 	c.Batch.MaxBytes = 4 << 20
@@ -162,6 +165,9 @@ func (c *Config) Validate() error {
 	case transport.Auto, transport.QUIC, transport.TCP:
 	default:
 		errs = append(errs, fmt.Errorf("transport %q: use auto, quic or tcp", c.Transport))
+	}
+	if c.RetryQUIC < time.Second {
+		errs = append(errs, errors.New("retry_quic must be at least 1s"))
 	}
 	if !filepath.IsAbs(c.StateDir) {
 		errs = append(errs, fmt.Errorf("state_dir %q must be an absolute path", c.StateDir))

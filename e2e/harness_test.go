@@ -250,6 +250,8 @@ type nodeOpts struct {
 	subs      string // YAML list items under subscriptions:
 	quota     string
 	maxBytes  string
+	hubAddr   string // dial this instead of the hub's own address
+	extra     string // more top-level YAML
 }
 
 func newNode(t *testing.T, h *hub, id string, o nodeOpts) *node {
@@ -265,8 +267,11 @@ func newNode(t *testing.T, h *hub, id string, o nodeOpts) *node {
 	if o.maxBytes == "" {
 		o.maxBytes = "4MiB"
 	}
-	yaml := fmt.Sprintf("hub: %s\ntransport: %s\nstate_dir: %s\nspool:\n  quota: %s\nbatch:\n  max_bytes: %s\npoll: 200ms\nlog_level: debug\n",
-		h.addr, o.transport, n.state, o.quota, o.maxBytes)
+	if o.hubAddr == "" {
+		o.hubAddr = h.addr
+	}
+	yaml := fmt.Sprintf("hub: %s\ntransport: %s\nstate_dir: %s\nspool:\n  quota: %s\nbatch:\n  max_bytes: %s\npoll: 200ms\nlog_level: debug\n%s",
+		o.hubAddr, o.transport, n.state, o.quota, o.maxBytes, o.extra)
 	if o.resources != "" {
 		yaml += "resources:\n" + o.resources
 	}

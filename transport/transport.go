@@ -182,6 +182,9 @@ type Client struct {
 	Logger *slog.Logger
 	// OnConnect, if set, is called with the transport after each connect.
 	OnConnect func(transport string)
+	// RetryQUIC is how often, in auto mode while on the TCP fallback, Watch
+	// tries QUIC again (UDP may have been opened since); 0 means 5 minutes.
+	RetryQUIC time.Duration
 
 	connSem chan struct{} // held while connecting
 	mu      sync.Mutex
@@ -341,6 +344,11 @@ func (c *Client) Watch(ctx context.Context, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
 	failed := 0
+	lastTry := time.Now()
+	retry := c.RetryQUIC
+	if retry <= 0 {
+		retry = 5 * time.Minute
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -348,10 +356,14 @@ func (c *Client) Watch(ctx context.Context, period time.Duration) {
 		case <-t.C:
 		}
 		c.mu.Lock()
-		rt := c.rt
+		rt, current := c.rt, c.current
 		c.mu.Unlock()
 		if rt == nil {
 			continue
+		}
+		if (c.Mode == Auto || c.Mode == "") && current == TCP && time.Since(lastTry) >= retry {
+			lastTry = time.Now()
+			c.tryQUIC(ctx, rt)
 		}
 		pctx, cancel := context.WithTimeout(ctx, 2*period)
 		err := probe(pctx, rt, c.Hub)
@@ -375,6 +387,34 @@ func (c *Client) Watch(ctx context.Context, period time.Duration) {
 			c.rt, c.closer, c.current = nil, nil, ""
 		}
 		c.mu.Unlock()
+	}
+}
+
+// tryQUIC moves new requests from the TCP fallback to QUIC when QUIC works
+// again. Requests already running on TCP finish there.
+func (c *Client) tryQUIC(ctx context.Context, tcp http.RoundTripper) {
+	rt, closer := c.newQUIC()
+	pctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	err := probe(pctx, rt, c.Hub)
+	cancel()
+	if err != nil {
+		closer()
+		return
+	}
+	c.mu.Lock()
+	if c.rt != tcp {
+		c.mu.Unlock()
+		closer()
+		return
+	}
+	c.closer()
+	c.rt, c.closer, c.current = rt, closer, QUIC
+	c.mu.Unlock()
+	if c.Logger != nil {
+		c.Logger.Info("connected to hub", "hub", c.Hub, "transport", QUIC, "was", TCP)
+	}
+	if c.OnConnect != nil {
+		c.OnConnect(QUIC)
 	}
 }
 
