@@ -49,8 +49,16 @@ func TestMain(m *testing.M) {
 		if b == "qz-central" {
 			pkg = "../central/cmd/qz-central"
 		}
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		args := []string{"build", "-o", filepath.Join(dir, b)}
+		env := append(os.Environ(), "CGO_ENABLED=0")
+		if os.Getenv("QZ_E2E_RACE") != "" {
+			// Race-detector builds of the binaries (needs cgo): for hunting
+			// data races under the real end-to-end load.
+			args = append(args, "-race")
+			env = append(os.Environ(), "CGO_ENABLED=1")
+		}
+		cmd := exec.Command("go", append(args, pkg)...)
+		cmd.Env = env
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b, err, out)
 			os.Exit(1)
@@ -85,6 +93,9 @@ func start(t *testing.T, name, logPath string, bin string, args ...string) *proc
 	go func() { cmd.Wait(); lf.Close(); close(p.done) }()
 	t.Cleanup(func() {
 		p.kill()
+		if logHas(logPath, "WARNING: DATA RACE") {
+			t.Errorf("%s hit a data race; see its log", name)
+		}
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
 			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
