@@ -32,7 +32,7 @@ test-unit: ## the fast tests only (no process-level integration)
 	$(GO) test -count=1 -short ./...
 
 .PHONY: bench
-bench: ## benchmarks (results go to docs/benchmarks.md)
+bench: ## Go benchmarks (batch sealing and verification speed)
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
 
 .PHONY: demo
