@@ -78,6 +78,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}}
 	if a.spool, err = openSpool(cfg.spoolDir(), int64(cfg.Spool.Quota), st); err != nil {
 		st.Close()
+		lock.Close()
 		return nil, err
 	}
 	if gs, err := st.loadGrants(); err == nil {
