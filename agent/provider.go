@@ -276,8 +276,7 @@ func (a *Agent) rejected(ctx context.Context, e spoolEntry, reason string) error
 
 // quarantine takes a damaged batch out of the upload order.
 func (a *Agent) quarantine(e spoolEntry) error {
-	_, err := a.state.db.Exec(`UPDATE spool SET id = -id WHERE id = ?`, e.ID)
-	return err
+	return a.state.setAside(e.ID)
 }
 
 // finish removes an uploaded (or obsolete) batch: index first, then file,

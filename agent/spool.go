@@ -35,7 +35,7 @@ func openSpool(dir string, quota int64, st *State) (*spool, error) {
 		if _, err := os.Stat(filepath.Join(dir, e.File)); err != nil {
 			// Listed but gone (the folder was tampered with): set it aside
 			// so it does not block the line forever; status reports it.
-			st.db.Exec(`UPDATE spool SET id = -id WHERE id = ?`, e.ID)
+			st.setAside(e.ID)
 			st.setStopped(e.Grant, "provider", fmt.Sprintf("batch %d is missing from the spool folder: %v", e.Seq, err))
 			continue
 		}

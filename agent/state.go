@@ -217,6 +217,13 @@ func (s *State) spooled() ([]spoolEntry, error) {
 	return out, rows.Err()
 }
 
+// setAside takes a spooled batch out of the upload order (its ID turns
+// negative) without forgetting it.
+func (s *State) setAside(id int64) error {
+	_, err := s.db.Exec(`UPDATE spool SET id = -id WHERE id = ?`, id)
+	return err
+}
+
 // unspool removes a batch from the index; the caller deletes the file after.
 func (s *State) unspool(ctx context.Context, id int64, counter string, n int64) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {

@@ -387,27 +387,41 @@ func (h *Hub) registerResources(w http.ResponseWriter, r *http.Request) {
 // it is a long poll: it answers once the list differs from version V (an
 // opaque value from the Qz-Version header of an earlier answer), or after D.
 func (h *Hub) listGrants(w http.ResponseWriter, r *http.Request) {
-	wait, _ := time.ParseDuration(r.URL.Query().Get("wait"))
-	wait = min(max(wait, 0), 60*time.Second)
 	have := r.URL.Query().Get("version")
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	for {
-		changed := h.grantsChanged()
+	longPoll(r, h.grantsChanged, func(last bool) bool {
 		out, version, err := h.grantsOf(r.Context(), nodeID(r))
 		if err != nil {
 			h.internal(w, "list grants", err)
-			return
+			return true
 		}
-		if version != have || wait == 0 {
-			w.Header().Set(api.HeaderVersion, version)
-			writeJSON(w, out)
+		if version == have && !last {
+			return false
+		}
+		w.Header().Set(api.HeaderVersion, version)
+		writeJSON(w, out)
+		return true
+	})
+}
+
+// longPoll calls answer until it answers (returns true), waking when the
+// channel from wake closes; answer's last is true once the request's
+// ?wait= has passed, when it must answer. wake is called before each
+// answer so no change between the two is missed.
+func longPoll(r *http.Request, wake func() <-chan struct{}, answer func(last bool) bool) {
+	wait, _ := time.ParseDuration(r.URL.Query().Get("wait"))
+	wait = min(max(wait, 0), 60*time.Second)
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	last := wait == 0
+	for {
+		c := wake()
+		if answer(last) {
 			return
 		}
 		select {
-		case <-changed:
+		case <-c:
 		case <-deadline.C:
-			wait = 0
+			last = true
 		case <-r.Context().Done():
 			return
 		}
@@ -707,33 +721,22 @@ func (h *Hub) wake(node string) {
 // deliveries long-polls for batches waiting for the calling consumer.
 func (h *Hub) deliveries(w http.ResponseWriter, r *http.Request) {
 	me := nodeID(r)
-	wait, _ := time.ParseDuration(r.URL.Query().Get("wait"))
-	wait = min(max(wait, 0), 60*time.Second)
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	for {
-		c := h.waiter(me) // before the query, so no wake-up is missed
+	longPoll(r, func() <-chan struct{} { return h.waiter(me) }, func(last bool) bool {
 		bs, err := h.store.Pending(r.Context(), me, 100)
 		if err != nil {
 			h.internal(w, "list deliveries", err)
-			return
+			return true
 		}
-		if len(bs) > 0 || wait == 0 {
-			out := []api.Delivery{}
-			for _, b := range bs {
-				out = append(out, api.Delivery{Grant: b.Grant, Sequence: b.Sequence, Resource: b.Resource, Provider: b.Provider, Size: b.Size, Digest: b.Digest})
-			}
-			writeJSON(w, out)
-			return
+		if len(bs) == 0 && !last {
+			return false
 		}
-		select {
-		case <-c:
-		case <-deadline.C:
-			wait = 0
-		case <-r.Context().Done():
-			return
+		out := []api.Delivery{}
+		for _, b := range bs {
+			out = append(out, api.Delivery{Grant: b.Grant, Sequence: b.Sequence, Resource: b.Resource, Provider: b.Provider, Size: b.Size, Digest: b.Digest})
 		}
-	}
+		writeJSON(w, out)
+		return true
+	})
 }
 
 func (h *Hub) download(w http.ResponseWriter, r *http.Request) {

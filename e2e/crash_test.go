@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -31,25 +30,7 @@ func TestKillNineMidTransfer(t *testing.T) {
 	h.grant("prov.big", "cons-k")
 
 	// Watch the target: the large file must never be visible incomplete.
-	stop := make(chan struct{})
-	bad := make(chan string, 1)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			fi, err := os.Stat(filepath.Join(dst, "big", "large.bin"))
-			if err == nil && fi.Size() != large {
-				select {
-				case bad <- fmt.Sprintf("large.bin visible with %d bytes", fi.Size()):
-				default:
-				}
-			}
-		}
-	}()
-	defer close(stop)
+	checkWhole := watchWhole(t, filepath.Join(dst, "big", "large.bin"), large)
 
 	applied := func() int64 { return cons.counter(agent.CounterBatchesApplied) }
 	uploaded := func() int64 { return prov.counter(agent.CounterUploaded) }
@@ -87,11 +68,7 @@ func TestKillNineMidTransfer(t *testing.T) {
 			os.WriteFile(filepath.Join(os.Getenv("QZ_KEEP_LOGS"), filepath.Base(filepath.Dir(p))+"-"+filepath.Base(p)), b, 0o644)
 		}
 	}
-	select {
-	case msg := <-bad:
-		t.Fatalf("a partial file appeared under its final name: %s", msg)
-	default:
-	}
+	checkWhole()
 
 	ps, cs := prov.status(), cons.status()
 	resentUp := ps.Counters[agent.CounterUploadAttempted] - ps.Counters[agent.CounterUploaded]

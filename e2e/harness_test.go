@@ -379,6 +379,40 @@ func arrived(root string, sums map[string]string) bool {
 	return true
 }
 
+// watchWhole watches path until the test ends and fails it if the file is
+// ever visible with a size other than size: a partial file under its final
+// name. Call the returned check to fail at once if that was seen so far.
+func watchWhole(t *testing.T, path string, size int64) (check func()) {
+	t.Helper()
+	stop := make(chan struct{})
+	bad := make(chan int64, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if fi, err := os.Stat(path); err == nil && fi.Size() != size {
+				select {
+				case bad <- fi.Size():
+				default:
+				}
+			}
+		}
+	}()
+	check = func() {
+		t.Helper()
+		select {
+		case n := <-bad:
+			t.Fatalf("%s was visible with %d of %d bytes", filepath.Base(path), n, size)
+		default:
+		}
+	}
+	t.Cleanup(func() { close(stop) })
+	return check
+}
+
 // waitArrived waits until every file is in place with its content.
 func waitArrived(t *testing.T, root string, sums map[string]string, timeout time.Duration) {
 	t.Helper()

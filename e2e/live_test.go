@@ -33,24 +33,7 @@ func TestLiveChanges(t *testing.T) {
 	// A file being written slowly: never visible at the consumer until whole.
 	// Watch the target until the end: slow.bin must never show partly.
 	const slowSize = 20 * 64 << 10
-	stop := make(chan struct{})
-	defer close(stop)
-	bad := make(chan int64, 1)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			if fi, err := os.Stat(filepath.Join(dst, "slow.bin")); err == nil && fi.Size() != slowSize {
-				select {
-				case bad <- fi.Size():
-				default:
-				}
-			}
-		}
-	}()
+	checkWhole := watchWhole(t, filepath.Join(dst, "slow.bin"), slowSize)
 	slow := filepath.Join(src, "slow.bin")
 	f, err := os.Create(slow)
 	if err != nil {
@@ -71,11 +54,7 @@ func TestLiveChanges(t *testing.T) {
 		_, err := os.Stat(filepath.Join(dst, "drop.txt"))
 		return os.IsNotExist(err)
 	})
-	select {
-	case n := <-bad:
-		t.Fatalf("slow.bin was visible at the consumer with %d of %d bytes", n, slowSize)
-	default:
-	}
+	checkWhole()
 	if got, _, _ := hashFile(filepath.Join(dst, "keep.txt")); got != sums["keep.txt"] {
 		t.Error("an unchanged file changed at the consumer")
 	}

@@ -98,6 +98,25 @@ func newPair(t *testing.T, mod func(*SourceConfig)) *pair {
 	return &pair{src: src, sink: sink, st: memState{}, sinkSt: memState{}, sinkD: dst, srcD: cfg.Path}
 }
 
+// extract takes batches from the source until it is idle, committing the
+// source's state, without applying them.
+func (p *pair) extract(t *testing.T) []connectors.Output {
+	t.Helper()
+	var outs []connectors.Output
+	for {
+		out := connectors.Output{Limit: 100 << 10}
+		err := p.src.Next(context.Background(), p.st, &out)
+		if errors.Is(err, connectors.ErrIdle) {
+			return outs
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.st.commit(&out.Changes)
+		outs = append(outs, out)
+	}
+}
+
 // sync moves batches until the source is idle.
 func (p *pair) sync(t *testing.T) {
 	t.Helper()
@@ -197,15 +216,7 @@ func TestRoundTrip(t *testing.T) {
 func TestCrashAfterRename(t *testing.T) {
 	p := newPair(t, nil)
 	write(t, p.srcD, "pickup/big.bin", pattern(64<<10*3+5, 11), time.Hour)
-	var outs []connectors.Output
-	for {
-		out := connectors.Output{Limit: 100 << 10}
-		if err := p.src.Next(context.Background(), p.st, &out); err != nil {
-			break
-		}
-		p.st.commit(&out.Changes)
-		outs = append(outs, out)
-	}
+	outs := p.extract(t)
 	for i, out := range outs {
 		h := batch.Header{Kind: out.Kind, Files: out.Files}
 		var ch connectors.Changes
@@ -295,15 +306,7 @@ func TestSinkRejectsBadChunkAndIsIdempotent(t *testing.T) {
 	// Applying the same batches twice leaves the same result.
 	p := newPair(t, nil)
 	write(t, p.srcD, "big.bin", pattern(64<<10*3, 7), time.Hour)
-	var outs []connectors.Output
-	for {
-		out := connectors.Output{Limit: 100 << 10}
-		if err := p.src.Next(context.Background(), p.st, &out); err != nil {
-			break
-		}
-		p.st.commit(&out.Changes)
-		outs = append(outs, out)
-	}
+	outs := p.extract(t)
 	for range 2 {
 		for _, out := range outs {
 			h := batch.Header{Kind: out.Kind, Files: out.Files}
