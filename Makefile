@@ -18,9 +18,18 @@ build: ## build the static binaries qz-agent and qz-central into bin/
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/qz-central ./central/cmd/qz-central
 
 .PHONY: test
-test: build ## every test, unit and integration (real QUIC/TLS, real processes)
+test: build mariadb ## every test, unit and integration (real QUIC/TLS, real processes)
 	$(GO) vet ./...
-	$(GO) test -count=1 -p 1 -timeout 25m ./...
+	QZ_REQUIRE_MARIADB=1 $(GO) test -count=1 -p 1 -timeout 25m ./...
+
+.PHONY: mariadb
+mariadb: ## install MariaDB for the database tests when mariadbd is missing
+	@if ! command -v mariadbd >/dev/null 2>&1 && ! test -x /usr/sbin/mariadbd; then \
+		sudo=; if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo=sudo; fi; \
+		set -x; \
+		$$sudo apt-get update && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mariadb-server mariadb-client; \
+	fi
 
 .PHONY: test-race
 test-race: ## unit tests with -race, and the end-to-end tests on race-detector builds (needs gcc)

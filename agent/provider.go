@@ -104,6 +104,7 @@ func (a *Agent) seal(ctx context.Context, resource string, g api.GrantInfo, out 
 		Version: batch.FormatVersion, Kind: out.Kind, Resource: resource, Grant: g.ID,
 		Provider: a.id.NodeID, Consumer: g.Consumer, Sequence: seq, Created: time.Now().UTC(),
 		Compression: "zstd", Level: level, BodyLen: int64(len(out.Body)), Files: out.Files,
+		Schema: out.Schema, Rows: out.Rows,
 	}
 	if level == 0 {
 		h.Compression, h.Level = "none", 0
@@ -121,7 +122,7 @@ func (a *Agent) seal(ctx context.Context, resource string, g api.GrantInfo, out 
 		os.Remove(a.spoolPath(name))
 		return 0, fmt.Errorf("record batch %s: %w", name, err)
 	}
-	a.log.Debug("batch sealed", "grant", g.ID, "seq", seq, "bytes", size, "files", len(out.Files))
+	a.log.Debug("batch sealed", "grant", g.ID, "seq", seq, "bytes", size, "files", len(out.Files), "rows", out.Rows)
 	return size, nil
 }
 

@@ -71,6 +71,8 @@ type view struct {
 
 var _ connectors.State = view{}
 
+func (v view) Scope() string { return v.scope }
+
 func (v view) Get(key string) ([]byte, bool, error) {
 	var b []byte
 	err := v.db.QueryRow(`SELECT value FROM kv WHERE scope = ? AND key = ?`, v.scope, key).Scan(&b)

@@ -33,6 +33,9 @@ type Common struct {
 // State is a connector's key-value state for one grant, as of the last
 // commit. Implementations are not safe for concurrent use.
 type State interface {
+	// Scope identifies whose state this is (one grant's, on one side); it
+	// is stable across calls and restarts.
+	Scope() string
 	Get(key string) (val []byte, ok bool, err error)
 	// Scan calls fn for every key with the prefix, in key order.
 	Scan(prefix string, fn func(key string, val []byte) error) error
@@ -69,19 +72,21 @@ func (c *Changes) Each(fn func(key string, val []byte) error) error {
 }
 
 // Output collects one batch from a source: the file manifest (for file
-// kinds), the uncompressed body, and the state changes that sending it
+// kinds) or the schema and row count (for tables), the uncompressed body, and the state changes that sending it
 // implies. Limit is the body size the source should stay under; a single
 // entry may exceed it only when it cannot be split.
 type Output struct {
 	Kind    string
 	Files   []batch.FileEntry
+	Schema  *batch.Schema // for row batches
+	Rows    int64         // rows in Body
 	Body    []byte
 	Limit   int64
 	Changes Changes
 }
 
 // Empty reports whether the output carries nothing to send.
-func (o *Output) Empty() bool { return len(o.Files) == 0 && len(o.Body) == 0 }
+func (o *Output) Empty() bool { return len(o.Files) == 0 && o.Rows == 0 && len(o.Body) == 0 }
 
 // ErrIdle is returned by Source.Next when there is nothing to send now.
 var ErrIdle = errors.New("nothing to send")

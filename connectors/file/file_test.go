@@ -8,47 +8,15 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/connectors/connectorstest"
 	"github.com/qianzhi/qianzhi/pkg/batch"
 )
-
-// memState is a connectors.State that commits Changes like the agent does.
-type memState map[string][]byte
-
-func (m memState) Get(k string) ([]byte, bool, error) { v, ok := m[k]; return v, ok, nil }
-
-func (m memState) Scan(prefix string, fn func(string, []byte) error) error {
-	var keys []string
-	for k := range m {
-		if strings.HasPrefix(k, prefix) {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if err := fn(k, m[k]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (m memState) commit(ch *connectors.Changes) {
-	ch.Each(func(k string, v []byte) error {
-		if v == nil {
-			delete(m, k)
-		} else {
-			m[k] = v
-		}
-		return nil
-	})
-}
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -66,8 +34,8 @@ func write(t *testing.T, root, rel string, data []byte, age time.Duration) {
 type pair struct {
 	src    *Source
 	sink   *Sink
-	st     memState
-	sinkSt memState
+	st     *connectorstest.MemState
+	sinkSt *connectorstest.MemState
 	sinkD  string
 	srcD   string
 	n      int // batches moved
@@ -95,7 +63,7 @@ func newPair(t *testing.T, mod func(*SourceConfig)) *pair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &pair{src: src, sink: sink, st: memState{}, sinkSt: memState{}, sinkD: dst, srcD: cfg.Path}
+	return &pair{src: src, sink: sink, st: connectorstest.NewMemState("src"), sinkSt: connectorstest.NewMemState("sink"), sinkD: dst, srcD: cfg.Path}
 }
 
 // extract takes batches from the source until it is idle, committing the
@@ -112,7 +80,7 @@ func (p *pair) extract(t *testing.T) []connectors.Output {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p.st.commit(&out.Changes)
+		p.st.Commit(&out.Changes)
 		outs = append(outs, out)
 	}
 }
@@ -135,10 +103,10 @@ func (p *pair) sync(t *testing.T) {
 			if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), p.sinkSt, &ch); err != nil {
 				t.Fatal(err)
 			}
-			p.sinkSt.commit(&ch)
+			p.sinkSt.Commit(&ch)
 			p.n++
 		}
-		p.st.commit(&out.Changes)
+		p.st.Commit(&out.Changes)
 	}
 	t.Fatal("source never went idle")
 }
@@ -204,7 +172,7 @@ func TestRoundTrip(t *testing.T) {
 	// The last batch's finished-file names go with the next apply.
 	var ch connectors.Changes
 	p.sink.Apply(context.Background(), &batch.Header{Kind: "files"}, bytes.NewReader(nil), p.sinkSt, &ch)
-	p.sinkSt.commit(&ch)
+	p.sinkSt.Commit(&ch)
 	if ents, _ := os.ReadDir(filepath.Join(p.sinkD, TempDir)); len(ents) != 0 {
 		t.Errorf("temporary files left: %v", ents)
 	}
@@ -224,7 +192,7 @@ func TestCrashAfterRename(t *testing.T) {
 			t.Fatal(err)
 		}
 		if i < len(outs)-1 {
-			p.sinkSt.commit(&ch) // the last commit is lost in the crash
+			p.sinkSt.Commit(&ch) // the last commit is lost in the crash
 		}
 	}
 	dst := filepath.Join(p.sinkD, "pickup", "big.bin")
@@ -237,7 +205,7 @@ func TestCrashAfterRename(t *testing.T) {
 	if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(last.Body), p.sinkSt, &ch); err != nil {
 		t.Fatalf("re-apply after the crash: %v", err)
 	}
-	p.sinkSt.commit(&ch)
+	p.sinkSt.Commit(&ch)
 	p.same(t, "pickup/big.bin")
 }
 
@@ -279,7 +247,7 @@ func TestDeletes(t *testing.T) {
 		if exists := err == nil; exists == propagate {
 			t.Errorf("propagate_deletes=%v: file at sink after delete: %v", propagate, exists)
 		}
-		if _, ok := p.st["f/gone.txt"]; ok {
+		if _, ok := p.st.KV["f/gone.txt"]; ok {
 			t.Errorf("propagate_deletes=%v: deleted file still in source state", propagate)
 		}
 	}
@@ -351,7 +319,7 @@ func TestManySmallFiles(t *testing.T) {
 			if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), nil, nil); err != nil {
 				t.Fatal(err)
 			}
-			p.st.commit(&out.Changes)
+			p.st.Commit(&out.Changes)
 		}
 	}
 	count()

@@ -1,7 +1,6 @@
 package batch
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -19,7 +18,7 @@ const FormatVersion = 1
 // Header values. See docs/batch-format.md for their meaning.
 const (
 	KindFiles = "files" // body is a sequence of file chunks described by Header.Files
-	KindRows  = "rows"  // reserved for row batches; not accepted yet
+	KindRows  = "rows"  // body is rows (RowWriter) described by Header.Schema
 
 	CompressionNone = "none"
 	CompressionZstd = "zstd"
@@ -58,23 +57,23 @@ const (
 // Header is the JSON header of a batch. It is covered by the digest and thus
 // by the seal.
 type Header struct {
-	Version     int             `json:"version"`         // FormatVersion
-	Kind        string          `json:"kind"`            // KindFiles now; KindRows later
-	Resource    string          `json:"resource"`        // resource ID
-	Grant       string          `json:"grant"`           // grant ID
-	Provider    string          `json:"provider"`        // provider node ID
-	Consumer    string          `json:"consumer"`        // consumer node ID
-	Sequence    uint64          `json:"sequence"`        // starts at 1 per grant
-	Created     time.Time       `json:"created"`         // when the provider sealed the batch
-	Compression string          `json:"compression"`     // CompressionNone or CompressionZstd
-	Level       int             `json:"level,omitempty"` // zstd level LevelFastest..LevelBest; 0 for none
-	DigestAlg   string          `json:"digest_alg"`      // DigestSHA256
-	SealAlg     string          `json:"seal_alg"`        // seal.AlgEd25519
-	SealKeyID   string          `json:"seal_key_id"`     // seal.PublicKey.KeyID of the provider's key
-	BodyLen     int64           `json:"body_len"`        // uncompressed body bytes
-	Files       []FileEntry     `json:"files,omitempty"` // for KindFiles, in body order
-	Schema      json.RawMessage `json:"schema,omitempty"`
-	Rows        int64           `json:"rows,omitempty"`
+	Version     int         `json:"version"`          // FormatVersion
+	Kind        string      `json:"kind"`             // KindFiles or KindRows
+	Resource    string      `json:"resource"`         // resource ID
+	Grant       string      `json:"grant"`            // grant ID
+	Provider    string      `json:"provider"`         // provider node ID
+	Consumer    string      `json:"consumer"`         // consumer node ID
+	Sequence    uint64      `json:"sequence"`         // starts at 1 per grant
+	Created     time.Time   `json:"created"`          // when the provider sealed the batch
+	Compression string      `json:"compression"`      // CompressionNone or CompressionZstd
+	Level       int         `json:"level,omitempty"`  // zstd level LevelFastest..LevelBest; 0 for none
+	DigestAlg   string      `json:"digest_alg"`       // DigestSHA256
+	SealAlg     string      `json:"seal_alg"`         // seal.AlgEd25519
+	SealKeyID   string      `json:"seal_key_id"`      // seal.PublicKey.KeyID of the provider's key
+	BodyLen     int64       `json:"body_len"`         // uncompressed body bytes
+	Files       []FileEntry `json:"files,omitempty"`  // for KindFiles, in body order
+	Schema      *Schema     `json:"schema,omitempty"` // for KindRows
+	Rows        int64       `json:"rows,omitempty"`   // for KindRows: rows in the body
 }
 
 // FileEntry describes one piece of the body for Kind "files": either a chunk
@@ -146,14 +145,24 @@ func (h *Header) Validate() error {
 
 	switch h.Kind {
 	case KindFiles:
-		if len(h.Schema) != 0 || h.Rows != 0 {
+		if h.Schema != nil || h.Rows != 0 {
 			add("schema and rows must be empty for kind %q", KindFiles)
 		}
 		errs = append(errs, validateFiles(h.Files, h.BodyLen)...)
 	case KindRows:
-		add("kind %q is reserved and not supported by this version", KindRows)
+		if len(h.Files) != 0 {
+			add("files must be empty for kind %q", KindRows)
+		}
+		if h.Rows < 0 {
+			add("rows %d is negative", h.Rows)
+		}
+		if h.Schema == nil {
+			add("schema missing for kind %q", KindRows)
+		} else {
+			errs = append(errs, h.Schema.Validate()...)
+		}
 	default:
-		add("kind %q, want %q", h.Kind, KindFiles)
+		add("kind %q, want %q or %q", h.Kind, KindFiles, KindRows)
 	}
 	return errors.Join(errs...)
 }

@@ -77,7 +77,27 @@ func TestValidate(t *testing.T) {
 		{"version 0", func(h *Header) { h.Version = 0 }, "version 0"},
 		{"version 2", func(h *Header) { h.Version = 2 }, "version 2"},
 		{"kind empty", func(h *Header) { h.Kind = "" }, "kind"},
-		{"kind rows reserved", func(h *Header) { h.Kind = KindRows }, "reserved"},
+		{"rows without schema", func(h *Header) { h.Kind = KindRows }, "schema missing"},
+		{"rows with files", func(h *Header) { h.Kind = KindRows }, "files must be empty"},
+		{"rows with bad fingerprint", func(h *Header) {
+			h.Kind, h.Files, h.BodyLen = KindRows, nil, 0
+			h.Schema = &Schema{Columns: []Column{{Name: "id", Type: TypeInt}}, Key: []string{"id"}, Fingerprint: "00"}
+		}, "fingerprint"},
+		{"rows with unknown type", func(h *Header) {
+			h.Kind, h.Files, h.BodyLen = KindRows, nil, 0
+			cols := []Column{{Name: "id", Type: "uuid"}}
+			h.Schema = &Schema{Columns: cols, Key: []string{"id"}, Fingerprint: SchemaFingerprint(cols, []string{"id"})}
+		}, "unknown type"},
+		{"rows with key not a column", func(h *Header) {
+			h.Kind, h.Files, h.BodyLen = KindRows, nil, 0
+			cols := []Column{{Name: "id", Type: TypeInt}}
+			h.Schema = &Schema{Columns: cols, Key: []string{"pk"}, Fingerprint: SchemaFingerprint(cols, []string{"pk"})}
+		}, "key column"},
+		{"valid rows", func(h *Header) {
+			h.Kind, h.Files, h.BodyLen, h.Rows = KindRows, nil, 0, 0
+			cols := []Column{{Name: "id", Type: TypeInt}, {Name: "名称", Type: TypeString, Length: 20, Nullable: true}}
+			h.Schema = &Schema{Columns: cols, Key: []string{"id"}, Fingerprint: SchemaFingerprint(cols, []string{"id"})}
+		}, ""},
 		{"no resource", func(h *Header) { h.Resource = "" }, "resource: empty"},
 		{"no grant", func(h *Header) { h.Grant = "" }, "grant: empty"},
 		{"no provider", func(h *Header) { h.Provider = "" }, "provider: empty"},

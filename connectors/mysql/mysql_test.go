@@ -1,0 +1,208 @@
+package mysql_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/connectors/connectorstest"
+	"github.com/qianzhi/qianzhi/connectors/mysql"
+	"github.com/qianzhi/qianzhi/connectors/sqltable"
+	"github.com/qianzhi/qianzhi/internal/mariadbtest"
+	"github.com/qianzhi/qianzhi/pkg/batch"
+)
+
+func TestMain(m *testing.M) { mariadbtest.Main(m) }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func exec(t *testing.T, db *sql.DB, qs ...string) {
+	t.Helper()
+	for _, q := range qs {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+}
+
+// pair is a source and a sink between two databases of one server, moved
+// by hand the way the agent moves them.
+type pair struct {
+	src      connectors.Source
+	sink     connectors.Sink
+	st       *connectorstest.MemState
+	seq      uint64
+	from, to *sql.DB
+	srcConf  *sqltable.SourceConfig
+	sinkConf *sqltable.SinkConfig
+}
+
+func newPair(t *testing.T, srcEdit func(*sqltable.SourceConfig), sinkEdit func(*sqltable.SinkConfig)) *pair {
+	t.Helper()
+	srv := mariadbtest.Get(t)
+	a, b := srv.NewDatabase(t), srv.NewDatabase(t)
+	p := &pair{st: connectorstest.NewMemState("src/g1"), from: srv.Open(t, a), to: srv.Open(t, b)}
+	t.Cleanup(func() {
+		if p.src != nil {
+			p.src.Close()
+		}
+		if p.sink != nil {
+			p.sink.Close()
+		}
+	})
+	k, _ := connectors.Lookup(mysql.Kind)
+	sc := k.SourceConf().(*sqltable.SourceConfig)
+	sc.ID, sc.DSN, sc.Table, sc.Watermark, sc.Lag, sc.PageRows = "dept-a.people", srv.DSN(a), "people", "updated_at", 0, 1000
+	if srcEdit != nil {
+		srcEdit(sc)
+	}
+	kc := k.SinkConf().(*sqltable.SinkConfig)
+	kc.ID, kc.DSN, kc.Table, kc.CreateTable = "dept-a.people", srv.DSN(b), "people", true
+	if sinkEdit != nil {
+		sinkEdit(kc)
+	}
+	p.srcConf, p.sinkConf = sc, kc
+	return p
+}
+
+func (p *pair) open(t *testing.T) {
+	t.Helper()
+	if err := p.srcConf.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	src, err := p.srcConf.OpenSource(quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := p.sinkConf.OpenSink(quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.src, p.sink = src, sink
+}
+
+// drain moves batches until the source is idle; it returns how many.
+func (p *pair) drain(t *testing.T, limit int64) int {
+	t.Helper()
+	n := 0
+	for {
+		out := connectors.Output{Limit: limit}
+		err := p.src.Next(context.Background(), p.st, &out)
+		if errors.Is(err, connectors.ErrIdle) {
+			return n
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !out.Empty() {
+			p.seq++
+			h := batch.Header{Kind: out.Kind, Resource: "dept-a.people", Grant: "g1", Sequence: p.seq, Schema: out.Schema, Rows: out.Rows}
+			if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+		p.st.Commit(&out.Changes)
+	}
+}
+
+// dump is a table's rows in key order, every column as text.
+func dump(t *testing.T, db *sql.DB, table string) []string {
+	t.Helper()
+	rows, err := db.Query("SELECT * FROM " + table + " ORDER BY 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	var out []string
+	for rows.Next() {
+		vals := make([]sql.RawBytes, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		for i, v := range vals {
+			if v == nil {
+				fmt.Fprintf(&b, "%s=NULL|", cols[i])
+			} else {
+				fmt.Fprintf(&b, "%s=%q|", cols[i], v)
+			}
+		}
+		out = append(out, b.String())
+	}
+	return out
+}
+
+func equalTables(t *testing.T, a, b *sql.DB, table string, except ...string) {
+	t.Helper()
+	da, db := dump(t, a, table), dump(t, b, table)
+	if len(da) != len(db) {
+		t.Fatalf("%s: %d rows at the source, %d at the target", table, len(da), len(db))
+	}
+	for i := range da {
+		if da[i] != db[i] {
+			t.Fatalf("%s row %d differs:\nsource %s\ntarget %s", table, i, da[i], db[i])
+		}
+	}
+}
+
+const people = `CREATE TABLE people (
+  id BIGINT PRIMARY KEY,
+  name VARCHAR(50) NOT NULL,
+  amount DECIMAL(18,4),
+  born DATE,
+  photo BLOB,
+  note TEXT,
+  updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  KEY (updated_at, id)
+)`
+
+func TestSnapshotThenIncremental(t *testing.T) {
+	p := newPair(t, nil, nil)
+	exec(t, p.from, people)
+	for i := range 2500 {
+		exec(t, p.from, fmt.Sprintf(`INSERT INTO people (id, name, amount, born, photo, note) VALUES (%d, '张三%d', %d.0105, '1990-01-02', X'00FF10', IF(%d %% 7 = 0, NULL, ''))`, i, i, i, i))
+	}
+	p.open(t)
+	if n := p.drain(t, 64<<10); n < 2 {
+		t.Fatalf("want several batches for 2500 rows at 64 KiB, got %d", n)
+	}
+	equalTables(t, p.from, p.to, "people")
+	exec(t, p.from, `UPDATE people SET name = '李四', amount = -0.0001 WHERE id < 10`, `INSERT INTO people (id, name) VALUES (99999, '王五')`)
+	p.drain(t, 64<<10)
+	equalTables(t, p.from, p.to, "people")
+}
+
+func TestDescribeErrors(t *testing.T) {
+	p := newPair(t, nil, nil)
+	exec(t, p.from, `CREATE TABLE nokey (a INT, updated_at DATETIME)`)
+	for _, c := range []struct {
+		edit func(*sqltable.SourceConfig)
+		want string
+	}{
+		{func(c *sqltable.SourceConfig) { c.Table = "missing" }, "table missing does not exist"},
+		{func(c *sqltable.SourceConfig) { c.Table = "nokey" }, "has no primary key"},
+		{func(c *sqltable.SourceConfig) { c.DSN = strings.Replace(c.DSN, ":", ":x", 1) }, "Access denied"},
+	} {
+		sc := *p.srcConf
+		c.edit(&sc)
+		_, err := sc.OpenSource(quiet)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "dept-a.people") && !strings.Contains(err.Error(), "dsn") {
+			t.Errorf("want %q naming the resource or the dsn, got %v", c.want, err)
+		}
+	}
+	_ = time.Second
+}

@@ -1,0 +1,285 @@
+package sqltable
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/pkg/batch"
+)
+
+// deleteKeys bounds the keys one DELETE statement names.
+const deleteKeys = 500
+
+type sink struct {
+	cfg *SinkConfig
+	d   Dialect
+	db  *sql.DB
+	log *slog.Logger
+
+	mu      sync.Mutex
+	checked string // fingerprint of the last schema the target was found to accept
+	applied bool   // the applied table exists
+}
+
+// appliedSchema is the table recording each grant's last applied batch.
+var appliedSchema = func() *batch.Schema {
+	s := &batch.Schema{Columns: []batch.Column{
+		{Name: "grant_id", Type: batch.TypeString, Length: 128},
+		{Name: "resource", Type: batch.TypeString, Length: 256},
+		{Name: "seq", Type: batch.TypeInt},
+		{Name: "applied_at", Type: batch.TypeString, Length: 40},
+	}, Key: []string{"grant_id"}}
+	s.Fingerprint = batch.SchemaFingerprint(s.Columns, s.Key)
+	return s
+}()
+
+func openSink(cfg *SinkConfig, log *slog.Logger) (*sink, error) {
+	dsn, err := cfg.dsn()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := cfg.dialect.Open(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w (check dsn: host, port, user, password and database)", cfg.dialect.Name(), err)
+	}
+	return &sink{cfg: cfg, d: cfg.dialect, db: db, log: log}, nil
+}
+
+func (k *sink) Close() error { return k.db.Close() }
+
+// Apply writes one batch and its (grant, sequence) record in one
+// transaction. A batch at or below the recorded sequence was applied
+// before a crash and changes nothing.
+func (k *sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ connectors.State, _ *connectors.Changes) error {
+	if h.Kind != batch.KindRows || h.Schema == nil {
+		return fmt.Errorf("resource %s: a %s batch cannot go into table %s: subscribe it with kind file", h.Resource, h.Kind, k.cfg.Table)
+	}
+	sch := h.Schema
+	if err := k.prepare(ctx, h.Resource, sch); err != nil {
+		return err
+	}
+	tx, err := k.d.BeginApply(ctx, k.db)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var seq int64
+	err = tx.QueryRowContext(ctx, "SELECT "+k.d.Quote("seq")+" FROM "+k.d.Quote(k.cfg.AppliedTable)+" WHERE "+k.d.Quote("grant_id")+" = "+k.d.Param(1), h.Grant).Scan(&seq)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("read %s: %w", k.cfg.AppliedTable, err)
+	}
+	if seq >= int64(h.Sequence) {
+		k.log.Info("batch was applied before; nothing to do", "grant", h.Grant, "seq", h.Sequence)
+		return nil
+	}
+	if err := k.write(ctx, tx, sch, body); err != nil {
+		return fmt.Errorf("resource %s: apply batch %d to %s: %w", h.Resource, h.Sequence, k.cfg.Table, err)
+	}
+	rec := []any{h.Grant, h.Resource, fmt.Sprint(h.Sequence), time.Now().UTC().Format(time.RFC3339Nano)}
+	if _, err := tx.ExecContext(ctx, k.upsertSQL(k.cfg.AppliedTable, appliedSchema, 1), rec...); err != nil {
+		return fmt.Errorf("record batch %d in %s: %w", h.Sequence, k.cfg.AppliedTable, err)
+	}
+	return tx.Commit()
+}
+
+// prepare makes sure the target can take rows of sch: the applied table
+// exists, the target exists (or is created), has every column and a unique
+// key on the key columns. It remembers a schema that passed, and checks
+// again whenever the schema changes or an apply failed.
+func (k *sink) prepare(ctx context.Context, resource string, sch *batch.Schema) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.checked == sch.Fingerprint {
+		return nil
+	}
+	if !k.applied {
+		if err := k.ensureTable(ctx, k.cfg.AppliedTable, appliedSchema, true); err != nil {
+			return fmt.Errorf("resource %s: %w", resource, err)
+		}
+		k.applied = true
+	}
+	if err := k.ensureTable(ctx, k.cfg.Table, sch, k.cfg.CreateTable); err != nil {
+		return fmt.Errorf("resource %s: %w", resource, err)
+	}
+	k.checked = sch.Fingerprint
+	return nil
+}
+
+func (k *sink) ensureTable(ctx context.Context, table string, sch *batch.Schema, create bool) error {
+	t, err := k.d.Describe(ctx, k.db, table)
+	if errors.Is(err, ErrNoTable) {
+		if !create {
+			return fmt.Errorf("target table %s does not exist: create it, or set create_table: true in the subscription", table)
+		}
+		ddl, err := k.d.CreateTable(table, sch)
+		if err != nil {
+			return fmt.Errorf("create table %s: %w", table, err)
+		}
+		if _, err := k.db.ExecContext(ctx, ddl); err != nil {
+			return fmt.Errorf("create table %s: %w [%s]", table, err, ddl)
+		}
+		k.log.Info("created target table", "table", table)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("describe target table %s: %w", table, err)
+	}
+	have := map[string]bool{}
+	for _, c := range t.Columns {
+		have[c.Name] = true
+	}
+	var missing []string
+	for _, c := range sch.Columns {
+		if !have[c.Name] {
+			missing = append(missing, c.Name)
+		}
+	}
+	if len(missing) > 0 {
+		var adds []string
+		for _, n := range missing {
+			c := sch.Columns[sch.Column(n)]
+			one := &batch.Schema{Columns: []batch.Column{c}, Key: []string{c.Name}}
+			ddl, _ := k.d.CreateTable("x", one)
+			adds = append(adds, fmt.Sprintf("column %s (%s)%s", n, c.Type, columnHint(ddl, k.d.Quote(n))))
+		}
+		return fmt.Errorf("the provider now sends %s, which target table %s lacks: add %s to %s and this line resumes by itself; nothing is dropped meanwhile",
+			strings.Join(adds, ", "), table, plural(len(missing), "it", "them"), table)
+	}
+	if !slices.ContainsFunc(t.Unique, func(u []string) bool { return sameSet(u, sch.Key) }) {
+		return fmt.Errorf("target table %s has no primary key or unique index on %s, so rows cannot be updated in place: add one", table, strings.Join(sch.Key, ", "))
+	}
+	return nil
+}
+
+// columnHint pulls a column's definition out of a one-column CREATE TABLE,
+// to suggest the ALTER TABLE a consumer needs.
+func columnHint(ddl, quoted string) string {
+	i := strings.Index(ddl, quoted+" ")
+	if i < 0 {
+		return ""
+	}
+	def := ddl[i:]
+	if j := strings.IndexAny(def, ",\n"); j >= 0 {
+		def = def[:j]
+	}
+	def = strings.TrimSuffix(strings.TrimSpace(strings.TrimSuffix(def, " NOT NULL")), ")")
+	return ", e.g. ADD " + def
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// write applies the rows in body, in order, grouping runs of upserts and
+// runs of deletes into multi-row statements.
+func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io.Reader) error {
+	rr := batch.NewRowReader(body, sch)
+	perStmt := k.d.UpsertRows(len(sch.Columns))
+	keyIdx := sch.KeyIndex()
+	var keyCols []batch.Column
+	for _, i := range keyIdx {
+		keyCols = append(keyCols, sch.Columns[i])
+	}
+	var args []any
+	var rows int
+	var op byte
+	flush := func() error {
+		if rows == 0 {
+			return nil
+		}
+		var q string
+		if op == batch.RowUpsert {
+			q = k.upsertSQL(k.cfg.Table, sch, rows)
+		} else {
+			q = k.deleteSQL(keyCols, rows)
+		}
+		_, err := tx.ExecContext(ctx, q, args...)
+		args, rows = args[:0], 0
+		return err
+	}
+	for {
+		r, err := rr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if r.Op != op || (op == batch.RowUpsert && rows >= perStmt) || (op == batch.RowDelete && rows >= deleteKeys) {
+			if err := flush(); err != nil {
+				return err
+			}
+			op = r.Op
+		}
+		cols := sch.Columns
+		if r.Op == batch.RowDelete {
+			cols = keyCols
+		}
+		for i, v := range r.Values {
+			args = append(args, bindValue(&cols[i], v))
+		}
+		rows++
+	}
+	return flush()
+}
+
+// bindValue is the argument for one canonical value: bytes for binary
+// types, text for the rest, nil for NULL.
+func bindValue(c *batch.Column, v []byte) any {
+	switch {
+	case v == nil:
+		return nil
+	case c.Type == batch.TypeBinary || c.Type == batch.TypeBlob:
+		return slices.Clone(v)
+	}
+	return string(v)
+}
+
+func (k *sink) upsertSQL(table string, sch *batch.Schema, rows int) string {
+	return k.d.Upsert(table, sch.Columns, sch.Key, rows)
+}
+
+func (k *sink) deleteSQL(key []batch.Column, rows int) string {
+	p := params{d: k.d}
+	var b strings.Builder
+	b.WriteString("DELETE FROM " + k.d.Quote(k.cfg.Table) + " WHERE ")
+	if len(key) == 1 {
+		b.WriteString(k.d.Quote(key[0].Name) + " IN (")
+		for i := range rows {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(k.d.Bind(key[0], p.next()))
+		}
+		b.WriteString(")")
+		return b.String()
+	}
+	for i := range rows {
+		if i > 0 {
+			b.WriteString(" OR ")
+		}
+		b.WriteString("(")
+		for j, c := range key {
+			if j > 0 {
+				b.WriteString(" AND ")
+			}
+			b.WriteString(k.d.Quote(c.Name) + " = " + k.d.Bind(c, p.next()))
+		}
+		b.WriteString(")")
+	}
+	return b.String()
+}

@@ -1,0 +1,585 @@
+package sqltable
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/pkg/batch"
+)
+
+// Source state keys, per grant.
+const (
+	keyPhase   = "phase"    // "", "snapshot", "incremental" or "done"
+	keySnapKey = "snap_key" // JSON []string: the last key sent by the snapshot
+	keySnapTok = "snap_tok" // the snapshot's resume token (Oracle SCN)
+	keyIncFrom = "inc_from" // where incremental starts: the database time when the snapshot began, minus lag
+	keyMark    = "mark"     // JSON mark: the last (watermark, key) sent incrementally
+)
+
+// mark is an incremental checkpoint: rows after (Value, Key) come next; a
+// nil Key means rows at Value itself have not been sent yet.
+type mark struct {
+	Value string   `json:"value"`
+	Key   []string `json:"key,omitempty"`
+}
+
+type source struct {
+	cfg     *SourceConfig
+	d       Dialect
+	db      *sql.DB
+	log     *slog.Logger
+	changed chan struct{}
+	stop    chan struct{}
+	wg      sync.WaitGroup
+
+	mu    sync.Mutex
+	snaps map[string]Snapshot // open snapshots by grant scope
+}
+
+func openSource(cfg *SourceConfig, log *slog.Logger) (*source, error) {
+	dsn, err := cfg.dsn()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := cfg.dialect.Open(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w (check dsn: host, port, user, password and database)", cfg.dialect.Name(), err)
+	}
+	s := &source{cfg: cfg, d: cfg.dialect, db: db, log: log, changed: make(chan struct{}, 1), stop: make(chan struct{}), snaps: map[string]Snapshot{}}
+	if _, err := s.schema(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.checkWatermarkIndex(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.wg.Add(1)
+	go s.tick()
+	return s, nil
+}
+
+func (s *source) tick() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.Poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			select {
+			case s.changed <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+func (s *source) Changed() <-chan struct{} { return s.changed }
+
+func (s *source) Close() error {
+	close(s.stop)
+	s.wg.Wait()
+	s.mu.Lock()
+	for k, sn := range s.snaps {
+		sn.Close()
+		delete(s.snaps, k)
+	}
+	s.mu.Unlock()
+	return s.db.Close()
+}
+
+// shape is what one pass reads: the published schema plus the columns read
+// only for bookkeeping.
+type shape struct {
+	schema *batch.Schema
+	cols   []batch.Column // what is selected: schema columns, then extras
+	key    []int          // indexes of the key columns in cols
+	mark   int            // index of the watermark column in cols, or -1
+	soft   int            // index of the soft-delete column in cols, or -1
+	from   string         // table reference or (query) alias
+}
+
+// schema describes the table now and builds what is read from it. Every
+// problem names the resource and what to change.
+func (s *source) schema(ctx context.Context) (*shape, error) {
+	c := s.cfg
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("resource %s: "+format, append([]any{c.ID}, args...)...)
+	}
+	var all []batch.Column
+	var native map[string]string
+	var key []string
+	var unique [][]string
+	name := c.Table
+	if c.Query != "" {
+		cols, nat, err := s.d.DescribeQuery(ctx, s.db, c.Query)
+		if err != nil {
+			return nil, fail("query: %v", err)
+		}
+		all, native, name = cols, nat, "query"
+	} else {
+		t, err := s.d.Describe(ctx, s.db, c.Table)
+		if errors.Is(err, ErrNoTable) {
+			return nil, fail("table %s does not exist (check table: and the database named in the dsn)", c.Table)
+		}
+		if err != nil {
+			return nil, fail("describe table %s: %v", c.Table, err)
+		}
+		all, native, key, unique = t.Columns, t.Native, t.Key, t.Unique
+	}
+	byName := map[string]batch.Column{}
+	var names []string
+	for _, col := range all {
+		byName[col.Name] = col
+		names = append(names, col.Name)
+	}
+	for _, col := range all {
+		if col.Type == "" && (len(c.Columns) == 0 || slices.Contains(c.Columns, col.Name)) {
+			return nil, fail("column %s has type %s, which cannot travel yet: leave it out with columns: [...]", col.Name, native[col.Name])
+		}
+	}
+	if len(c.Key) > 0 {
+		if c.Query == "" && !slices.ContainsFunc(unique, func(u []string) bool { return sameSet(u, c.Key) }) {
+			return nil, fail("key %v is neither the primary key nor a unique index of %s: rows could collide; add a unique index or name one", c.Key, name)
+		}
+		key = c.Key
+	}
+	if len(key) == 0 {
+		return nil, fail("table %s has no primary key: add one, or name unique columns with key: [...]", name)
+	}
+	pick := c.Columns
+	if len(pick) == 0 {
+		for _, col := range all {
+			pick = append(pick, col.Name)
+		}
+	}
+	sh := &shape{mark: -1, soft: -1}
+	sch := &batch.Schema{Table: name, Key: key}
+	for _, n := range pick {
+		col, ok := byName[n]
+		if !ok {
+			return nil, fail("column %s is not in %s (it has: %s)", n, name, strings.Join(names, ", "))
+		}
+		sch.Columns = append(sch.Columns, col)
+	}
+	for _, k := range key {
+		if sch.Column(k) < 0 {
+			return nil, fail("key column %s must be among columns", k)
+		}
+	}
+	sch.Fingerprint = batch.SchemaFingerprint(sch.Columns, sch.Key)
+	sh.schema = sch
+	sh.cols = slices.Clone(sch.Columns)
+	extra := func(n, what string) (int, error) {
+		if i := slices.IndexFunc(sh.cols, func(x batch.Column) bool { return x.Name == n }); i >= 0 {
+			return i, nil
+		}
+		col, ok := byName[n]
+		if !ok {
+			return -1, fail("%s column %s is not in %s (it has: %s)", what, n, name, strings.Join(names, ", "))
+		}
+		sh.cols = append(sh.cols, col)
+		return len(sh.cols) - 1, nil
+	}
+	var err error
+	if c.Strategy == StrategyIncremental {
+		if sh.mark, err = extra(c.Watermark, "watermark"); err != nil {
+			return nil, err
+		}
+		switch sh.cols[sh.mark].Type {
+		case batch.TypeInt, batch.TypeDecimal, batch.TypeDate, batch.TypeDatetime, batch.TypeTimestamp:
+		default:
+			return nil, fail("watermark column %s has type %s: use a date/time or number column that grows with every change", c.Watermark, native[c.Watermark])
+		}
+	}
+	if c.SoftDelete != nil {
+		if sh.soft, err = extra(c.SoftDelete.Column, "soft_delete"); err != nil {
+			return nil, err
+		}
+	}
+	for _, k := range key {
+		sh.key = append(sh.key, slices.IndexFunc(sh.cols, func(x batch.Column) bool { return x.Name == k }))
+	}
+	sh.from = s.d.Quote(c.Table)
+	if c.Query != "" {
+		sh.from = "(" + c.Query + ") qz_q"
+	}
+	return sh, nil
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
+}
+
+// checkWatermarkIndex warns, with the engine's plan, when no index leads
+// with the watermark column: every incremental read would scan the table.
+func (s *source) checkWatermarkIndex(ctx context.Context) error {
+	c := s.cfg
+	if c.Strategy != StrategyIncremental || c.Query != "" {
+		return nil
+	}
+	t, err := s.d.Describe(ctx, s.db, c.Table)
+	if err != nil {
+		return err
+	}
+	if t.Leading[c.Watermark] {
+		return nil
+	}
+	sh, err := s.schema(ctx)
+	if err != nil {
+		return err
+	}
+	q, args := s.incrementalQuery(sh, mark{Value: "1970-01-01 00:00:00"}, "")
+	if sh.cols[sh.mark].Type == batch.TypeInt || sh.cols[sh.mark].Type == batch.TypeDecimal {
+		q, args = s.incrementalQuery(sh, mark{Value: "0"}, "")
+	}
+	plan, perr := s.d.Explain(ctx, s.db, q, args)
+	if perr != nil {
+		plan = "(plan unavailable: " + perr.Error() + ")"
+	}
+	s.log.Warn(fmt.Sprintf("resource %s: no index starts with watermark column %s, so every incremental read scans the whole table; add one: CREATE INDEX %s_%s ON %s (%s, %s)",
+		c.ID, c.Watermark, strings.ReplaceAll(c.Table, ".", "_"), c.Watermark, c.Table, c.Watermark, strings.Join(t.Key, ", ")), "plan", plan)
+	return nil
+}
+
+// Next reads the next batch of one grant: snapshot pages first, then
+// incremental changes.
+func (s *source) Next(ctx context.Context, st connectors.State, out *connectors.Output) error {
+	phase, _, err := st.Get(keyPhase)
+	if err != nil {
+		return err
+	}
+	if string(phase) == "done" {
+		return connectors.ErrIdle
+	}
+	sh, err := s.schema(ctx)
+	if err != nil {
+		return err
+	}
+	switch string(phase) {
+	case "":
+		return s.begin(ctx, st, sh, out)
+	case "snapshot":
+		return s.snapshot(ctx, st, sh, out, nil)
+	case "incremental":
+		return s.incremental(ctx, st, sh, out)
+	}
+	return fmt.Errorf("resource %s: unknown phase %q in state", s.cfg.ID, phase)
+}
+
+// begin starts a grant's snapshot, noting where incremental reads will
+// start so that the hand-over leaves no gap: every change committed after
+// this moment (less the lag) is read again incrementally.
+func (s *source) begin(ctx context.Context, st connectors.State, sh *shape, out *connectors.Output) error {
+	if s.cfg.Strategy == StrategyIncremental {
+		from, err := s.now(ctx, s.db, sh)
+		if err != nil {
+			return err
+		}
+		out.Changes.Put(keyIncFrom, []byte(from))
+	}
+	sn, err := s.d.Snapshot(ctx, s.db, "")
+	if err != nil {
+		return fmt.Errorf("resource %s: begin snapshot: %w", s.cfg.ID, err)
+	}
+	s.keep(st.Scope(), sn)
+	out.Changes.Put(keyPhase, []byte("snapshot"))
+	out.Changes.Put(keySnapTok, []byte(sn.Token()))
+	s.log.Info("snapshot started", "grant", st.Scope())
+	return s.snapshot(ctx, st, sh, out, sn)
+}
+
+func (s *source) keep(scope string, sn Snapshot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.snaps[scope]; old != nil && old != sn {
+		old.Close()
+	}
+	s.snaps[scope] = sn
+}
+
+func (s *source) drop(scope string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sn := s.snaps[scope]; sn != nil {
+		sn.Close()
+		delete(s.snaps, scope)
+	}
+}
+
+// now is the database's time minus lag in the watermark's form; for a
+// numeric watermark there is no bound ("").
+func (s *source) now(ctx context.Context, q Querier, sh *shape) (string, error) {
+	c := sh.cols[sh.mark]
+	if c.Type == batch.TypeInt || c.Type == batch.TypeDecimal {
+		return "", nil
+	}
+	v, err := s.d.Now(ctx, q, c, s.cfg.Lag, s.cfg.TimeZone)
+	if err != nil {
+		return "", fmt.Errorf("resource %s: read the database time: %w", s.cfg.ID, err)
+	}
+	return v, nil
+}
+
+// snapshot reads the next pages in key order inside the grant's snapshot.
+func (s *source) snapshot(ctx context.Context, st connectors.State, sh *shape, out *connectors.Output, sn Snapshot) error {
+	scope := st.Scope()
+	if sn == nil {
+		s.mu.Lock()
+		sn = s.snaps[scope]
+		s.mu.Unlock()
+	}
+	if sn == nil {
+		tok, _, err := st.Get(keySnapTok)
+		if err != nil {
+			return err
+		}
+		if sn, err = s.d.Snapshot(ctx, s.db, string(tok)); err != nil {
+			return fmt.Errorf("resource %s: resume snapshot: %w", s.cfg.ID, err)
+		}
+		s.keep(scope, sn)
+	}
+	var last []string
+	if raw, ok, err := st.Get(keySnapKey); err != nil {
+		return err
+	} else if ok {
+		if err := json.Unmarshal(raw, &last); err != nil {
+			return fmt.Errorf("resource %s: snapshot checkpoint: %w", s.cfg.ID, err)
+		}
+	}
+	sh.schema.Phase = "snapshot"
+	var w batch.RowWriter
+	for {
+		p := params{d: s.d}
+		where := ""
+		var args []any
+		if last != nil {
+			where, args = keyAfter(s.d, s.keyCols(sh), last, p.next)
+			where = " WHERE " + where
+		}
+		q := s.d.Limit("SELECT "+s.selectList(sh)+" FROM "+sn.From(sh.from)+where+" ORDER BY "+s.keyList(sh), s.cfg.PageRows)
+		n, lastKey, _, err := s.read(ctx, sn.Q(), q, args, sh, &w, out.Limit, false)
+		if err != nil {
+			s.drop(scope)
+			return fmt.Errorf("resource %s: snapshot read: %w", s.cfg.ID, err)
+		}
+		if lastKey != nil {
+			last = lastKey
+		}
+		if n < s.cfg.PageRows || int64(w.Len()) >= out.Limit {
+			if n < s.cfg.PageRows && int64(w.Len()) < out.Limit {
+				// The end of the table: hand over to incremental.
+				s.drop(scope)
+				s.finishSnapshot(st, out)
+				s.log.Info("snapshot finished", "grant", scope)
+			}
+			break
+		}
+	}
+	if last != nil {
+		raw, _ := json.Marshal(last)
+		out.Changes.Put(keySnapKey, raw)
+	}
+	s.fill(out, sh, &w)
+	return nil
+}
+
+func (s *source) finishSnapshot(st connectors.State, out *connectors.Output) {
+	out.Changes.Delete(keySnapKey)
+	out.Changes.Delete(keySnapTok)
+	if s.cfg.Strategy != StrategyIncremental {
+		out.Changes.Put(keyPhase, []byte("done"))
+		return
+	}
+	from, ok := pending(&out.Changes, keyIncFrom)
+	if !ok {
+		v, _, _ := st.Get(keyIncFrom)
+		from = v
+	}
+	raw, _ := json.Marshal(mark{Value: string(from)})
+	out.Changes.Put(keyMark, raw)
+	out.Changes.Put(keyPhase, []byte("incremental"))
+}
+
+// pending finds a value staged earlier in the same output.
+func pending(ch *connectors.Changes, key string) ([]byte, bool) {
+	var v []byte
+	var ok bool
+	ch.Each(func(k string, val []byte) error {
+		if k == key {
+			v, ok = val, val != nil
+		}
+		return nil
+	})
+	return v, ok
+}
+
+// incremental reads rows whose watermark is past the mark and before the
+// database's time minus lag, in (watermark, key) order.
+func (s *source) incremental(ctx context.Context, st connectors.State, sh *shape, out *connectors.Output) error {
+	raw, _, err := st.Get(keyMark)
+	if err != nil {
+		return err
+	}
+	var m mark
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return fmt.Errorf("resource %s: incremental checkpoint: %w", s.cfg.ID, err)
+	}
+	upper, err := s.now(ctx, s.db, sh)
+	if err != nil {
+		return err
+	}
+	sh.schema.Phase, sh.schema.From, sh.schema.To = "incremental", m.Value, upper
+	var w batch.RowWriter
+	for {
+		q, args := s.incrementalQuery(sh, m, upper)
+		n, lastKey, lastMark, err := s.read(ctx, s.db, q, args, sh, &w, out.Limit, true)
+		if err != nil {
+			return fmt.Errorf("resource %s: incremental read: %w", s.cfg.ID, err)
+		}
+		if lastKey != nil {
+			m = mark{Value: lastMark, Key: lastKey}
+		}
+		if n < s.cfg.PageRows || int64(w.Len()) >= out.Limit {
+			break
+		}
+	}
+	if w.Rows() == 0 {
+		return connectors.ErrIdle
+	}
+	raw, _ = json.Marshal(m)
+	out.Changes.Put(keyMark, raw)
+	s.fill(out, sh, &w)
+	return nil
+}
+
+func (s *source) incrementalQuery(sh *shape, m mark, upper string) (string, []any) {
+	p := params{d: s.d}
+	mc := sh.cols[sh.mark]
+	wq := s.d.Quote(mc.Name)
+	var cond string
+	var args []any
+	if m.Key == nil {
+		cond = wq + " >= " + s.d.Bind(mc, p.next())
+		args = append(args, m.Value)
+	} else {
+		// (w, key) > (mark, last key), spelled so that it plans as a
+		// range on w: w >= m AND (w > m OR key > last).
+		cond = wq + " >= " + s.d.Bind(mc, p.next()) + " AND (" + wq + " > " + s.d.Bind(mc, p.next()) + " OR "
+		args = append(args, m.Value, m.Value)
+		k, kargs := keyAfter(s.d, s.keyCols(sh), m.Key, p.next)
+		cond += "(" + k + "))"
+		args = append(args, kargs...)
+	}
+	if upper != "" {
+		cond += " AND " + wq + " < " + s.d.Bind(mc, p.next())
+		args = append(args, upper)
+	}
+	return s.d.Limit("SELECT "+s.selectList(sh)+" FROM "+sh.from+" WHERE "+cond+" ORDER BY "+wq+", "+s.keyList(sh), s.cfg.PageRows), args
+}
+
+func (s *source) keyCols(sh *shape) []batch.Column {
+	var cs []batch.Column
+	for _, i := range sh.key {
+		cs = append(cs, sh.cols[i])
+	}
+	return cs
+}
+
+func (s *source) keyList(sh *shape) string {
+	var q []string
+	for _, i := range sh.key {
+		q = append(q, s.d.Quote(sh.cols[i].Name))
+	}
+	return strings.Join(q, ", ")
+}
+
+func (s *source) selectList(sh *shape) string {
+	var q []string
+	for _, c := range sh.cols {
+		q = append(q, s.d.Select(c, s.d.Quote(c.Name)))
+	}
+	return strings.Join(q, ", ")
+}
+
+// read runs one page query and appends its rows to w, stopping early once
+// w reaches limit. It returns the rows read and the key (and watermark) of
+// the last row appended.
+func (s *source) read(ctx context.Context, q Querier, query string, args []any, sh *shape, w *batch.RowWriter, limit int64, withMark bool) (int, []string, string, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return 0, nil, "", fmt.Errorf("%w [%s]", err, query)
+	}
+	defer rows.Close()
+	nsch := len(sh.schema.Columns)
+	vals := make([]any, len(sh.cols))
+	ptrs := make([]any, len(sh.cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	text := make([][]byte, len(sh.cols))
+	var n int
+	var lastKey []string
+	var lastMark string
+	for rows.Next() {
+		if err := rows.Scan(ptrs...); err != nil {
+			return n, lastKey, lastMark, err
+		}
+		for i := range sh.cols {
+			t, err := ToText(&sh.cols[i], vals[i])
+			if err != nil {
+				return n, lastKey, lastMark, err
+			}
+			text[i] = t
+		}
+		n++
+		lastKey = lastKey[:0:0]
+		for _, i := range sh.key {
+			lastKey = append(lastKey, string(text[i]))
+		}
+		if withMark {
+			lastMark = string(text[sh.mark])
+		}
+		if sh.soft >= 0 && text[sh.soft] != nil && string(text[sh.soft]) == s.cfg.SoftDelete.Value {
+			keys := make([][]byte, len(sh.key))
+			for j, i := range sh.key {
+				keys[j] = text[i]
+			}
+			w.Delete(keys)
+		} else {
+			w.Upsert(text[:nsch])
+		}
+		if int64(w.Len()) >= limit {
+			break
+		}
+	}
+	return n, lastKey, lastMark, rows.Err()
+}
+
+func (s *source) fill(out *connectors.Output, sh *shape, w *batch.RowWriter) {
+	out.Kind = batch.KindRows
+	out.Body = w.Bytes()
+	out.Rows = w.Rows()
+	out.Schema = sh.schema
+}
