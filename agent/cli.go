@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -81,7 +82,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if path == "" {
 			path = "built-in defaults"
 		}
-		fmt.Fprintf(stdout, "%s: OK (%d resources, %d subscriptions)\n", path, len(cfg.Resources), len(cfg.Subscriptions))
+		if err := checkConnections(cfg, logging.New(stderr, "warn", "")); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: OK (%d resources, %d subscriptions; each opened and checked)\n", path, len(cfg.Resources), len(cfg.Subscriptions))
 		return nil
 	case "enroll":
 		if *token == "" {
@@ -114,6 +118,30 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return printReceipts(stdout, ls, *asJSON)
 	}
 	return cli.Usagef("unknown command %q; run 'qz-agent help'", strings.Join(args, " "))
+}
+
+// checkConnections opens every resource and subscription once, so that
+// unreachable databases, wrong passwords, missing tables and keys show now
+// rather than when the agent runs.
+func checkConnections(cfg Config, log *slog.Logger) error {
+	var errs []error
+	for _, r := range cfg.Resources {
+		src, err := r.Source.OpenSource(log.With("resource", r.ID))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("resource %s: %w", r.ID, err))
+			continue
+		}
+		src.Close()
+	}
+	for _, e := range cfg.Subscriptions {
+		sink, err := e.Sink.OpenSink(log.With("subscription", e.ID))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("subscription %s: %w", e.ID, err))
+			continue
+		}
+		sink.Close()
+	}
+	return errors.Join(errs...)
 }
 
 // inspect prints a batch. The seal is checked against --seal-key, or this

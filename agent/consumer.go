@@ -87,7 +87,7 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 				}
 				a.log.Error("delivery not applied; this grant's line waits", "grant", d.Grant, "seq", d.Sequence, "err", err)
 				a.state.setStopped(d.Grant, "consumer", fmt.Sprintf("batch %d: %v", d.Sequence, err))
-				stopped[d.Grant] = time.Now().Add(30 * time.Second)
+				stopped[d.Grant] = time.Now().Add(5 * time.Second)
 				blocked = true
 			} else if _, was := stopped[d.Grant]; was {
 				delete(stopped, d.Grant)

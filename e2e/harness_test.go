@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/qianzhi/qianzhi/agent"
+	"github.com/qianzhi/qianzhi/internal/mariadbtest"
 )
 
 var binDir string
@@ -64,7 +65,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	code := m.Run()
+	code := mariadbtest.Run(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

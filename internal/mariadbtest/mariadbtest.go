@@ -116,7 +116,11 @@ var shared struct {
 // with the tests' status. Call it from TestMain:
 //
 //	func TestMain(m *testing.M) { mariadbtest.Main(m) }
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run is Main for a TestMain with more to do after the tests: it runs
+// them, stops the server and returns the exit code.
+func Run(m *testing.M) int {
 	shared.mainCalled.Store(true)
 	code := m.Run()
 	// m.Run has returned, so no test can be inside Get any more.
@@ -125,7 +129,7 @@ func Main(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "mariadbtest: stop server: %v\n", err)
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 // Get returns the shared server, starting it on the first call. When MariaDB
