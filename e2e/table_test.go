@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -277,4 +279,69 @@ func TestTableSchemaChange(t *testing.T) {
 	}
 	waitTablesEqual(t, src, dst, 30*time.Second)
 	_ = context.Background
+}
+
+// TestTableBadInput checks that the usual mistakes with a table resource
+// give one clear line naming the resource and the fix, before anything
+// runs.
+func TestTableBadInput(t *testing.T) {
+	srv := mariadbtest.Get(t)
+	a := srv.NewDatabase(t)
+	db := srv.Open(t, a)
+	for _, q := range []string{
+		peopleDDL,
+		`CREATE TABLE nokey (id INT, updated_at DATETIME(6))`,
+		`CREATE TABLE noindex (id INT PRIMARY KEY, updated_at DATETIME(6) NOT NULL)`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	cfg := func(name, dsn, table, extra string) string {
+		p := filepath.Join(dir, name+".yaml")
+		body := fmt.Sprintf("state_dir: %s\nresources:\n  - id: dept-a.%s\n    kind: mysql\n    dsn: %q\n    table: %s\n    watermark: updated_at\n%s", dir, name, dsn, table, extra)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	wrong := srv.Config(a)
+	wrong.Passwd += "x"
+	check := func(p string) []string { return []string{"config", "check", "--config", p} }
+	t.Run("wrong credentials", func(t *testing.T) {
+		expectFail(t, "qz-agent", check(cfg("creds", wrong.FormatDSN(), "people", "")), "resource dept-a.creds", "Access denied", "check dsn")
+	})
+	t.Run("missing table", func(t *testing.T) {
+		expectFail(t, "qz-agent", check(cfg("missing", srv.DSN(a), "peeple", "")), "resource dept-a.missing", "table peeple does not exist")
+	})
+	t.Run("table without a key", func(t *testing.T) {
+		expectFail(t, "qz-agent", check(cfg("nokey", srv.DSN(a), "nokey", "")), "resource dept-a.nokey", "no primary key", "key: [...]")
+	})
+	t.Run("unknown column", func(t *testing.T) {
+		expectFail(t, "qz-agent", check(cfg("cols", srv.DSN(a), "people", "    columns: [id, nmae]\n")), "column nmae is not in people", "it has: id, id_no, name")
+	})
+	t.Run("incremental without watermark", func(t *testing.T) {
+		p := filepath.Join(dir, "nowm.yaml")
+		os.WriteFile(p, []byte(fmt.Sprintf("state_dir: %s\nresources:\n  - id: dept-a.nowm\n    kind: mysql\n    dsn: %q\n    table: people\n", dir, srv.DSN(a))), 0o644)
+		expectFail(t, "qz-agent", check(p), "nowm.yaml:3", "needs watermark")
+	})
+	t.Run("watermark without an index warns with the plan", func(t *testing.T) {
+		out, errOut, err := run("qz-agent", check(cfg("noindex", srv.DSN(a), "noindex", ""))...)
+		if err != nil {
+			t.Fatalf("a missing index is a warning, not an error: %v\n%s", err, errOut)
+		}
+		for _, w := range []string{"dept-a.noindex", "no index starts with watermark column updated_at", "CREATE INDEX", "type=ALL"} {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("warning does not mention %q:\n%s", w, errOut)
+			}
+		}
+		if !strings.Contains(out, "OK") {
+			t.Errorf("want OK, got %q", out)
+		}
+		_, errOut, _ = run("qz-agent", check(cfg("indexed", srv.DSN(a), "people", ""))...)
+		if strings.Contains(errOut, "no index") {
+			t.Errorf("an indexed watermark must not warn:\n%s", errOut)
+		}
+	})
 }
