@@ -146,6 +146,7 @@ func (a *Agent) Serve(ctx context.Context) error {
 	}
 	run("upload", a.uploadLoop)
 	run("consume", a.consumeLoop)
+	run("reconcile", a.reconcileLoop)
 	<-ctx.Done()
 	wg.Wait()
 	a.log.Info("agent stopped")

@@ -28,6 +28,7 @@ Usage:
   qz-agent run                                    run the agent (as the systemd service does)
   qz-agent config check                           validate the configuration file
   qz-agent status [--json]                        spool, grants, lines and counters
+  qz-agent reconcile RESOURCE                     compare a table with its consumers' copies; resend what differs
   qz-agent receipts [--grant G] [--json]          batches provided, and the consumers' receipts checked
   qz-agent batch inspect FILE [--seal-key KEY]    print a batch's header and check its seal
   qz-agent version
@@ -110,6 +111,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return a.Serve(ctx)
 	case "status":
 		return status(cfg, *asJSON, stdout)
+	case "reconcile":
+		if err := cli.Want(pos, 1, "qz-agent reconcile RESOURCE"); err != nil {
+			return err
+		}
+		gs, err := Reconcile(ctx, cfg, pos[0])
+		if err != nil {
+			return err
+		}
+		printReconcile(stdout, pos[0], gs)
+		return nil
 	case "receipts":
 		ls, err := ListReceipts(ctx, cfg, *grantID)
 		if err != nil {

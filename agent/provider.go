@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/connectors/sqltable"
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/fsutil"
@@ -114,6 +115,10 @@ func (a *Agent) seal(ctx context.Context, resource string, g api.GrantInfo, out 
 	if err != nil {
 		os.Remove(a.spoolPath(name))
 		return 0, fmt.Errorf("seal batch %s: %w", name, err)
+	}
+	if out.Schema != nil && out.Schema.Phase == batch.PhaseDigest {
+		// Wait for this digest's receipt, which names the buckets to resend.
+		out.Changes.Put(sqltable.KeyReconcileWait, []byte(strconv.FormatUint(seq, 10)))
 	}
 	e := spoolEntry{Grant: g.ID, Seq: seq, Resource: resource, File: name, Size: size}
 	a.markFresh(name) // before the commit, so the uploader cannot see it first

@@ -63,21 +63,19 @@ func ListReceipts(ctx context.Context, cfg Config, grant string) ([]ReceiptLine,
 				out = append(out, l)
 				continue
 			}
-			rc, err := receipt.Unmarshal(r.Receipt)
-			if err == nil {
-				l.Applied = rc.Applied
-				k, ok := keys[rc.SealKeyID]
+			rc, err := checkReceipt(r, g, id.NodeID, func(keyID string) (seal.PublicKey, error) {
+				k, ok := keys[keyID]
 				if !ok {
-					if k, err = fetchSealKey(ctx, hub, g.Consumer, rc.SealKeyID); err == nil {
-						keys[rc.SealKeyID] = k
+					var err error
+					if k, err = fetchSealKey(ctx, hub, g.Consumer, keyID); err != nil {
+						return k, err
 					}
+					keys[keyID] = k
 				}
-				if err == nil {
-					err = rc.Verify(k)
-				}
-				if err == nil && (rc.BatchDigest != r.Digest || rc.Sequence != r.Sequence || rc.Grant != g.ID || rc.Provider != id.NodeID) {
-					err = fmt.Errorf("receipt names another batch")
-				}
+				return k, nil
+			})
+			if rc != nil {
+				l.Applied = rc.Applied
 			}
 			if err != nil {
 				l.Problem = err.Error()
@@ -88,6 +86,26 @@ func ListReceipts(ctx context.Context, cfg Config, grant string) ([]ReceiptLine,
 		}
 	}
 	return out, nil
+}
+
+// checkReceipt verifies a consumer's receipt for one of this provider's
+// batches: signed by the consumer's key, naming the batch the hub stored.
+func checkReceipt(r api.ReceiptRecord, g api.GrantInfo, me string, key func(keyID string) (seal.PublicKey, error)) (*receipt.Receipt, error) {
+	rc, err := receipt.Unmarshal(r.Receipt)
+	if err != nil {
+		return nil, err
+	}
+	k, err := key(rc.SealKeyID)
+	if err != nil {
+		return &rc, err
+	}
+	if err := rc.Verify(k); err != nil {
+		return &rc, err
+	}
+	if rc.BatchDigest != r.Digest || rc.Sequence != r.Sequence || rc.Grant != g.ID || rc.Provider != me || rc.Consumer != g.Consumer {
+		return &rc, fmt.Errorf("receipt names another batch")
+	}
+	return &rc, nil
 }
 
 // fetchSealKey asks the hub for a node's seal key by key ID, and checks

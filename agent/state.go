@@ -112,6 +112,25 @@ func (v view) Scan(prefix string, fn func(string, []byte) error) error {
 	return nil
 }
 
+// withKey returns, by scope, the value of key in every scope that has it.
+func (s *State) withKey(key string) (map[string][]byte, error) {
+	rows, err := s.db.Query(`SELECT scope, value FROM kv WHERE key = ?`, key)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string][]byte{}
+	for rows.Next() {
+		var scope string
+		var v []byte
+		if err := rows.Scan(&scope, &v); err != nil {
+			return nil, err
+		}
+		out[scope] = v
+	}
+	return out, rows.Err()
+}
+
 func (s *State) view(scope string) connectors.State { return view{db: s.db, scope: scope} }
 
 func applyChanges(tx *sql.Tx, scope string, ch *connectors.Changes) error {

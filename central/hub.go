@@ -834,7 +834,22 @@ func (h *Hub) listReceipts(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusForbidden, "this grant is not yours")
 		return
 	}
-	bs, err := h.store.Batches(r.Context(), g.ID)
+	var bs []store.Batch
+	if q := r.URL.Query().Get("seq"); q != "" {
+		seq, perr := strconv.ParseUint(q, 10, 64)
+		if perr != nil {
+			httpError(w, http.StatusBadRequest, "seq must be a batch sequence number")
+			return
+		}
+		b, berr := h.store.Batch(r.Context(), g.ID, seq)
+		if berr == nil {
+			bs = append(bs, b)
+		} else {
+			err = nil // no such batch: an empty list
+		}
+	} else {
+		bs, err = h.store.Batches(r.Context(), g.ID)
+	}
 	if err != nil {
 		h.internal(w, "list receipts", err)
 		return

@@ -45,6 +45,10 @@ type State interface {
 // order, atomically with the batch they belong to.
 type Changes struct {
 	ops []change
+	// Mismatch, set by a sink applying a reconcile digest, lists the
+	// buckets in which the consumer's rows differ from the provider's; the
+	// agent reports them in the batch's signed receipt.
+	Mismatch []int
 }
 
 type change struct {
@@ -86,7 +90,9 @@ type Output struct {
 }
 
 // Empty reports whether the output carries nothing to send.
-func (o *Output) Empty() bool { return len(o.Files) == 0 && o.Rows == 0 && len(o.Body) == 0 }
+func (o *Output) Empty() bool {
+	return len(o.Files) == 0 && o.Rows == 0 && len(o.Body) == 0 && (o.Schema == nil || o.Schema.Reconcile == nil)
+}
 
 // ErrIdle is returned by Source.Next when there is nothing to send now.
 var ErrIdle = errors.New("nothing to send")

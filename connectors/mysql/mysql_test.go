@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -91,13 +92,20 @@ func (p *pair) open(t *testing.T) {
 
 // drain moves batches until the source is idle; it returns how many.
 func (p *pair) drain(t *testing.T, limit int64) int {
+	n, _ := p.drainRows(t, limit)
+	return n
+}
+
+// drainRows is drain that also counts the rows moved and, like the agent,
+// hands a digest's differing buckets back to the source.
+func (p *pair) drainRows(t *testing.T, limit int64) (batches int, rows int64) {
 	t.Helper()
 	n := 0
 	for {
 		out := connectors.Output{Limit: limit}
 		err := p.src.Next(context.Background(), p.st, &out)
 		if errors.Is(err, connectors.ErrIdle) {
-			return n
+			return n, rows
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -105,10 +113,20 @@ func (p *pair) drain(t *testing.T, limit int64) int {
 		if !out.Empty() {
 			p.seq++
 			h := batch.Header{Kind: out.Kind, Resource: "dept-a.people", Grant: "g1", Sequence: p.seq, Schema: out.Schema, Rows: out.Rows}
-			if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), nil, nil); err != nil {
+			var ch connectors.Changes
+			if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), nil, &ch); err != nil {
 				t.Fatal(err)
 			}
+			if out.Schema.Phase == batch.PhaseDigest {
+				// What the provider's agent does with the receipt.
+				raw, _ := json.Marshal(ch.Mismatch)
+				if ch.Mismatch == nil {
+					raw = []byte("[]")
+				}
+				out.Changes.Put(sqltable.KeyReconcileDiff, raw)
+			}
 			n++
+			rows += out.Rows
 		}
 		p.st.Commit(&out.Changes)
 	}
@@ -305,5 +323,40 @@ func TestLagCatchesLateCommits(t *testing.T) {
 				t.Fatal("with no lag the late commit arrived; this test no longer shows what the lag is for")
 			}
 		})
+	}
+}
+
+// TestReconcile repairs what watermarks cannot see: rows deleted outright
+// at the source, rows changed at the target behind the agent's back, and
+// rows the target has that the source never had. Only the differing
+// buckets travel.
+func TestReconcile(t *testing.T) {
+	p := newPair(t, nil, nil)
+	exec(t, p.from, people)
+	exec(t, p.from, `INSERT INTO people (id, name, amount, note) SELECT seq, CONCAT('人', seq), seq / 100, IF(seq % 2 = 0, '', NULL) FROM seq_1_to_20000`)
+	p.open(t)
+	p.drain(t, 1<<20)
+	equalTables(t, p.from, p.to, "people")
+	exec(t, p.from, `DELETE FROM people WHERE id IN (5, 500, 5000)`)
+	exec(t, p.to, `UPDATE people SET amount = 7.77 WHERE id = 77`, `UPDATE people SET note = NULL WHERE id = 78`,
+		`INSERT INTO people (id, name, updated_at) VALUES (99999, '多余的', '2000-01-01')`)
+	p.st.KV[sqltable.KeyReconcileRequest] = []byte("now")
+	batches, rows := p.drainRows(t, 1<<20)
+	equalTables(t, p.from, p.to, "people")
+	if batches < 2 {
+		t.Fatalf("want a digest and at least one replace batch, got %d batches", batches)
+	}
+	if rows == 0 || rows > 20000/4 {
+		t.Fatalf("%d rows resent of 20000 for 6 differing rows: only differing buckets should travel", rows)
+	}
+	for _, k := range []string{sqltable.KeyReconcileRequest, sqltable.KeyReconcileDiff} {
+		if _, ok := p.st.KV[k]; ok {
+			t.Fatalf("state key %s left behind", k)
+		}
+	}
+	// A second reconciliation finds nothing to send.
+	p.st.KV[sqltable.KeyReconcileRequest] = []byte("now")
+	if _, rows := p.drainRows(t, 1<<20); rows != 0 {
+		t.Fatalf("a reconciliation of equal tables resent %d rows", rows)
 	}
 }

@@ -117,11 +117,15 @@ func (Dialect) Bind(_ batch.Column, p string) string { return p }
 // Select implements sqltable.Dialect. Date and time columns are read as
 // text because the driver turns values of columns declared exactly DATE,
 // DATETIME or TIMESTAMP into time.Time, which would lose the form (and
-// fraction digits) the application wrote. Decimals are read by decimalSelect.
+// fraction digits) the application wrote. The driver also reads an empty
+// blob as nil, which would arrive as NULL, so it is read as empty text.
+// Decimals are read by decimalSelect.
 func (Dialect) Select(c batch.Column, ident string) string {
 	switch c.Type {
 	case batch.TypeDecimal:
 		return decimalSelect(c, ident)
+	case batch.TypeBinary, batch.TypeBlob:
+		return "CASE WHEN " + ident + " = X'' THEN '' ELSE " + ident + " END"
 	case batch.TypeDate, batch.TypeTime, batch.TypeDatetime, batch.TypeTimestamp, batch.TypeTimestampTZ:
 		return "CAST(" + ident + " AS TEXT)"
 	}
@@ -130,11 +134,12 @@ func (Dialect) Select(c batch.Column, ident string) string {
 
 // decimalSelect reads a decimal column as exact text. A column declared
 // DECIMAL(p,s) has NUMERIC affinity, so SQLite stores what the application
-// wrote as INTEGER or REAL (keeping 15 to 17 significant digits); those
+// wrote as INTEGER or REAL (a REAL keeps about 15 significant digits); those
 // come back with exactly s fraction digits, as a DECIMAL(p,s) column of
 // another engine would give them, a REAL with more digits than declared
-// being rounded to s. Without a declared scale, a REAL comes back in its
-// shortest exact form, never in exponent notation. Text (all a
+// being rounded to s (so such a column makes a poor key or watermark).
+// Without a declared scale, a REAL comes back in the shortest form that
+// reads back the same, written out without an exponent. Text (all a
 // DECIMAL_TEXT column holds) is passed as stored.
 func decimalSelect(c batch.Column, x string) string {
 	asReal := "CASE WHEN CAST(" + x + " AS TEXT) LIKE '%e%' THEN rtrim(rtrim(printf('%.15f', " + x + "), '0'), '.') ELSE CAST(" + x + " AS TEXT) END"

@@ -61,7 +61,7 @@ func (k *sink) Close() error { return k.db.Close() }
 // Apply writes one batch and its (grant, sequence) record in one
 // transaction. A batch at or below the recorded sequence was applied
 // before a crash and changes nothing.
-func (k *sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ connectors.State, _ *connectors.Changes) error {
+func (k *sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ connectors.State, ch *connectors.Changes) error {
 	if h.Kind != batch.KindRows || h.Schema == nil {
 		return fmt.Errorf("resource %s: a %s batch cannot go into table %s: subscribe it with kind file", h.Resource, h.Kind, k.cfg.Table)
 	}
@@ -83,8 +83,28 @@ func (k *sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ con
 		k.log.Info("batch was applied before; nothing to do", "grant", h.Grant, "seq", h.Sequence)
 		return nil
 	}
-	if err := k.write(ctx, tx, sch, body); err != nil {
-		return fmt.Errorf("resource %s: apply batch %d to %s: %w", h.Resource, h.Sequence, k.cfg.Table, err)
+	switch sch.Phase {
+	case batch.PhaseDigest:
+		diff, err := k.compare(ctx, sch)
+		if err != nil {
+			return fmt.Errorf("resource %s: reconcile: compare %s: %w", h.Resource, k.cfg.Table, err)
+		}
+		if ch != nil {
+			ch.Mismatch = diff
+		}
+		k.log.Info("reconcile: compared with the provider's digest", "buckets", sch.Reconcile.Buckets, "differing", len(diff))
+	case batch.PhaseReplace:
+		sent := map[string]bool{}
+		if err := k.write(ctx, tx, sch, body, sent); err != nil {
+			return fmt.Errorf("resource %s: apply batch %d to %s: %w", h.Resource, h.Sequence, k.cfg.Table, err)
+		}
+		if err := k.dropMissing(ctx, tx, sch, sent); err != nil {
+			return fmt.Errorf("resource %s: reconcile: delete rows the provider no longer has: %w", h.Resource, err)
+		}
+	default:
+		if err := k.write(ctx, tx, sch, body, nil); err != nil {
+			return fmt.Errorf("resource %s: apply batch %d to %s: %w", h.Resource, h.Sequence, k.cfg.Table, err)
+		}
 	}
 	rec := []any{h.Grant, h.Resource, fmt.Sprint(h.Sequence), time.Now().UTC().Format(time.RFC3339Nano)}
 	if _, err := tx.ExecContext(ctx, k.upsertSQL(k.cfg.AppliedTable, appliedSchema, 1), rec...); err != nil {
@@ -185,8 +205,9 @@ func plural(n int, one, many string) string {
 }
 
 // write applies the rows in body, in order, grouping runs of upserts and
-// runs of deletes into multi-row statements.
-func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io.Reader) error {
+// runs of deletes into multi-row statements. When sent is not nil it
+// collects the keys of the rows upserted.
+func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io.Reader, sent map[string]bool) error {
 	rr := batch.NewRowReader(body, sch)
 	perStmt := k.d.UpsertRows(len(sch.Columns))
 	keyIdx := sch.KeyIndex()
@@ -228,6 +249,12 @@ func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io
 		cols := sch.Columns
 		if r.Op == batch.RowDelete {
 			cols = keyCols
+		} else if sent != nil {
+			key := make([][]byte, len(keyIdx))
+			for j, i := range keyIdx {
+				key[j] = r.Values[i]
+			}
+			sent[keyString(key, keyCols)] = true
 		}
 		for i, v := range r.Values {
 			args = append(args, bindValue(&cols[i], v))

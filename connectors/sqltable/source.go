@@ -270,12 +270,17 @@ func (s *source) Next(ctx context.Context, st connectors.State, out *connectors.
 	if err != nil {
 		return err
 	}
-	if string(phase) == "done" {
-		return connectors.ErrIdle
-	}
 	sh, err := s.schema(ctx)
 	if err != nil {
 		return err
+	}
+	if string(phase) == "incremental" || string(phase) == "done" {
+		if ok, err := s.reconcileStep(ctx, st, sh, out); ok || err != nil {
+			return err
+		}
+		if string(phase) == "done" {
+			return connectors.ErrIdle
+		}
 	}
 	switch string(phase) {
 	case "":

@@ -14,7 +14,7 @@
 //	GET  /v1/batches/{grant}/{seq}     download (Range supported)
 //	GET  /v1/deliveries?wait=25s       long poll → []Delivery
 //	POST /v1/receipts                  a signed receipt
-//	GET  /v1/receipts?grant=G          → []ReceiptRecord, for the grant's provider or consumer
+//	GET  /v1/receipts?grant=G[&seq=N]  → []ReceiptRecord, for the grant's provider or consumer
 //	POST /v1/rejections                Rejection
 package api
 

@@ -2,6 +2,7 @@ package batch
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -60,17 +61,33 @@ type Schema struct {
 	// To exclusive), when the phase has one.
 	From string `json:"from,omitempty"`
 	To   string `json:"to,omitempty"`
-	// Ranges, for the reconcile phase, are key ranges the consumer must make
-	// equal to the rows the batch carries: rows of the range the batch does
-	// not carry are deleted.
-	Ranges []KeyRange `json:"ranges,omitempty"`
+	// Reconcile is set on the batches of a reconciliation (Phase
+	// "digest" or "replace").
+	Reconcile *Reconcile `json:"reconcile,omitempty"`
 }
 
-// KeyRange is an inclusive range of keys, each given as its key columns'
-// canonical text. A nil Lo or Hi is open.
-type KeyRange struct {
-	Lo []string `json:"lo,omitempty"`
-	Hi []string `json:"hi,omitempty"`
+// Reconcile phases.
+const (
+	// PhaseDigest batches carry no rows, only the provider's count and sum
+	// of every bucket; the consumer answers with the buckets that differ.
+	PhaseDigest = "digest"
+	// PhaseReplace batches carry every provider row of some buckets; the
+	// consumer deletes its rows of those buckets that the batch lacks.
+	PhaseReplace = "replace"
+)
+
+// Reconcile describes a reconciliation batch. Rows are put in buckets by a
+// hash of their key (KeyBucket), so both sides agree on membership whatever
+// their engines' collations and orders.
+type Reconcile struct {
+	// Buckets is the number of buckets.
+	Buckets int `json:"buckets"`
+	// Counts and Sums (digest phase) hold each bucket's row count and the
+	// sum of its rows' RowSum, as 16 hex digits.
+	Counts []int64  `json:"counts,omitempty"`
+	Sums   []string `json:"sums,omitempty"`
+	// Replace (replace phase) lists the buckets this batch carries whole.
+	Replace []int `json:"replace,omitempty"`
 }
 
 // Column is one column of a row schema.
@@ -147,12 +164,90 @@ func (s *Schema) Validate() []error {
 	if s.Fingerprint != SchemaFingerprint(s.Columns, s.Key) {
 		add("fingerprint %q does not match the columns", s.Fingerprint)
 	}
-	for i, r := range s.Ranges {
-		if r.Lo != nil && len(r.Lo) != len(s.Key) || r.Hi != nil && len(r.Hi) != len(s.Key) {
-			add("range %d: bounds must have one value per key column", i)
+	if rc := s.Reconcile; rc != nil {
+		if rc.Buckets < 1 || rc.Buckets > MaxBuckets {
+			add("reconcile: %d buckets, want 1..%d", rc.Buckets, MaxBuckets)
+		}
+		switch s.Phase {
+		case PhaseDigest:
+			if len(rc.Counts) != rc.Buckets || len(rc.Sums) != rc.Buckets {
+				add("reconcile: digest needs a count and a sum for each of %d buckets", rc.Buckets)
+			}
+		case PhaseReplace:
+			for _, b := range rc.Replace {
+				if b < 0 || b >= rc.Buckets {
+					add("reconcile: bucket %d out of range", b)
+				}
+			}
+		default:
+			add("reconcile: phase %q, want %q or %q", s.Phase, PhaseDigest, PhaseReplace)
 		}
 	}
 	return errs
+}
+
+// MaxBuckets bounds Reconcile.Buckets.
+const MaxBuckets = 1 << 16
+
+// Normalize returns the form of a canonical value that two engines agree
+// on even when their types differ in scale: decimals and fractions of
+// seconds without trailing zeros ("12.50" and "12.500" are one number).
+func Normalize(c *Column, v []byte) []byte {
+	switch c.Type {
+	case TypeDecimal:
+		if i := bytes.IndexByte(v, '.'); i >= 0 {
+			v = bytes.TrimRight(v, "0")
+			v = bytes.TrimSuffix(v, []byte("."))
+		}
+		if string(v) == "-0" {
+			return []byte("0")
+		}
+	case TypeDatetime, TypeTimestamp, TypeTime:
+		if i := bytes.IndexByte(v, '.'); i >= 0 {
+			v = bytes.TrimRight(v, "0")
+			v = bytes.TrimSuffix(v, []byte("."))
+		}
+	case TypeTimestampTZ:
+		if i := bytes.IndexByte(v, '.'); i >= 0 {
+			if j := bytes.IndexByte(v[i:], ' '); j > 0 {
+				frac := bytes.TrimSuffix(bytes.TrimRight(v[i:i+j], "0"), []byte("."))
+				v = append(append(append([]byte{}, v[:i]...), frac...), v[i+j:]...)
+			}
+		}
+	}
+	return v
+}
+
+// KeyBucket puts a row in a bucket by its key values (in Schema.Key
+// order).
+func KeyBucket(key [][]byte, keyCols []Column, buckets int) int {
+	h := sha256.New()
+	for i, v := range key {
+		writeValue(h, Normalize(&keyCols[i], v))
+	}
+	var sum [32]byte
+	return int(binary.BigEndian.Uint64(h.Sum(sum[:0])[:8]) % uint64(buckets))
+}
+
+// RowSum is a row's contribution to its bucket's sum: a hash of every
+// value, normalised, NULL told apart from empty.
+func RowSum(vals [][]byte, cols []Column) uint64 {
+	h := sha256.New()
+	for i, v := range vals {
+		writeValue(h, Normalize(&cols[i], v))
+	}
+	var sum [32]byte
+	return binary.BigEndian.Uint64(h.Sum(sum[:0])[:8])
+}
+
+func writeValue(w io.Writer, v []byte) {
+	var n [binary.MaxVarintLen64]byte
+	if v == nil {
+		w.Write([]byte{0})
+		return
+	}
+	w.Write(n[:binary.PutUvarint(n[:], uint64(len(v))+1)])
+	w.Write(v)
 }
 
 // Row is one decoded row. Values alias the reader's buffer and are valid

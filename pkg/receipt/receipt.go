@@ -32,9 +32,12 @@ type Receipt struct {
 	Consumer    string    `json:"consumer"`
 	BatchDigest string    `json:"batch_digest"` // lowercase hex of the batch digest
 	Applied     time.Time `json:"applied"`
-	SealAlg     string    `json:"seal_alg"`
-	SealKeyID   string    `json:"seal_key_id"`
-	Signature   []byte    `json:"signature"` // base64 in JSON
+	// Mismatch, for a reconcile digest, lists the buckets in which the
+	// consumer's rows differ from the provider's.
+	Mismatch  []int  `json:"mismatch,omitempty"`
+	SealAlg   string `json:"seal_alg"`
+	SealKeyID string `json:"seal_key_id"`
+	Signature []byte `json:"signature"` // base64 in JSON
 }
 
 // For returns an unsigned receipt for the batch described by info, applied

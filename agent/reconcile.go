@@ -1,0 +1,136 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/connectors/sqltable"
+	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/seal"
+)
+
+// Reconcile asks the running agent (or the next one to start) to compare a
+// table resource with each consumer's copy and resend what differs; see
+// connectors/sqltable/reconcile.go. It returns the grants it applies to.
+func Reconcile(ctx context.Context, cfg Config, resource string) ([]string, error) {
+	found := false
+	for _, r := range cfg.Resources {
+		if r.ID == resource {
+			found = true
+			if _, ok := r.Source.(*sqltable.SourceConfig); !ok {
+				return nil, fmt.Errorf("resource %s is a %s resource: reconcile compares tables (folders are compared file by file as they are rescanned)", resource, r.Kind)
+			}
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("resource %s is not in %s: reconcile runs on the provider's agent", resource, "the config")
+	}
+	id, err := LoadIdentity(cfg.identityDir())
+	if err != nil {
+		return nil, err
+	}
+	st, err := OpenState(cfg.dbPath())
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	gs, err := st.loadGrants()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, g := range gs {
+		if g.Resource != resource || g.Provider != id.NodeID {
+			continue
+		}
+		var ch connectors.Changes
+		ch.Put(sqltable.KeyReconcileRequest, []byte(time.Now().UTC().Format(time.RFC3339)))
+		if err := st.commitChanges(ctx, "src/"+g.ID, &ch); err != nil {
+			return nil, err
+		}
+		out = append(out, g.ID+" → "+g.Consumer)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no consumer has a grant for %s yet (or this agent has not heard of it: is it running?)", resource)
+	}
+	return out, nil
+}
+
+func printReconcile(w io.Writer, resource string, grants []string) {
+	fmt.Fprintf(w, "reconciliation of %s requested for %d grant(s):\n", resource, len(grants))
+	for _, g := range grants {
+		fmt.Fprintf(w, "  %s\n", g)
+	}
+	fmt.Fprintln(w, "the running agent compares and resends the difference; its log shows the progress")
+}
+
+// reconcileLoop hands each consumer's answer to a reconcile digest — the
+// buckets that differ, in its signed receipt — back to the source.
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		waits, err := a.state.withKey(sqltable.KeyReconcileWait)
+		if err != nil {
+			a.log.Error("read reconcile state", "err", err)
+			continue
+		}
+		for scope, val := range waits {
+			if err := a.reconcileAnswer(ctx, scope, string(val)); err != nil && ctx.Err() == nil {
+				a.log.Warn("reconcile: cannot read the consumer's answer yet", "scope", scope, "err", err)
+			}
+		}
+	}
+}
+
+func (a *Agent) reconcileAnswer(ctx context.Context, scope, val string) error {
+	grant := strings.TrimPrefix(scope, "src/")
+	var ch connectors.Changes
+	g, ok := a.grantActive(grant)
+	if !ok {
+		ch.Delete(sqltable.KeyReconcileWait)
+		return a.state.commitChanges(ctx, scope, &ch)
+	}
+	seq, err := strconv.ParseUint(val, 10, 64)
+	if err != nil {
+		return err
+	}
+	var recs []api.ReceiptRecord
+	q := url.Values{"grant": {grant}, "seq": {val}}
+	if err := a.call(ctx, http.MethodGet, "/v1/receipts?"+q.Encode(), nil, &recs); err != nil {
+		return err
+	}
+	if len(recs) == 0 || len(recs[0].Receipt) == 0 || recs[0].Sequence != seq {
+		return nil // not applied yet
+	}
+	rc, err := checkReceipt(recs[0], g, a.id.NodeID, func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, g.Consumer, keyID) })
+	if err != nil {
+		return errors.Join(errors.New("receipt refused"), err)
+	}
+	diff := rc.Mismatch
+	if diff == nil {
+		diff = []int{}
+	}
+	raw, _ := json.Marshal(diff)
+	ch.Delete(sqltable.KeyReconcileWait)
+	ch.Put(sqltable.KeyReconcileDiff, raw)
+	if err := a.state.commitChanges(ctx, scope, &ch); err != nil {
+		return err
+	}
+	a.log.Info("reconcile: the consumer compared its copy", "grant", grant, "consumer", g.Consumer, "differing_buckets", len(diff))
+	return nil
+}
