@@ -16,8 +16,9 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/qianzhi/qianzhi/connectors"
-	_ "github.com/qianzhi/qianzhi/connectors/file"  // registers the file kind
-	_ "github.com/qianzhi/qianzhi/connectors/mysql" // registers the mysql kind
+	_ "github.com/qianzhi/qianzhi/connectors/file"   // registers the file kind
+	_ "github.com/qianzhi/qianzhi/connectors/mysql"  // registers the mysql kind
+	_ "github.com/qianzhi/qianzhi/connectors/sqlite" // registers the sqlite kind
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/config"
 	"github.com/qianzhi/qianzhi/transport"

@@ -17,10 +17,21 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo failed: %v\n%s", err, out)
 	}
 	s := string(out)
-	for _, want := range []string{"large.bin", "报表/2026/第一季度人口统计.csv", "nested/deeper/numbers.txt", "audit log intact"} {
+	for _, want := range []string{"large.bin", "报表/2026/第一季度人口统计.csv", "nested/deeper/numbers.txt", "audit log intact",
+		"consumer      10080", "reconciliation of demo.people requested"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, s)
 		}
+	}
+	// After the reconciliation both sides print the same rows and sum.
+	var last = map[string]string{}
+	for _, line := range strings.Split(s, "\n") {
+		if f := strings.Fields(line); len(f) == 3 && (f[0] == "provider" || f[0] == "consumer") {
+			last[f[0]] = f[1] + " " + f[2]
+		}
+	}
+	if last["provider"] != last["consumer"] || !strings.HasPrefix(last["consumer"], "10075 ") {
+		t.Errorf("the tables do not end equal at 10,075 rows: %v\n%s", last, s)
 	}
 	if strings.Contains(s, " NO ") {
 		t.Errorf("demo reports a hash mismatch:\n%s", s)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make demo: a hub and two agents on loopback, in a temp folder. The provider
-# publishes a folder, the operator grants it to the consumer, and the demo
-# waits until every file has arrived byte-identical.
+# publishes a folder and a table (in an embedded SQLite database), the
+# operator grants both to the consumer, and the demo waits until every file
+# has arrived byte-identical and the consumer's table equals the provider's,
+# through inserts, updates and deletes.
 # DEMO_KEEP=1 leaves everything running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +29,9 @@ HUB=127.0.0.1:$port
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 say "hub: $HUB, everything under $DEMO"
-mkdir -p "$DEMO"/{hub,provider,consumer,outbox,inbox}
+mkdir -p "$DEMO"/{hub,provider,consumer,outbox,inbox,db}
+go build -o "$DEMO/demodb" ./scripts/demodb
+DB="$DEMO/demodb"
 cat >"$DEMO/hub/central.yaml" <<YAML
 listen: $HUB
 state_dir: $DEMO/hub/state
@@ -45,12 +49,25 @@ resources:
     kind: file
     path: $DEMO/outbox
     settle: 500ms
+  - id: demo.people
+    kind: sqlite
+    dsn: $DEMO/db/provider.db
+    table: 人口
+    columns: [id, 身份证号, 姓名, 补贴, 备注, updated_at]
+    watermark: updated_at
+    lag: 1s
+    soft_delete: {column: deleted, value: "1"}
 YAML
 cat >>"$DEMO/consumer/agent.yaml" <<YAML
 subscriptions:
   - id: demo.reports
     kind: file
     path: $DEMO/inbox
+  - id: demo.people
+    kind: sqlite
+    dsn: $DEMO/db/consumer.db
+    table: 人口
+    create_table: true
 YAML
 
 say "sample files: a 100 MiB file, a nested folder, Chinese names"
@@ -60,6 +77,8 @@ printf '姓名,身份证号\n张三,110101199003078515\n' >"$DEMO/outbox/报表/
 seq 1 100000 >"$DEMO/outbox/nested/deeper/numbers.txt"
 echo "Qianzhi demo" >"$DEMO/outbox/readme.txt"
 touch -d '1 minute ago' "$DEMO"/outbox/large.bin "$DEMO"/outbox/readme.txt "$DEMO"/outbox/nested/deeper/numbers.txt "$DEMO"/outbox/报表/2026/*.csv
+say "sample table: 人口 with 10,000 rows in the provider's SQLite database"
+$DB init "$DEMO/db/provider.db"
 
 C="$BIN/qz-central --config $DEMO/hub/central.yaml"
 $C init >/dev/null
@@ -73,12 +92,14 @@ for n in provider consumer; do
 	"$BIN/qz-agent" run --config "$DEMO/$n/agent.yaml" >"$DEMO/$n/agent.log" 2>&1 & PIDS+=($!)
 done
 
-say "grant demo.reports to dept-consumer"
-for _ in $(seq 100); do
-	if g=$($C grant add --resource demo.reports --consumer dept-consumer 2>/dev/null); then break; fi
-	sleep 0.1
+for r in demo.reports demo.people; do
+	say "grant $r to dept-consumer"
+	for _ in $(seq 100); do
+		if g=$($C grant add --resource $r --consumer dept-consumer 2>/dev/null); then break; fi
+		sleep 0.1
+	done
+	echo "grant $g"
 done
-echo "grant $g"
 
 say "waiting for every file to arrive"
 start=$(date +%s)
@@ -103,8 +124,39 @@ while IFS= read -r f; do
 	b=$(sha256sum <"$DEMO/inbox/$f" | cut -c1-64)
 	printf '%12s  %-15s  %s\n' "$(stat -c %s "$DEMO/inbox/$f")" "$([[ $a == "$b" ]] && echo yes || echo NO)" "${f#./}"
 done <<<"$files"
+echo "arrived in $(($(date +%s) - start))s"
+
+# until CMD succeeds, for at most $1 seconds.
+until_ok() {
+	local limit=$1
+	shift
+	local t0=$(date +%s)
+	until "$@" >/dev/null 2>&1; do
+		if (($(date +%s) - t0 > limit)); then
+			echo "demo: gave up after ${limit}s: $*" >&2
+			"$@" >&2 || true
+			failed=1
+			exit 1
+		fi
+		sleep 0.3
+	done
+}
+A="$DEMO/db/provider.db"
+B="$DEMO/db/consumer.db"
+say "the table: snapshot"
+until_ok 30 $DB compare "$A" "$B"
+$DB compare "$A" "$B"
+say "the table: 100 inserts, 50 updates, 20 soft deletes, 5 hard deletes at the provider"
+$DB change "$A"
+# 10,000 + 100 inserted - 20 soft-deleted: the watermark carries these.
+until_ok 30 bash -c "$DB compare '$A' '$B' | grep -q '^consumer *10080 '"
+$DB compare "$A" "$B" || echo "(the 5 rows deleted outright are still at the consumer)"
+say "hard deletes leave no trace for the watermark: qz-agent reconcile resends what differs"
+"$BIN/qz-agent" reconcile demo.people --config "$DEMO/provider/agent.yaml"
+until_ok 30 $DB compare "$A" "$B"
+$DB compare "$A" "$B"
 echo
-echo "arrived in $(($(date +%s) - start))s; the hub's audit log:"
+echo "the hub's audit log:"
 $C audit verify
 
 if [[ "${DEMO_KEEP:-}" == 1 ]]; then
