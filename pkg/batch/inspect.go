@@ -3,6 +3,7 @@ package batch
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -33,10 +34,35 @@ func Inspect(w io.Writer, info *Info, verifyErr error) {
 		row("file size", "%d bytes", info.Size)
 		row("digest", "%s:%x", h.DigestAlg, info.Digest)
 		row("seal", "%s key %s", h.SealAlg, h.SealKeyID)
-		if h.Rows != 0 {
-			row("rows", "%d", h.Rows)
+		if sc := h.Schema; sc != nil {
+			row("rows", "%d (%s of %s, schema %s)", h.Rows, sc.Phase, sc.Table, sc.Fingerprint)
+			if sc.From != "" || sc.To != "" {
+				row("watermark", "from %s to %s", sc.From, sc.To)
+			}
+			if rc := sc.Reconcile; rc != nil {
+				row("reconcile", "%d buckets, %d carried whole", rc.Buckets, len(rc.Replace))
+			}
 		}
 		tw.Flush()
+		if sc := h.Schema; sc != nil {
+			fmt.Fprintf(ew, "columns: %d, key (%s)\n", len(sc.Columns), strings.Join(sc.Key, ", "))
+			for _, c := range sc.Columns {
+				t := c.Type
+				switch {
+				case c.Type == TypeDecimal:
+					t = fmt.Sprintf("%s(%d,%d)", t, c.Precision, c.Scale)
+				case c.Length > 0:
+					t = fmt.Sprintf("%s(%d)", t, c.Length)
+				case c.Precision > 0:
+					t = fmt.Sprintf("%s(%d)", t, c.Precision)
+				}
+				null := ""
+				if c.Nullable {
+					null = " null"
+				}
+				fmt.Fprintf(ew, "  %-16s%s  %s\n", t+null, "", c.Name)
+			}
+		}
 
 		if len(h.Files) > 0 {
 			fmt.Fprintf(ew, "files: %d entries\n", len(h.Files))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 )
 
@@ -62,5 +63,33 @@ func TestSchemaFingerprintChanges(t *testing.T) {
 	cols[1].Scale = 3
 	if SchemaFingerprint(cols, []string{"id"}) == a {
 		t.Fatal("a changed scale must change the fingerprint")
+	}
+}
+
+// TestRowBatchSealedAndInspected writes a sealed row batch, reads it back
+// through Verify, and prints it.
+func TestRowBatchSealedAndInspected(t *testing.T) {
+	key := newKey(t)
+	cols := []Column{{Name: "id", Type: TypeInt}, {Name: "金额", Type: TypeDecimal, Precision: 18, Scale: 4, Nullable: true}}
+	s := &Schema{Table: "people", Columns: cols, Key: []string{"id"}, Fingerprint: SchemaFingerprint(cols, []string{"id"}), Phase: "incremental", From: "2026-01-01 00:00:00", To: "2026-01-02 00:00:00"}
+	var w RowWriter
+	w.Upsert([][]byte{[]byte("1"), []byte("12.3400")})
+	w.Delete([][]byte{[]byte("2")})
+	h := testHeader(nil, w.Bytes(), CompressionZstd)
+	h.Kind, h.Files, h.Schema, h.Rows = KindRows, nil, s, w.Rows()
+	b := writeBatch(t, h, w.Bytes(), key)
+	info, err := Verify(bytes.NewReader(b), int64(len(b)), lookupFor(key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Header.Schema.Fingerprint != s.Fingerprint || info.Header.Rows != 2 {
+		t.Fatalf("header read back: %+v", info.Header.Schema)
+	}
+	var out strings.Builder
+	Inspect(&out, info, nil)
+	for _, want := range []string{"kind rows", "2 (incremental of people", "from 2026-01-01 00:00:00", "decimal(18,4) null", "金额", "key (id)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("inspect lacks %q:\n%s", want, out.String())
+		}
 	}
 }
