@@ -21,7 +21,7 @@ func TestExampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example config: %v", err)
 	}
-	if len(c.Resources) != 1 || c.Resources[0].Source == nil || len(c.Subscriptions) != 1 || c.Subscriptions[0].Sink == nil {
+	if len(c.Resources) != 2 || c.Resources[1].Source == nil || len(c.Subscriptions) != 2 || c.Subscriptions[1].Sink == nil {
 		t.Errorf("example decoded to %+v", c)
 	}
 	def := DefaultConfig()

@@ -313,7 +313,7 @@ func TestTableSchemaChange(t *testing.T) {
 		return logHas(cons.logPath(), "dept-a.people") && logHas(cons.logPath(), "column 户籍")
 	})
 	st := cons.status()
-	if len(st.Stopped) == 0 || !strings.Contains(fmt.Sprint(st.Stopped), "户籍") {
+	if len(st.Stopped) == 0 || !strings.Contains(fmt.Sprint(st.Stopped), "ADD `户籍` VARCHAR(20), which") {
 		t.Fatalf("status shows no stopped line naming the column: %+v", st.Stopped)
 	}
 	if n := count(dst, "WHERE name = '新名字'"); n != 0 {

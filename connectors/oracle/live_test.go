@@ -84,8 +84,9 @@ const everyOracleType = `CREATE TABLE "%s" (
 )`
 
 // The watermark holds the server's wall clock, as SYSDATE would: the
-// clock Now reads. (Assigned as it is, SYSTIMESTAMP would be converted to
-// the session's zone, which is UTC in this connector's sessions.)
+// clock Now reads. (SYSTIMESTAMP assigned to a TIMESTAMP without the CAST
+// may go through the session's zone, which is UTC in this connector's
+// sessions.)
 
 // insertEdges fills a table of everyOracleType with edge values.
 func insertEdges(t *testing.T, db *sql.DB, table string) {
@@ -305,7 +306,7 @@ func TestLiveRoundTrip(t *testing.T) {
 	}
 }
 
-// TestLiveEmptyStringNotNull shows what becomes of '' bound into a NOT
+// TestLiveEmptyStringNotNull shows what becomes of ” bound into a NOT
 // NULL character column: Oracle stores it as NULL and refuses the row,
 // naming the column.
 func TestLiveEmptyStringNotNull(t *testing.T) {

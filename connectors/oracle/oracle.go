@@ -41,7 +41,9 @@
 // VARCHAR2 key usable (an NVARCHAR2 bind would convert the column); go-ora
 // converts between UTF-8 and the database character set, ZHS16GBK or
 // AL32UTF8 alike, so text the database character set can hold arrives
-// intact.
+// intact, and other characters do not (use an AL32UTF8 database for
+// text that ZHS16GBK cannot hold). Reading needs nothing: go-ora decodes
+// each column by its own character set, NVARCHAR2 and NCLOB included.
 //
 // # Empty strings
 //
@@ -901,10 +903,13 @@ func emptyIsNull(t string) bool {
 // nativeType is the Oracle type holding a logical one.
 //
 // Text goes into NVARCHAR2 and NCLOB: their length counts characters, and
-// they hold any character whatever the database character set is (a
-// ZHS16GBK or WE8 database's VARCHAR2 cannot hold every Chinese
-// character). NVARCHAR2 holds 2000 characters at most, beyond which text
-// becomes NCLOB — except in a key, which cannot be a LOB.
+// they store any character whatever the database character set is (a
+// WE8 database's VARCHAR2 holds no Chinese at all, a ZHS16GBK one not every
+// character). On a non-Unicode database a string of up to 4000 bytes is
+// still bound in the database character set (see the package comment), so
+// characters outside it do not survive the trip; an AL32UTF8 database
+// keeps everything. NVARCHAR2 holds 2000 characters at most, beyond which
+// text becomes NCLOB — except in a key, which cannot be a LOB.
 //
 // A datetime without fraction becomes DATE, so an Oracle DATE arrives as
 // a DATE again. A timestamp (an instant) becomes TIMESTAMP WITH LOCAL

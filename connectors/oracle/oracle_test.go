@@ -1,12 +1,14 @@
 package oracle
 
 import (
+	"context"
 	"database/sql"
 	"database/sql/driver"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"regexp"
 	"strings"
 	"testing"
@@ -66,6 +68,25 @@ func TestNormalizeDSN(t *testing.T) {
 				t.Fatalf("got %q, %v; want %q", got, err, c.want)
 			}
 		})
+	}
+}
+
+func TestOpenUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	db, err := d.Open(ctx, "oracle://scott:secret@"+addr+"/ORCL")
+	if err == nil {
+		db.Close()
+		t.Fatal("connected to nothing")
+	}
+	if strings.Contains(err.Error(), "secret") {
+		t.Fatalf("the error repeats the password: %v", err)
 	}
 }
 
@@ -353,11 +374,11 @@ func TestSourceSQL(t *testing.T) {
 }
 
 func TestDescribeSQL(t *testing.T) {
-	cols, cons, idx, args := describeSQL("PEOPLE")
+	cols, _, _, args := describeSQL("PEOPLE")
 	if !strings.Contains(cols, "OWNER = SYS_CONTEXT('USERENV', 'CURRENT_SCHEMA') AND TABLE_NAME = :1") || len(args) != 1 || args[0] != "PEOPLE" {
 		t.Fatalf("current schema: %s %v", cols, args)
 	}
-	cols, cons, idx, args = describeSQL("HR.PEOPLE")
+	cols, cons, idx, args := describeSQL("HR.PEOPLE")
 	if len(args) != 2 || args[0] != "HR" || args[1] != "PEOPLE" {
 		t.Fatalf("args %v", args)
 	}

@@ -190,10 +190,21 @@ func columnHint(ddl, quoted string) string {
 		return ""
 	}
 	def := ddl[i:]
-	if j := strings.IndexAny(def, ",\n"); j >= 0 {
-		def = def[:j]
+	depth := 0
+	for j, r := range def {
+		switch {
+		case r == '(':
+			depth++
+		case r == ')' && depth == 0, (r == ',' || r == '\n') && depth == 0:
+			def = def[:j]
+		case r == ')':
+			depth--
+		}
+		if len(def) == j {
+			break
+		}
 	}
-	def = strings.TrimSuffix(strings.TrimSpace(strings.TrimSuffix(def, " NOT NULL")), ")")
+	def = strings.TrimSuffix(strings.TrimSpace(def), " NOT NULL")
 	return ", e.g. ADD " + def
 }
 
