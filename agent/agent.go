@@ -33,9 +33,8 @@ type Agent struct {
 	log   *slog.Logger
 	lock  *os.File
 
-	sources map[string]connectors.Source // by resource ID
-
 	mu         sync.Mutex
+	sources    map[string]connectors.Source // by resource ID, once open
 	grants     []api.GrantInfo
 	grantsGen  chan struct{}              // closed and replaced when grants change
 	sinks      map[string]connectors.Sink // by resource ID
@@ -84,19 +83,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if gs, err := st.loadGrants(); err == nil {
 		a.grants = gs
 	}
-	for _, r := range cfg.Resources {
-		src, err := r.Source.OpenSource(a.log.With("resource", r.ID))
-		if err != nil {
-			a.Close()
-			return nil, fmt.Errorf("resource %s: %w", r.ID, err)
-		}
-		a.sources[r.ID] = src
-	}
 	return a, nil
 }
 
-// Close releases everything New opened.
+// Close releases everything New and Serve opened.
 func (a *Agent) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	for _, s := range a.sources {
 		s.Close()
 	}
@@ -129,7 +122,7 @@ func (a *Agent) NodeID() string { return a.id.NodeID }
 
 // Serve runs the agent until ctx ends.
 func (a *Agent) Serve(ctx context.Context) error {
-	a.log.Info("agent starting", "hub", a.cfg.Hub, "transport", a.cfg.Transport, "resources", len(a.sources))
+	a.log.Info("agent starting", "hub", a.cfg.Hub, "transport", a.cfg.Transport, "resources", len(a.cfg.Resources))
 	var wg sync.WaitGroup
 	run := func(name string, fn func(context.Context)) {
 		wg.Add(1)
@@ -141,8 +134,12 @@ func (a *Agent) Serve(ctx context.Context) error {
 	}
 	run("watch", func(ctx context.Context) { a.hub.Watch(ctx, 5*time.Second) })
 	run("grants", a.grantLoop)
-	for id, src := range a.sources {
-		run("producer", func(ctx context.Context) { a.produceLoop(ctx, id, src) })
+	for _, r := range a.cfg.Resources {
+		run("producer", func(ctx context.Context) {
+			if src := a.openSource(ctx, r); src != nil {
+				a.produceLoop(ctx, r.ID, src)
+			}
+		})
 	}
 	run("upload", a.uploadLoop)
 	run("consume", a.consumeLoop)
@@ -151,6 +148,44 @@ func (a *Agent) Serve(ctx context.Context) error {
 	wg.Wait()
 	a.log.Info("agent stopped")
 	return nil
+}
+
+// openSource opens a resource, trying again every 6 polls (30 s by
+// default) while it fails (a
+// database not up yet, a table not created yet): one resource that cannot
+// be read holds back neither the others nor what this node receives. The
+// failure shows in qz-agent status; qz-agent config check reports it at
+// once.
+func (a *Agent) openSource(ctx context.Context, r Entry) connectors.Source {
+	log := a.log.With("resource", r.ID)
+	for attempt := 0; ; attempt++ {
+		src, err := r.Source.OpenSource(log)
+		if err == nil {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if ctx.Err() != nil {
+				src.Close()
+				return nil
+			}
+			a.sources[r.ID] = src
+			if attempt > 0 {
+				a.state.clearStopped(r.ID, "resource")
+				log.Info("resource opened; extraction starts")
+			}
+			return src
+		}
+		if attempt == 0 {
+			a.state.setStopped(r.ID, "resource", err.Error())
+		}
+		if attempt%10 == 0 {
+			log.Error("resource cannot be opened; trying again", "every", 6*a.cfg.Poll, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(6 * a.cfg.Poll):
+		}
+	}
 }
 
 // backoff sleeps for an increasing delay, returning false if ctx ended.

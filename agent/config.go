@@ -18,6 +18,7 @@ import (
 	"github.com/qianzhi/qianzhi/connectors"
 	_ "github.com/qianzhi/qianzhi/connectors/file"   // registers the file kind
 	_ "github.com/qianzhi/qianzhi/connectors/mysql"  // registers the mysql kind
+	_ "github.com/qianzhi/qianzhi/connectors/oracle" // registers the oracle kind
 	_ "github.com/qianzhi/qianzhi/connectors/sqlite" // registers the sqlite kind
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/config"

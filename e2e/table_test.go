@@ -394,3 +394,31 @@ func TestTableBadInput(t *testing.T) {
 		}
 	})
 }
+
+// TestTableAppearsLater starts the provider before its table exists: the
+// agent keeps running, shows the resource as stopped, and starts sending
+// once the table is there.
+func TestTableAppearsLater(t *testing.T) {
+	srv := mariadbtest.Get(t)
+	a, b := srv.NewDatabase(t), srv.NewDatabase(t)
+	src, dst := srv.Open(t, a), srv.Open(t, b)
+	h := newHub(t, hubOpts{})
+	h.start()
+	prov := newNode(t, h, "dept-a", nodeOpts{resources: mysqlResource("dept-a.people", srv.DSN(a), "")})
+	cons := newNode(t, h, "dept-b", nodeOpts{subs: mysqlSub("dept-a.people", srv.DSN(b))})
+	prov.start()
+	cons.start()
+	waitFor(t, 15*time.Second, "the resource to show as stopped", func() bool {
+		st := prov.status()
+		return len(st.Stopped) == 1 && st.Stopped[0].Side == "resource" && strings.Contains(st.Stopped[0].Reason, "table people does not exist")
+	})
+	if _, err := src.Exec(peopleDDL); err != nil {
+		t.Fatal(err)
+	}
+	fillPeople(t, src, 1, 500)
+	h.grant("dept-a.people", "dept-b")
+	waitTablesEqual(t, src, dst, 30*time.Second)
+	if st := prov.status(); len(st.Stopped) != 0 {
+		t.Fatalf("still shown as stopped: %+v", st.Stopped)
+	}
+}

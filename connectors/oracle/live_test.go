@@ -306,9 +306,9 @@ func TestLiveRoundTrip(t *testing.T) {
 	}
 }
 
-// TestLiveEmptyStringNotNull shows what becomes of ” bound into a NOT
-// NULL character column: Oracle stores it as NULL and refuses the row,
-// naming the column.
+// TestLiveEmptyStringNotNull shows what becomes of an empty string bound
+// into a NOT NULL character column: Oracle stores it as NULL and refuses
+// the row, naming the column.
 func TestLiveEmptyStringNotNull(t *testing.T) {
 	db := liveDB(t)
 	tbl := tableName(t, db, "QZ_EMPTY")

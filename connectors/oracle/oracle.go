@@ -47,10 +47,10 @@
 //
 // # Empty strings
 //
-// Oracle stores ” as NULL in VARCHAR2, NVARCHAR2, CHAR, CLOB and RAW
-// columns, so an empty string from MySQL arrives in Oracle as NULL. Tables
-// created here therefore never declare character or binary columns NOT
-// NULL. A NOT NULL column of an existing target rejects such a row with
+// Oracle stores the empty string as NULL in VARCHAR2, NVARCHAR2, CHAR,
+// CLOB and RAW columns, so an empty string from MySQL arrives in Oracle as
+// NULL. Tables created here therefore never declare character or binary
+// columns NOT NULL. A NOT NULL column of an existing target rejects such a row with
 // ORA-01400, which names the column ("OWNER"."TABLE"."COLUMN"), and the
 // batch fails with that message until the column allows NULL.
 //
@@ -869,8 +869,8 @@ func (Dialect) Snapshot(ctx context.Context, db *sql.DB, token string) (sqltable
 }
 
 // CreateTable implements sqltable.Dialect. Character and binary columns
-// are never NOT NULL, because Oracle stores ” as NULL (see the package
-// comment).
+// are never NOT NULL, because Oracle stores the empty string as NULL (see
+// the package comment).
 func (d Dialect) CreateTable(table string, s *batch.Schema) (string, error) {
 	var defs []string
 	for _, c := range s.Columns {
