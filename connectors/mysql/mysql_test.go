@@ -338,7 +338,7 @@ func TestReconcile(t *testing.T) {
 	p.drain(t, 1<<20)
 	equalTables(t, p.from, p.to, "people")
 	exec(t, p.from, `DELETE FROM people WHERE id IN (5, 500, 5000)`)
-	exec(t, p.to, `UPDATE people SET amount = 7.77 WHERE id = 77`, `UPDATE people SET note = NULL WHERE id = 78`,
+	exec(t, p.to, `UPDATE people SET amount = 7.77 WHERE id = 77`, `UPDATE people SET note = '改过' WHERE id = 78`,
 		`INSERT INTO people (id, name, updated_at) VALUES (99999, '多余的', '2000-01-01')`)
 	p.st.KV[sqltable.KeyReconcileRequest] = []byte("now")
 	batches, rows := p.drainRows(t, 1<<20)

@@ -93,8 +93,12 @@ const Kind = "oracle"
 func init() { sqltable.Register(Dialect{}) }
 
 // ErrSnapshotTooOld is wrapped by reads of a snapshot whose SCN Oracle can
-// no longer reconstruct from undo.
-var ErrSnapshotTooOld = errors.New("snapshot too old")
+// no longer reconstruct from undo; the source then starts a new snapshot.
+var ErrSnapshotTooOld = sqltable.ErrSnapshotTooOld
+
+// Classify implements sqltable's error hook: errors met while fetching
+// rows, not only when starting a query, name a snapshot that is too old.
+func (Dialect) Classify(err error) error { return tooOld(err) }
 
 // Dialect is Oracle's SQL.
 type Dialect struct{}

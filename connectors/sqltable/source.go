@@ -375,6 +375,7 @@ func (s *source) snapshot(ctx context.Context, st connectors.State, sh *shape, o
 	}
 	sh.schema.Phase = "snapshot"
 	var w batch.RowWriter
+	renewed := false
 	for {
 		p := params{d: s.d}
 		where := ""
@@ -385,6 +386,20 @@ func (s *source) snapshot(ctx context.Context, st connectors.State, sh *shape, o
 		}
 		q := s.d.Limit("SELECT "+s.selectList(sh)+" FROM "+sn.From(sh.from)+where+" ORDER BY "+s.keyList(sh), s.cfg.PageRows)
 		n, lastKey, _, err := s.read(ctx, sn.Q(), q, args, sh, &w, out.Limit, false)
+		if errors.Is(err, ErrSnapshotTooOld) && !renewed {
+			// Go on from the checkpoint in a new view. Rows already sent
+			// stay as they were read; changes since the old view are read
+			// again incrementally (inc_from lies before both views).
+			s.log.Warn("snapshot too old; going on from the checkpoint in a new snapshot", "grant", scope, "err", err)
+			s.drop(scope)
+			if sn, err = s.d.Snapshot(ctx, s.db, ""); err != nil {
+				return fmt.Errorf("resource %s: begin snapshot: %w", s.cfg.ID, err)
+			}
+			s.keep(scope, sn)
+			out.Changes.Put(keySnapTok, []byte(sn.Token()))
+			renewed = true
+			continue // from last: rows of the failed page read again are upserted twice, harmlessly
+		}
 		if err != nil {
 			s.drop(scope)
 			return fmt.Errorf("resource %s: snapshot read: %w", s.cfg.ID, err)
@@ -534,7 +549,7 @@ func (s *source) selectList(sh *shape) string {
 func (s *source) read(ctx context.Context, q Querier, query string, args []any, sh *shape, w *batch.RowWriter, limit int64, withMark bool) (int, []string, string, error) {
 	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
-		return 0, nil, "", fmt.Errorf("%w [%s]", err, query)
+		return 0, nil, "", fmt.Errorf("%w [%s]", s.classify(err), query)
 	}
 	defer rows.Close()
 	nsch := len(sh.schema.Columns)
@@ -579,7 +594,14 @@ func (s *source) read(ctx context.Context, q Querier, query string, args []any, 
 			break
 		}
 	}
-	return n, lastKey, lastMark, rows.Err()
+	return n, lastKey, lastMark, s.classify(rows.Err())
+}
+
+func (s *source) classify(err error) error {
+	if c, ok := s.d.(Classifier); ok && err != nil {
+		return c.Classify(err)
+	}
+	return err
 }
 
 func (s *source) fill(out *connectors.Output, sh *shape, w *batch.RowWriter) {

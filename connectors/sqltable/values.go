@@ -14,6 +14,17 @@ import (
 // ErrNoTable is wrapped by Describe when the table does not exist.
 var ErrNoTable = errors.New("table not found")
 
+// ErrSnapshotTooOld is wrapped by a dialect's reads when a snapshot can no
+// longer be read (Oracle: the undo for its SCN is gone); the source then
+// goes on from its checkpoint in a new snapshot.
+var ErrSnapshotTooOld = errors.New("snapshot too old")
+
+// Classifier is implemented by dialects that recognise some of their
+// engine's errors (e.g. as ErrSnapshotTooOld) wherever they are met.
+type Classifier interface {
+	Classify(err error) error
+}
+
 // ToText turns a scanned value into the canonical text of column c (nil
 // for NULL). Drivers hand back []byte, string, int64, float64 or time.Time
 // depending on engine and protocol; all become the one form the batch

@@ -191,7 +191,9 @@ const MaxBuckets = 1 << 16
 
 // Normalize returns the form of a canonical value that two engines agree
 // on even when their types differ in scale: decimals and fractions of
-// seconds without trailing zeros ("12.50" and "12.500" are one number).
+// seconds without trailing zeros ("12.50" and "12.500" are one number), and
+// a date-time at midnight as its date (an Oracle DATE holds what a MySQL
+// DATE held).
 func Normalize(c *Column, v []byte) []byte {
 	switch c.Type {
 	case TypeDecimal:
@@ -206,6 +208,9 @@ func Normalize(c *Column, v []byte) []byte {
 		if i := bytes.IndexByte(v, '.'); i >= 0 {
 			v = bytes.TrimRight(v, "0")
 			v = bytes.TrimSuffix(v, []byte("."))
+		}
+		if c.Type != TypeTime {
+			v = bytes.TrimSuffix(v, []byte(" 00:00:00"))
 		}
 	case TypeTimestampTZ:
 		if i := bytes.IndexByte(v, '.'); i >= 0 {
@@ -230,11 +235,17 @@ func KeyBucket(key [][]byte, keyCols []Column, buckets int) int {
 }
 
 // RowSum is a row's contribution to its bucket's sum: a hash of every
-// value, normalised, NULL told apart from empty.
+// value, normalised. An empty string or byte string counts as NULL here,
+// because Oracle stores one as the other: a reconciliation between MySQL
+// and Oracle would otherwise never agree.
 func RowSum(vals [][]byte, cols []Column) uint64 {
 	h := sha256.New()
 	for i, v := range vals {
-		writeValue(h, Normalize(&cols[i], v))
+		n := Normalize(&cols[i], v)
+		if len(n) == 0 {
+			n = nil
+		}
+		writeValue(h, n)
 	}
 	var sum [32]byte
 	return binary.BigEndian.Uint64(h.Sum(sum[:0])[:8])

@@ -93,3 +93,39 @@ func TestRowBatchSealedAndInspected(t *testing.T) {
 		}
 	}
 }
+
+// TestNormalizeAcrossEngines: values two engines spell differently sum
+// alike; values that differ do not.
+func TestNormalizeAcrossEngines(t *testing.T) {
+	dec := []Column{{Name: "a", Type: TypeDecimal}}
+	dt := []Column{{Name: "a", Type: TypeDatetime}}
+	date := []Column{{Name: "a", Type: TypeDate}}
+	str := []Column{{Name: "a", Type: TypeString}}
+	tz := []Column{{Name: "a", Type: TypeTimestampTZ}}
+	sum := func(cols []Column, v string) uint64 { return RowSum([][]byte{[]byte(v)}, cols) }
+	same := [][2]uint64{
+		{sum(dec, "12.5"), sum(dec, "12.500000000000000000000000000000")},
+		{sum(dec, "-0.000"), sum(dec, "0")},
+		{sum(dt, "2026-01-02 03:04:05.120"), sum(dt, "2026-01-02 03:04:05.12")},
+		{sum(dt, "2024-01-02 00:00:00"), sum(date, "2024-01-02")},
+		{sum(tz, "2026-01-02 03:04:05.500 +08:00"), sum(tz, "2026-01-02 03:04:05.5 +08:00")},
+		{RowSum([][]byte{{}}, str), RowSum([][]byte{nil}, str)},
+	}
+	for i, p := range same {
+		if p[0] != p[1] {
+			t.Errorf("pair %d should sum alike", i)
+		}
+	}
+	differ := [][2]uint64{
+		{sum(dec, "12.5"), sum(dec, "125")},
+		{sum(dt, "2026-01-02 03:04:05.1"), sum(dt, "2026-01-02 03:04:05.01")},
+		{sum(dt, "2024-01-02 00:00:01"), sum(date, "2024-01-02")},
+		{sum(tz, "2026-01-02 03:04:05 +08:00"), sum(tz, "2026-01-02 03:04:05 +09:00")},
+		{sum(str, "a"), sum(str, "A")},
+	}
+	for i, p := range differ {
+		if p[0] == p[1] {
+			t.Errorf("pair %d should differ", i)
+		}
+	}
+}
