@@ -96,6 +96,10 @@ func init() { sqltable.Register(Dialect{}) }
 // no longer reconstruct from undo; the source then starts a new snapshot.
 var ErrSnapshotTooOld = sqltable.ErrSnapshotTooOld
 
+// AppliedTable is the default applied table: upper case, so that
+// SELECT * FROM qz_applied finds it.
+func (Dialect) AppliedTable() string { return "QZ_APPLIED" }
+
 // Classify implements sqltable's error hook: errors met while fetching
 // rows, not only when starting a query, name a snapshot that is too old.
 func (Dialect) Classify(err error) error { return tooOld(err) }

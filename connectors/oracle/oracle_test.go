@@ -705,3 +705,13 @@ func TestBinaryFloatReadWidened(t *testing.T) {
 		}
 	}
 }
+
+func TestAppliedTableDefault(t *testing.T) {
+	k, err := connectors.Lookup(Kind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := k.SinkConf().(*sqltable.SinkConfig); c.AppliedTable != "QZ_APPLIED" {
+		t.Fatalf("applied table %q, want QZ_APPLIED", c.AppliedTable)
+	}
+}

@@ -20,12 +20,18 @@ const (
 	StrategyIncremental = "incremental"
 )
 
-// Register makes a dialect available as a connector kind.
+// Register makes a dialect available as a connector kind. A dialect with
+// a method AppliedTable() string names its default applied table (Oracle:
+// QZ_APPLIED, as unquoted names are upper case there).
 func Register(d Dialect) {
+	applied := "qz_applied"
+	if a, ok := d.(interface{ AppliedTable() string }); ok {
+		applied = a.AppliedTable()
+	}
 	connectors.Register(connectors.Kind{
 		Name:       d.Name(),
 		SourceConf: func() connectors.SourceConfig { return NewSourceConfig(d) },
-		SinkConf:   func() connectors.SinkConfig { return &SinkConfig{dialect: d, AppliedTable: "qz_applied"} },
+		SinkConf:   func() connectors.SinkConfig { return &SinkConfig{dialect: d, AppliedTable: applied} },
 	})
 }
 
