@@ -270,7 +270,7 @@ func (a *Agent) sink(resource, kind string) (connectors.Sink, error) {
 		s, err = file.NewSink(filepath.Join(a.cfg.StateDir, "received", resource), a.log.With("resource", resource))
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("subscription %s: %w", resource, err)
 	}
 	a.sinks[resource] = s
 	return s, nil
