@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -369,24 +370,13 @@ func (Dialect) Snapshot(ctx context.Context, db *sql.DB, _ string) (sqltable.Sna
 // byte-wise (utf8mb4_bin), as Oracle and most sources do, so keys that
 // differ only in case stay distinct.
 func (d Dialect) CreateTable(table string, s *batch.Schema) (string, error) {
-	var defs []string
-	for _, c := range s.Columns {
+	return sqltable.CreateTableSQL(d, table, s, func(c batch.Column, _ bool) (string, error) {
 		t, err := nativeType(c)
-		if err != nil {
-			return "", err
+		if err == nil && !c.Nullable {
+			t += " NOT NULL"
 		}
-		def := d.Quote(c.Name) + " " + t
-		if !c.Nullable {
-			def += " NOT NULL"
-		}
-		defs = append(defs, def)
-	}
-	var key []string
-	for _, k := range s.Key {
-		key = append(key, d.Quote(k))
-	}
-	defs = append(defs, "PRIMARY KEY ("+strings.Join(key, ", ")+")")
-	return "CREATE TABLE " + d.Quote(table) + " (\n  " + strings.Join(defs, ",\n  ") + "\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin", nil
+		return t, err
+	}, " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin")
 }
 
 func nativeType(c batch.Column) (string, error) {
@@ -466,7 +456,7 @@ func (d Dialect) Upsert(table string, cols []batch.Column, key []string, rows in
 	b.WriteString(" ON DUPLICATE KEY UPDATE ")
 	n := 0
 	for _, c := range cols {
-		if isKey(c.Name, key) {
+		if slices.Contains(key, c.Name) {
 			continue
 		}
 		if n > 0 {
@@ -481,15 +471,6 @@ func (d Dialect) Upsert(table string, cols []batch.Column, key []string, rows in
 		b.WriteString(q + " = " + q)
 	}
 	return b.String()
-}
-
-func isKey(name string, key []string) bool {
-	for _, k := range key {
-		if k == name {
-			return true
-		}
-	}
-	return false
 }
 
 // BeginApply implements sqltable.Dialect.

@@ -76,6 +76,7 @@ import (
 	"hash/fnv"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -880,24 +881,13 @@ func (Dialect) Snapshot(ctx context.Context, db *sql.DB, token string) (sqltable
 // are never NOT NULL, because Oracle stores the empty string as NULL (see
 // the package comment).
 func (d Dialect) CreateTable(table string, s *batch.Schema) (string, error) {
-	var defs []string
-	for _, c := range s.Columns {
-		t, err := nativeType(c, isKey(c.Name, s.Key))
-		if err != nil {
-			return "", err
+	return sqltable.CreateTableSQL(d, table, s, func(c batch.Column, key bool) (string, error) {
+		t, err := nativeType(c, key)
+		if err == nil && !c.Nullable && !emptyIsNull(c.Type) {
+			t += " NOT NULL"
 		}
-		def := d.Quote(c.Name) + " " + t
-		if !c.Nullable && !emptyIsNull(c.Type) {
-			def += " NOT NULL"
-		}
-		defs = append(defs, def)
-	}
-	var key []string
-	for _, k := range s.Key {
-		key = append(key, d.Quote(k))
-	}
-	defs = append(defs, "PRIMARY KEY ("+strings.Join(key, ", ")+")")
-	return "CREATE TABLE " + d.Quote(table) + " (\n  " + strings.Join(defs, ",\n  ") + "\n)", nil
+		return t, err
+	}, "")
 }
 
 func emptyIsNull(t string) bool {
@@ -1023,7 +1013,7 @@ func (d Dialect) Upsert(table string, cols []batch.Column, key []string, rows in
 	b.WriteString(")")
 	var set []string
 	for _, c := range cols {
-		if !isKey(c.Name, key) {
+		if !slices.Contains(key, c.Name) {
 			q := d.Quote(c.Name)
 			set = append(set, "t."+q+" = s."+q)
 		}
@@ -1039,15 +1029,6 @@ func (d Dialect) Upsert(table string, cols []batch.Column, key []string, rows in
 	}
 	b.WriteString(" WHEN NOT MATCHED THEN INSERT (" + strings.Join(names, ", ") + ") VALUES (" + strings.Join(vals, ", ") + ")")
 	return b.String()
-}
-
-func isKey(name string, key []string) bool {
-	for _, k := range key {
-		if k == name {
-			return true
-		}
-	}
-	return false
 }
 
 // BeginApply implements sqltable.Dialect.

@@ -568,24 +568,13 @@ func (Dialect) Snapshot(ctx context.Context, db *sql.DB, _ string) (sqltable.Sna
 //	             NUMERIC affinity, which leaves their text, never a
 //	             number, as it is
 func (d Dialect) CreateTable(table string, s *batch.Schema) (string, error) {
-	var defs []string
-	for _, c := range s.Columns {
+	return sqltable.CreateTableSQL(d, table, s, func(c batch.Column, _ bool) (string, error) {
 		t, err := nativeType(c)
-		if err != nil {
-			return "", err
+		if err == nil && !c.Nullable {
+			t += " NOT NULL"
 		}
-		def := d.Quote(c.Name) + " " + t
-		if !c.Nullable {
-			def += " NOT NULL"
-		}
-		defs = append(defs, def)
-	}
-	var key []string
-	for _, k := range s.Key {
-		key = append(key, d.Quote(k))
-	}
-	defs = append(defs, "PRIMARY KEY ("+strings.Join(key, ", ")+")")
-	return "CREATE TABLE " + d.Quote(table) + " (\n  " + strings.Join(defs, ",\n  ") + "\n)", nil
+		return t, err
+	}, "")
 }
 
 func nativeType(c batch.Column) (string, error) {

@@ -11,6 +11,8 @@ package sqltable
 import (
 	"context"
 	"database/sql"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/qianzhi/qianzhi/pkg/batch"
@@ -94,4 +96,27 @@ type Dialect interface {
 	Upsert(table string, cols []batch.Column, key []string, rows int) string
 	// BeginApply starts the transaction a batch is applied in.
 	BeginApply(ctx context.Context, db *sql.DB) (*sql.Tx, error)
+}
+
+// ColumnType is a dialect's definition of one column in CREATE TABLE: its
+// type and, where wanted, " NOT NULL".
+type ColumnType func(c batch.Column, key bool) (string, error)
+
+// CreateTableSQL builds CREATE TABLE for a schema from a dialect's column
+// types, with the key as primary key and suffix (table options) at the end.
+func CreateTableSQL(d Dialect, table string, s *batch.Schema, colType ColumnType, suffix string) (string, error) {
+	var defs []string
+	for _, c := range s.Columns {
+		t, err := colType(c, slices.Contains(s.Key, c.Name))
+		if err != nil {
+			return "", err
+		}
+		defs = append(defs, d.Quote(c.Name)+" "+t)
+	}
+	var key []string
+	for _, k := range s.Key {
+		key = append(key, d.Quote(k))
+	}
+	defs = append(defs, "PRIMARY KEY ("+strings.Join(key, ", ")+")")
+	return "CREATE TABLE " + d.Quote(table) + " (\n  " + strings.Join(defs, ",\n  ") + "\n)" + suffix, nil
 }
