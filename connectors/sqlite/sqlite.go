@@ -44,6 +44,9 @@ func init() { sqltable.Register(Dialect{}) }
 // Dialect is SQLite's SQL.
 type Dialect struct{}
 
+// DSNHint says what to check when the database cannot be opened.
+func (Dialect) DSNHint() string { return "the absolute path of the database file" }
+
 // Name implements sqltable.Dialect.
 func (Dialect) Name() string { return Kind }
 

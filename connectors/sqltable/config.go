@@ -1,6 +1,8 @@
 package sqltable
 
 import (
+	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -54,16 +56,28 @@ func (c *Conn) validate() []error {
 	return nil
 }
 
-// dsn returns the connection string.
-func (c *Conn) dsn() (string, error) {
-	if c.DSNFile == "" {
-		return c.DSN, nil
+// open connects to the database. A dialect with a method DSNHint() string
+// says what to check when that fails.
+func (c *Conn) open(d Dialect) (*sql.DB, error) {
+	dsn := c.DSN
+	if c.DSNFile != "" {
+		b, err := os.ReadFile(c.DSNFile)
+		if err != nil {
+			return nil, fmt.Errorf("dsn_file: %w", err)
+		}
+		dsn = strings.TrimSpace(string(b))
 	}
-	b, err := os.ReadFile(c.DSNFile)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := d.Open(ctx, dsn)
 	if err != nil {
-		return "", fmt.Errorf("dsn_file: %w", err)
+		hint := "host, port, user, password and database"
+		if h, ok := d.(interface{ DSNHint() string }); ok {
+			hint = h.DSNHint()
+		}
+		return nil, fmt.Errorf("connect to %s: %w (check dsn: %s)", d.Name(), err, hint)
 	}
-	return strings.TrimSpace(string(b)), nil
+	return db, nil
 }
 
 // SoftDelete names a column that marks rows as deleted.

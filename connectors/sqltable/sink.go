@@ -43,15 +43,9 @@ var appliedSchema = func() *batch.Schema {
 }()
 
 func openSink(cfg *SinkConfig, log *slog.Logger) (*sink, error) {
-	dsn, err := cfg.dsn()
+	db, err := cfg.open(cfg.dialect)
 	if err != nil {
 		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	db, err := cfg.dialect.Open(ctx, dsn)
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w (check dsn: host, port, user, password and database)", cfg.dialect.Name(), err)
 	}
 	return &sink{cfg: cfg, d: cfg.dialect, db: db, log: log}, nil
 }

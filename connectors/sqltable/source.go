@@ -46,17 +46,13 @@ type source struct {
 }
 
 func openSource(cfg *SourceConfig, log *slog.Logger) (*source, error) {
-	dsn, err := cfg.dsn()
+	db, err := cfg.open(cfg.dialect)
 	if err != nil {
 		return nil, err
 	}
+	s := &source{cfg: cfg, d: cfg.dialect, db: db, log: log, changed: make(chan struct{}, 1), stop: make(chan struct{}), snaps: map[string]Snapshot{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	db, err := cfg.dialect.Open(ctx, dsn)
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w (check dsn: host, port, user, password and database)", cfg.dialect.Name(), err)
-	}
-	s := &source{cfg: cfg, d: cfg.dialect, db: db, log: log, changed: make(chan struct{}, 1), stop: make(chan struct{}), snaps: map[string]Snapshot{}}
 	if _, err := s.schema(ctx); err != nil {
 		db.Close()
 		return nil, err
