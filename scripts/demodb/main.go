@@ -101,7 +101,8 @@ type summary struct {
 	sum  string
 }
 
-// digest hashes every published column of the live rows, NULL apart from ”.
+// digest hashes every published column of the live rows, NULL told apart
+// from the empty string.
 func digest(db *sql.DB, where string) (summary, error) {
 	rows, err := db.Query(`SELECT id, 身份证号, 姓名, quote(补贴), quote(备注), updated_at FROM 人口 ` + where + ` ORDER BY id`)
 	if err != nil {
