@@ -156,7 +156,7 @@ func (p *pair) drain(t *testing.T, limit int64) int {
 
 // dump is a table's rows in key order, each value as SQLite's quote()
 // shows it: storage class included, so 12.5 differs from '12.5', NULL from
-// ” and a blob from text.
+// the empty string and a blob from text.
 func dump(t *testing.T, db *sql.DB, table string) []string {
 	t.Helper()
 	rows, err := db.Query("SELECT name FROM pragma_table_info(?) ORDER BY cid", table)
@@ -239,7 +239,7 @@ const people = `CREATE TABLE people (
 )`
 
 // fill writes n rows meant to trip any conversion: Chinese text, decimals
-// of 30 integer digits with trailing zeros, NULL beside ”, blobs with
+// of 30 integer digits with trailing zeros, NULL beside the empty string, blobs with
 // 0x00, six fraction digits.
 func fill(t *testing.T, db *sql.DB, n int) {
 	t.Helper()
