@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,6 +39,19 @@ func (Dialect) Open(ctx context.Context, dsn string) (*sql.DB, error) {
 	cfg, err := driver.ParseDSN(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("dsn is malformed: %v (want user:password@tcp(host:3306)/database)", err)
+	}
+	// Values are interpolated into statements on this side, which is
+	// safe only in a character set where a quote is never the tail of a
+	// multi-byte character: utf8mb4, whatever the tables' own (the server
+	// converts).
+	if _, q, ok := strings.Cut(dsn, "?"); ok {
+		if v, err := url.ParseQuery(q); err == nil {
+			for _, cs := range append(v["charset"], v["collation"]...) {
+				if !strings.HasPrefix(cs, "utf8mb4") && cs != "utf8" && cs != "utf8mb3" {
+					return nil, fmt.Errorf("dsn: %s is not supported: the agent always speaks utf8mb4 with the server (which converts to the tables' own character set); remove it", cs)
+				}
+			}
+		}
 	}
 	if cfg.DBName == "" {
 		return nil, errors.New("dsn names no database (want user:password@tcp(host:3306)/database)")
@@ -85,8 +99,14 @@ func (Dialect) Param(int) string { return "?" }
 // exactly.
 func (Dialect) Bind(_ batch.Column, p string) string { return p }
 
-// Select implements sqltable.Dialect.
-func (Dialect) Select(_ batch.Column, ident string) string { return ident }
+// Select implements sqltable.Dialect. FLOAT is widened to DOUBLE: the
+// text protocol prints a FLOAT with six significant digits only.
+func (Dialect) Select(c batch.Column, ident string) string {
+	if c.Type == batch.TypeFloat {
+		return "CAST(" + ident + " AS DOUBLE)"
+	}
+	return ident
+}
 
 // Limit implements sqltable.Dialect.
 func (Dialect) Limit(q string, n int) string { return q + " LIMIT " + strconv.Itoa(n) }

@@ -34,7 +34,7 @@ var mysqlTypes = []typeRow{
 	{"BIGINT UNSIGNED", batch.TypeInt, "bigint(20)", []typeValue{{"9223372036854775807", "9223372036854775807"}}},
 	{"DECIMAL(18,4)", batch.TypeDecimal, "decimal(18,4)", []typeValue{{"-12345678901234.5678", "-12345678901234.5678"}, {"0.0001", "0.0001"}, {"12.5", "12.5000"}}},
 	{"DECIMAL(65,30)", batch.TypeDecimal, "decimal(65,30)", []typeValue{{"12345678901234567890123456789012345.123456789012345678901234567891", "12345678901234567890123456789012345.123456789012345678901234567891"}}},
-	{"FLOAT", batch.TypeFloat, "float", []typeValue{{"1.5", "1.5"}, {"-3.25e10", "-3.25e+10"}}},
+	{"FLOAT", batch.TypeFloat, "float", []typeValue{{"1.5", "1.5"}, {"-3.25e10", "-3.25e+10"}, {"1.2345678", "1.2345678"}, {"16777215", "1.6777215e+07"}}},
 	{"DOUBLE", batch.TypeDouble, "double", []typeValue{{"0.1", "0.1"}, {"1.7976931348623157e308", "1.7976931348623157e+308"}, {"-5e-324", "-5e-324"}}},
 	{"CHAR(18)", batch.TypeString, "varchar(18)", []typeValue{{"'11010119900307123X'", "11010119900307123X"}}},
 	{"VARCHAR(50)", batch.TypeString, "varchar(50)", []typeValue{{"'张三丰'", "张三丰"}, {"''", ""}, {"'😀𠀀'", "😀𠀀"}}},

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/bits"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/qianzhi/qianzhi/connectors"
@@ -205,6 +204,7 @@ func (s *source) replace(ctx context.Context, st connectors.State, sh *shape, di
 	} else if err := json.Unmarshal(raw, &p); err != nil || p.Buckets < 1 {
 		return fmt.Errorf("resource %s: reconcile plan missing; run qz-agent reconcile again", s.cfg.ID)
 	}
+	todo = slices.DeleteFunc(todo, func(b int) bool { return b < 0 || b >= p.Buckets }) // a consumer's answer is not trusted blindly
 	if len(todo) == 0 {
 		out.Changes.Delete(KeyReconcileDiff)
 		out.Changes.Delete(keyReconcilePlan)
@@ -304,9 +304,9 @@ func (k *sink) selectList(cols []batch.Column) string {
 	return strings.Join(q, ", ")
 }
 
-// dropMissing deletes the target's rows in the replaced buckets whose key
-// the batch did not carry.
-func (k *sink) dropMissing(ctx context.Context, tx Querier, sch *batch.Schema, sent map[string]bool) error {
+// dropBuckets deletes the target's rows in the buckets a replace batch
+// carries whole.
+func (k *sink) dropBuckets(ctx context.Context, tx Querier, sch *batch.Schema) error {
 	rc := sch.Reconcile
 	want := map[int]bool{}
 	for _, b := range rc.Replace {
@@ -327,7 +327,7 @@ func (k *sink) dropMissing(ctx context.Context, tx Querier, sch *batch.Schema, s
 	}
 	var gone [][][]byte
 	err = scanRows(rows, keyCols, func(text [][]byte) error {
-		if want[d.bucket(text)] && !sent[keyString(text, keyCols)] {
+		if want[d.bucket(text)] {
 			gone = append(gone, slices.Clone(text))
 		}
 		return nil
@@ -350,20 +350,4 @@ func (k *sink) dropMissing(ctx context.Context, tx Querier, sch *batch.Schema, s
 		gone = gone[n:]
 	}
 	return nil
-}
-
-// keyString is a key's normalised values joined, for set membership.
-func keyString(vals [][]byte, cols []batch.Column) string {
-	var b strings.Builder
-	for i, v := range vals {
-		if v == nil {
-			b.WriteString("\x00N")
-			continue
-		}
-		n := batch.Normalize(&cols[i], v)
-		b.WriteString(strconv.Itoa(len(n)))
-		b.WriteByte(':')
-		b.Write(n)
-	}
-	return b.String()
 }

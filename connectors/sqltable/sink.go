@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/pkg/batch"
@@ -63,6 +64,12 @@ func (k *sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ con
 	if err := k.prepare(ctx, h.Resource, sch); err != nil {
 		return err
 	}
+	applied := false
+	defer func() {
+		if !applied {
+			k.forget() // check the target again next time: it may have been changed or dropped
+		}
+	}()
 	tx, err := k.d.BeginApply(ctx, k.db)
 	if err != nil {
 		return err
@@ -75,6 +82,15 @@ func (k *sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ con
 	}
 	if seq >= int64(h.Sequence) {
 		k.log.Info("batch was applied before; nothing to do", "grant", h.Grant, "seq", h.Sequence)
+		if sch.Phase == batch.PhaseDigest && ch != nil {
+			// The receipt is signed anew: it must carry the comparison
+			// again, not an empty one. Comparing only reads.
+			diff, err := k.compare(ctx, sch)
+			if err != nil {
+				return fmt.Errorf("resource %s: reconcile: compare %s: %w", h.Resource, k.cfg.Table, err)
+			}
+			ch.Mismatch = diff
+		}
 		return nil
 	}
 	switch sch.Phase {
@@ -88,15 +104,18 @@ func (k *sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ con
 		}
 		k.log.Info("reconcile: compared with the provider's digest", "buckets", sch.Reconcile.Buckets, "differing", len(diff))
 	case batch.PhaseReplace:
-		sent := map[string]bool{}
-		if err := k.write(ctx, tx, sch, body, sent); err != nil {
+		// Empty the buckets, then write the provider's rows of them: a
+		// target whose key collation folds case (or trailing spaces) holds
+		// a row under a key spelled unlike the provider's, and deleting
+		// after the upsert could take the row just written.
+		if err := k.dropBuckets(ctx, tx, sch); err != nil {
+			return fmt.Errorf("resource %s: reconcile: empty the differing buckets: %w", h.Resource, err)
+		}
+		if err := k.write(ctx, tx, sch, body); err != nil {
 			return fmt.Errorf("resource %s: apply batch %d to %s: %w", h.Resource, h.Sequence, k.cfg.Table, err)
 		}
-		if err := k.dropMissing(ctx, tx, sch, sent); err != nil {
-			return fmt.Errorf("resource %s: reconcile: delete rows the provider no longer has: %w", h.Resource, err)
-		}
 	default:
-		if err := k.write(ctx, tx, sch, body, nil); err != nil {
+		if err := k.write(ctx, tx, sch, body); err != nil {
 			return fmt.Errorf("resource %s: apply batch %d to %s: %w", h.Resource, h.Sequence, k.cfg.Table, err)
 		}
 	}
@@ -104,7 +123,11 @@ func (k *sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ con
 	if _, err := tx.ExecContext(ctx, k.upsertSQL(k.cfg.AppliedTable, appliedSchema, 1), rec...); err != nil {
 		return fmt.Errorf("record batch %d in %s: %w", h.Sequence, k.cfg.AppliedTable, err)
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	applied = true
+	return nil
 }
 
 // prepare makes sure the target can take rows of sch: the applied table
@@ -128,6 +151,12 @@ func (k *sink) prepare(ctx context.Context, resource string, sch *batch.Schema) 
 	}
 	k.checked = sch.Fingerprint
 	return nil
+}
+
+func (k *sink) forget() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.checked, k.applied = "", false
 }
 
 func (k *sink) ensureTable(ctx context.Context, table string, sch *batch.Schema, create bool) error {
@@ -210,9 +239,8 @@ func plural(n int, one, many string) string {
 }
 
 // write applies the rows in body, in order, grouping runs of upserts and
-// runs of deletes into multi-row statements. When sent is not nil it
-// collects the keys of the rows upserted.
-func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io.Reader, sent map[string]bool) error {
+// runs of deletes into multi-row statements.
+func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io.Reader) error {
 	rr := batch.NewRowReader(body, sch)
 	perStmt := k.d.UpsertRows(len(sch.Columns))
 	keyIdx := sch.KeyIndex()
@@ -254,14 +282,11 @@ func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io
 		cols := sch.Columns
 		if r.Op == batch.RowDelete {
 			cols = keyCols
-		} else if sent != nil {
-			key := make([][]byte, len(keyIdx))
-			for j, i := range keyIdx {
-				key[j] = r.Values[i]
-			}
-			sent[keyString(key, keyCols)] = true
 		}
 		for i, v := range r.Values {
+			if (cols[i].Type == batch.TypeString || cols[i].Type == batch.TypeText) && !utf8.Valid(v) {
+				return fmt.Errorf("column %s: a value is not valid UTF-8", cols[i].Name)
+			}
 			args = append(args, bindValue(&cols[i], v))
 		}
 		rows++

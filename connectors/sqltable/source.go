@@ -19,17 +19,20 @@ import (
 // Source state keys, per grant.
 const (
 	keyPhase   = "phase"    // "", "snapshot", "incremental" or "done"
-	keySnapKey = "snap_key" // JSON []string: the last key sent by the snapshot
+	keySnapKey = "snap_key" // JSON [][]byte (base64): the last key sent by the snapshot
 	keySnapTok = "snap_tok" // the snapshot's resume token (Oracle SCN)
 	keyIncFrom = "inc_from" // where incremental starts: the database time when the snapshot began, minus lag
 	keyMark    = "mark"     // JSON mark: the last (watermark, key) sent incrementally
 )
 
 // mark is an incremental checkpoint: rows after (Value, Key) come next; a
-// nil Key means rows at Value itself have not been sent yet.
+// nil Key means rows at Value itself have not been sent yet, and an empty
+// Value with no Key means from the start (a numeric watermark of an empty
+// table). Key values are bytes, kept exactly (base64 in JSON): binary keys
+// are not text.
 type mark struct {
 	Value string   `json:"value"`
-	Key   []string `json:"key,omitempty"`
+	Key   [][]byte `json:"key,omitempty"`
 }
 
 type source struct {
@@ -42,15 +45,27 @@ type source struct {
 	wg      sync.WaitGroup
 
 	mu    sync.Mutex
-	snaps map[string]Snapshot // open snapshots by grant scope
+	snaps map[string]*openSnap // open snapshots by grant scope
 }
+
+// openSnap is a grant's snapshot and when it was last read.
+type openSnap struct {
+	Snapshot
+	used time.Time
+}
+
+// snapshotIdle is how long a snapshot may go unread before it is closed,
+// so that a revoked grant or a long-full spool does not hold a transaction
+// open on the department's database (MySQL would keep old row versions
+// for it). The next page then reads in a new snapshot, from the checkpoint.
+const snapshotIdle = 10 * time.Minute
 
 func openSource(cfg *SourceConfig, log *slog.Logger) (*source, error) {
 	db, err := cfg.open(cfg.dialect)
 	if err != nil {
 		return nil, err
 	}
-	s := &source{cfg: cfg, d: cfg.dialect, db: db, log: log, changed: make(chan struct{}, 1), stop: make(chan struct{}), snaps: map[string]Snapshot{}}
+	s := &source{cfg: cfg, d: cfg.dialect, db: db, log: log, changed: make(chan struct{}, 1), stop: make(chan struct{}), snaps: map[string]*openSnap{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := s.schema(ctx); err != nil {
@@ -75,6 +90,7 @@ func (s *source) tick() {
 		case <-s.stop:
 			return
 		case <-t.C:
+			s.closeIdle(time.Now().Add(-snapshotIdle))
 			select {
 			case s.changed <- struct{}{}:
 			default:
@@ -143,6 +159,9 @@ func (s *source) schema(ctx context.Context) (*shape, error) {
 		names = append(names, col.Name)
 	}
 	for _, col := range all {
+		if strings.ContainsAny(col.Name, ".`\"\x00") && (len(c.Columns) == 0 || slices.Contains(c.Columns, col.Name)) {
+			return nil, fail("column %q has a character (. ` \" or NUL) that cannot travel in a column name: leave it out with columns: [...]", col.Name)
+		}
 		if col.Type == "" && (len(c.Columns) == 0 || slices.Contains(c.Columns, col.Name)) {
 			return nil, fail("column %s has type %s, which cannot travel yet: leave it out with columns: [...]", col.Name, native[col.Name])
 		}
@@ -155,6 +174,11 @@ func (s *source) schema(ctx context.Context) (*shape, error) {
 	}
 	if len(key) == 0 {
 		return nil, fail("table %s has no primary key: add one, or name unique columns with key: [...]", name)
+	}
+	for _, k := range key {
+		if col, ok := byName[k]; ok && col.Nullable && c.Query == "" {
+			return nil, fail("key column %s allows NULL, and rows with a NULL key cannot be told apart: make it NOT NULL, or name other columns with key: [...]", k)
+		}
 	}
 	pick := c.Columns
 	if len(pick) == 0 {
@@ -294,7 +318,7 @@ func (s *source) Next(ctx context.Context, st connectors.State, out *connectors.
 // this moment (less the lag) is read again incrementally.
 func (s *source) begin(ctx context.Context, st connectors.State, sh *shape, out *connectors.Output) error {
 	if s.cfg.Strategy == StrategyIncremental {
-		from, err := s.now(ctx, s.db, sh)
+		from, err := s.incrementalStart(ctx, sh)
 		if err != nil {
 			return err
 		}
@@ -314,10 +338,35 @@ func (s *source) begin(ctx context.Context, st connectors.State, sh *shape, out 
 func (s *source) keep(scope string, sn Snapshot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old := s.snaps[scope]; old != nil && old != sn {
+	if old := s.snaps[scope]; old != nil && old.Snapshot != sn {
 		old.Close()
 	}
-	s.snaps[scope] = sn
+	s.snaps[scope] = &openSnap{Snapshot: sn, used: time.Now()}
+}
+
+// open returns a grant's open snapshot, or nil, and marks it used.
+func (s *source) open(scope string) Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o := s.snaps[scope]
+	if o == nil {
+		return nil
+	}
+	o.used = time.Now()
+	return o.Snapshot
+}
+
+// closeIdle closes the snapshots last read before t.
+func (s *source) closeIdle(t time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for scope, o := range s.snaps {
+		if o.used.Before(t) {
+			o.Close()
+			delete(s.snaps, scope)
+			s.log.Info("closed an idle snapshot; the next page reads in a new one", "grant", scope)
+		}
+	}
 }
 
 func (s *source) drop(scope string) {
@@ -327,6 +376,50 @@ func (s *source) drop(scope string) {
 		sn.Close()
 		delete(s.snaps, scope)
 	}
+}
+
+// incrementalStart is where incremental reads begin once the snapshot is
+// done: the database time minus lag, or for a numeric watermark the
+// largest value now ("" for an empty table: from the start). It warns when
+// the table holds watermarks far ahead of the database clock, the sign of
+// a time_zone that does not match the writers'.
+func (s *source) incrementalStart(ctx context.Context, sh *shape) (string, error) {
+	mc := sh.cols[sh.mark]
+	var top any
+	if err := s.db.QueryRowContext(ctx, "SELECT MAX("+s.d.Select(mc, s.d.Quote(mc.Name))+") FROM "+sh.from).Scan(&top); err != nil {
+		return "", fmt.Errorf("resource %s: read the largest watermark: %w", s.cfg.ID, err)
+	}
+	maxText, err := ToText(&mc, top)
+	if err != nil {
+		return "", err
+	}
+	from, err := s.now(ctx, s.db, sh)
+	if err != nil || from == "" {
+		return string(maxText), err
+	}
+	if ahead := timeAhead(string(maxText), from); ahead > time.Hour {
+		s.log.Warn(fmt.Sprintf("resource %s: watermark %s holds values %s ahead of the database clock: changes stamped in the future are read only once the clock reaches them; if the writers use another time zone, set time_zone", s.cfg.ID, mc.Name, ahead.Round(time.Minute)), "largest", string(maxText), "database_time", from)
+	}
+	return from, nil
+}
+
+// timeAhead is how far canonical date-time a lies after b (0 if not, or if
+// either does not parse).
+func timeAhead(a, b string) time.Duration {
+	parse := func(v string) (time.Time, bool) {
+		for _, layout := range []string{"2006-01-02 15:04:05.999999999", "2006-01-02"} {
+			if t, err := time.Parse(layout, v); err == nil {
+				return t, true
+			}
+		}
+		return time.Time{}, false
+	}
+	ta, okA := parse(a)
+	tb, okB := parse(b)
+	if !okA || !okB || !ta.After(tb) {
+		return 0
+	}
+	return ta.Sub(tb)
 }
 
 // now is the database's time minus lag in the watermark's form; for a
@@ -347,9 +440,7 @@ func (s *source) now(ctx context.Context, q Querier, sh *shape) (string, error) 
 func (s *source) snapshot(ctx context.Context, st connectors.State, sh *shape, out *connectors.Output, sn Snapshot) error {
 	scope := st.Scope()
 	if sn == nil {
-		s.mu.Lock()
-		sn = s.snaps[scope]
-		s.mu.Unlock()
+		sn = s.open(scope)
 	}
 	if sn == nil {
 		tok, _, err := st.Get(keySnapTok)
@@ -361,7 +452,7 @@ func (s *source) snapshot(ctx context.Context, st connectors.State, sh *shape, o
 		}
 		s.keep(scope, sn)
 	}
-	var last []string
+	var last [][]byte
 	if raw, ok, err := st.Get(keySnapKey); err != nil {
 		return err
 	} else if ok {
@@ -371,7 +462,7 @@ func (s *source) snapshot(ctx context.Context, st connectors.State, sh *shape, o
 	}
 	sh.schema.Phase = "snapshot"
 	var w batch.RowWriter
-	renewed := false
+	renewed, finished := false, false
 	for {
 		p := params{d: s.d}
 		where := ""
@@ -406,6 +497,7 @@ func (s *source) snapshot(ctx context.Context, st connectors.State, sh *shape, o
 		if n < s.cfg.PageRows || int64(w.Len()) >= out.Limit {
 			if n < s.cfg.PageRows && int64(w.Len()) < out.Limit {
 				// The end of the table: hand over to incremental.
+				finished = true
 				s.drop(scope)
 				s.finishSnapshot(st, out)
 				s.log.Info("snapshot finished", "grant", scope)
@@ -413,7 +505,7 @@ func (s *source) snapshot(ctx context.Context, st connectors.State, sh *shape, o
 			break
 		}
 	}
-	if last != nil {
+	if last != nil && !finished {
 		raw, _ := json.Marshal(last)
 		out.Changes.Put(keySnapKey, raw)
 	}
@@ -496,10 +588,13 @@ func (s *source) incrementalQuery(sh *shape, m mark, upper string) (string, []an
 	wq := s.d.Quote(mc.Name)
 	var cond string
 	var args []any
-	if m.Key == nil {
+	switch {
+	case m.Value == "" && m.Key == nil:
+		cond = wq + " IS NOT NULL"
+	case m.Key == nil:
 		cond = wq + " >= " + s.d.Bind(mc, p.next())
 		args = append(args, m.Value)
-	} else {
+	default:
 		// (w, key) > (mark, last key), spelled so that it plans as a
 		// range on w: w >= m AND (w > m OR key > last).
 		cond = wq + " >= " + s.d.Bind(mc, p.next()) + " AND (" + wq + " > " + s.d.Bind(mc, p.next()) + " OR "
@@ -542,7 +637,7 @@ func (s *source) selectList(sh *shape) string {
 // read runs one page query and appends its rows to w, stopping early once
 // w reaches limit. It returns the rows read and the key (and watermark) of
 // the last row appended.
-func (s *source) read(ctx context.Context, q Querier, query string, args []any, sh *shape, w *batch.RowWriter, limit int64, withMark bool) (int, []string, string, error) {
+func (s *source) read(ctx context.Context, q Querier, query string, args []any, sh *shape, w *batch.RowWriter, limit int64, withMark bool) (int, [][]byte, string, error) {
 	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return 0, nil, "", fmt.Errorf("%w [%s]", s.classify(err), query)
@@ -556,7 +651,7 @@ func (s *source) read(ctx context.Context, q Querier, query string, args []any, 
 	}
 	text := make([][]byte, len(sh.cols))
 	var n int
-	var lastKey []string
+	var lastKey [][]byte
 	var lastMark string
 	for rows.Next() {
 		if err := rows.Scan(ptrs...); err != nil {
@@ -572,7 +667,7 @@ func (s *source) read(ctx context.Context, q Querier, query string, args []any, 
 		n++
 		lastKey = lastKey[:0:0]
 		for _, i := range sh.key {
-			lastKey = append(lastKey, string(text[i]))
+			lastKey = append(lastKey, slices.Clone(text[i]))
 		}
 		if withMark {
 			lastMark = string(text[sh.mark])

@@ -34,15 +34,25 @@ func ToText(c *batch.Column, v any) ([]byte, error) {
 	case nil:
 		return nil, nil
 	case []byte:
-		if c.Type == batch.TypeDecimal {
+		switch c.Type {
+		case batch.TypeDecimal:
 			return normDecimal(x), nil
+		case batch.TypeFloat, batch.TypeDouble:
+			// Engines print floats their own way (MySQL: six digits for
+			// FLOAT); the canonical form is the shortest that reads back.
+			bits := 64
+			if c.Type == batch.TypeFloat {
+				bits = 32
+			}
+			f, err := strconv.ParseFloat(string(x), 64)
+			if err != nil {
+				return nil, fmt.Errorf("column %s: %q is not a number", c.Name, x)
+			}
+			return strconv.AppendFloat(nil, f, 'g', -1, bits), nil
 		}
 		return x, nil
 	case string:
-		if c.Type == batch.TypeDecimal {
-			return normDecimal([]byte(x)), nil
-		}
-		return []byte(x), nil
+		return ToText(c, []byte(x))
 	case int64:
 		return strconv.AppendInt(nil, x, 10), nil
 	case uint64:
@@ -118,7 +128,7 @@ func normDecimal(b []byte) []byte {
 //
 // It returns the condition and how many parameters each key value takes,
 // in order.
-func keyAfter(d Dialect, key []batch.Column, last []string, next func() string) (string, []any) {
+func keyAfter(d Dialect, key []batch.Column, last [][]byte, next func() string) (string, []any) {
 	var b strings.Builder
 	var args []any
 	var rec func(i int)
@@ -127,11 +137,11 @@ func keyAfter(d Dialect, key []batch.Column, last []string, next func() string) 
 		q := d.Quote(c.Name)
 		if i == len(key)-1 {
 			b.WriteString(q + " > " + d.Bind(c, next()))
-			args = append(args, last[i])
+			args = append(args, bindValue(&c, last[i]))
 			return
 		}
 		b.WriteString(q + " >= " + d.Bind(c, next()) + " AND (" + q + " > " + d.Bind(c, next()) + " OR (")
-		args = append(args, last[i], last[i])
+		args = append(args, bindValue(&c, last[i]), bindValue(&c, last[i]))
 		rec(i + 1)
 		b.WriteString("))")
 	}

@@ -1,0 +1,183 @@
+package mysql_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/connectors/sqltable"
+	"github.com/qianzhi/qianzhi/pkg/batch"
+)
+
+// TestBinaryKey pages through a table keyed by 16 raw bytes (a UUID):
+// key bytes that are not UTF-8 must survive the checkpoint exactly.
+func TestBinaryKey(t *testing.T) {
+	p := newPair(t, func(c *sqltable.SourceConfig) { c.Table, c.PageRows = "u", 50 }, func(c *sqltable.SinkConfig) { c.Table = "u" })
+	exec(t, p.from, `CREATE TABLE u (id BINARY(16) PRIMARY KEY, v INT, updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6), KEY (updated_at))`,
+		`INSERT INTO u (id, v) SELECT UNHEX(MD5(seq)), seq FROM seq_1_to_200`)
+	p.open(t)
+	p.drain(t, 300)
+	equalTables(t, p.from, p.to, "u")
+	exec(t, p.from, `UPDATE u SET v = -v WHERE v % 3 = 0`)
+	if n := p.drain(t, 300); n == 0 || n > 50 {
+		t.Fatalf("%d batches for 66 updated rows: the incremental checkpoint does not move", n)
+	}
+	equalTables(t, p.from, p.to, "u")
+}
+
+// TestNumericWatermark follows a version number instead of a time: the
+// hand-over starts at the largest number, and later changes arrive.
+func TestNumericWatermark(t *testing.T) {
+	p := newPair(t, func(c *sqltable.SourceConfig) { c.Table, c.Watermark = "v", "ver" }, func(c *sqltable.SinkConfig) { c.Table = "v" })
+	exec(t, p.from, `CREATE TABLE v (id INT PRIMARY KEY, name VARCHAR(20), ver BIGINT NOT NULL, KEY (ver))`,
+		`INSERT INTO v SELECT seq, CONCAT('n', seq), seq FROM seq_1_to_100`)
+	p.open(t)
+	p.drain(t, 1<<20)
+	equalTables(t, p.from, p.to, "v")
+	exec(t, p.from, `UPDATE v SET name = '改', ver = 101 WHERE id = 7`, `INSERT INTO v VALUES (500, '新', 102)`)
+	p.drain(t, 1<<20)
+	equalTables(t, p.from, p.to, "v")
+	if p.drain(t, 1<<20) != 0 {
+		t.Fatal("the source keeps sending after the changes were read")
+	}
+}
+
+// TestNumericWatermarkEmptyTable starts on an empty table: everything
+// written after the (empty) snapshot arrives.
+func TestNumericWatermarkEmptyTable(t *testing.T) {
+	p := newPair(t, func(c *sqltable.SourceConfig) { c.Table, c.Watermark = "v", "ver" }, func(c *sqltable.SinkConfig) { c.Table = "v" })
+	exec(t, p.from, `CREATE TABLE v (id INT PRIMARY KEY, ver BIGINT NOT NULL, KEY (ver))`)
+	p.open(t)
+	p.drain(t, 1<<20)
+	exec(t, p.from, `INSERT INTO v VALUES (1, -5), (2, 0), (3, 9)`)
+	p.drain(t, 1<<20)
+	equalTables(t, p.from, p.to, "v")
+}
+
+// TestReconcileCaseFoldingTarget: the consumer's table compares keys
+// case-insensitively (MariaDB's default collation), and the provider
+// changed a key's case. Reconcile must end with the provider's row, never
+// with none.
+func TestReconcileCaseFoldingTarget(t *testing.T) {
+	p := newPair(t, func(c *sqltable.SourceConfig) { c.Table = "k" }, func(c *sqltable.SinkConfig) { c.Table, c.CreateTable = "k", false })
+	exec(t, p.from, `CREATE TABLE k (code VARCHAR(10) COLLATE utf8mb4_bin PRIMARY KEY, v INT, updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6), KEY (updated_at))`,
+		`INSERT INTO k (code, v) VALUES ('abc', 1), ('x', 2)`)
+	exec(t, p.to, `CREATE TABLE k (code VARCHAR(10) COLLATE utf8mb4_unicode_ci PRIMARY KEY, v INT, updated_at DATETIME(6) NOT NULL)`)
+	p.open(t)
+	p.drain(t, 1<<20)
+	exec(t, p.from, `UPDATE k SET code = 'ABC', v = 3 WHERE code = 'abc'`)
+	p.drain(t, 1<<20)
+	p.st.KV[sqltable.KeyReconcileRequest] = []byte("now")
+	p.drain(t, 1<<20)
+	var code string
+	var v, n int
+	p.to.QueryRow(`SELECT COUNT(*) FROM k WHERE code = 'abc'`).Scan(&n)
+	p.to.QueryRow(`SELECT code, v FROM k WHERE code = 'abc'`).Scan(&code, &v)
+	if n != 1 || code != "ABC" || v != 3 {
+		t.Fatalf("consumer has %d rows for abc/ABC, %q = %d; want the provider's ABC = 3", n, code, v)
+	}
+}
+
+// TestDigestAppliedTwice: a crash after the consumer's database commit but
+// before the agent's makes it apply a digest again; the signed answer must
+// still name the differing buckets.
+func TestDigestAppliedTwice(t *testing.T) {
+	p := newPair(t, nil, nil)
+	exec(t, p.from, people, `INSERT INTO people (id, name) SELECT seq, CONCAT('人', seq) FROM seq_1_to_100`)
+	p.open(t)
+	p.drain(t, 1<<20)
+	exec(t, p.to, `UPDATE people SET name = '漂移' WHERE id = 50`)
+	p.st.KV[sqltable.KeyReconcileRequest] = []byte("now")
+	out := connectors.Output{Limit: 1 << 20}
+	if err := p.src.Next(context.Background(), p.st, &out); err != nil || out.Schema.Phase != batch.PhaseDigest {
+		t.Fatalf("want a digest: %v", err)
+	}
+	p.seq++
+	h := batch.Header{Kind: out.Kind, Resource: "r", Grant: "g1", Sequence: p.seq, Schema: out.Schema}
+	var first, again connectors.Changes
+	if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(nil), nil, &first); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(nil), nil, &again); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := json.Marshal(first.Mismatch)
+	b, _ := json.Marshal(again.Mismatch)
+	if len(first.Mismatch) != 1 || string(a) != string(b) {
+		t.Fatalf("first answer %s, answer after a re-apply %s", a, b)
+	}
+}
+
+// TestBadBucketsFromConsumer: buckets out of range in a consumer's answer
+// are ignored, not a reason to stop the line.
+func TestBadBucketsFromConsumer(t *testing.T) {
+	p := newPair(t, nil, nil)
+	exec(t, p.from, people, `INSERT INTO people (id, name) VALUES (1, 'a')`)
+	p.open(t)
+	p.drain(t, 1<<20)
+	p.st.KV["rc_plan"] = []byte(`{"buckets":16,"group":4}`)
+	p.st.KV[sqltable.KeyReconcileDiff] = []byte(`[-1, 99999]`)
+	p.drain(t, 1<<20)
+	if _, ok := p.st.KV[sqltable.KeyReconcileDiff]; ok {
+		t.Fatal("the bad answer is still pending")
+	}
+}
+
+func TestKeyAndColumnChecks(t *testing.T) {
+	p := newPair(t, nil, nil)
+	exec(t, p.from, "CREATE TABLE n (id INT PRIMARY KEY, code VARCHAR(10) NULL, `a.b` INT, updated_at DATETIME NOT NULL, UNIQUE KEY (code), KEY (updated_at))")
+	for _, c := range []struct {
+		edit func(*sqltable.SourceConfig)
+		want string
+	}{
+		{func(c *sqltable.SourceConfig) {
+			c.Table, c.Key, c.Columns = "n", []string{"code"}, []string{"code", "updated_at"}
+		}, "key column code allows NULL"},
+		{func(c *sqltable.SourceConfig) { c.Table = "n" }, `column "a.b" has a character`},
+	} {
+		sc := *p.srcConf
+		c.edit(&sc)
+		_, err := sc.OpenSource(quiet)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("want %q, got %v", c.want, err)
+		}
+	}
+	sc := *p.srcConf
+	sc.Table, sc.Columns = "n", []string{"id", "code", "updated_at"}
+	src, err := sc.OpenSource(quiet)
+	if err != nil {
+		t.Fatalf("leaving the column out must work: %v", err)
+	}
+	src.Close()
+}
+
+// TestCharsetRefused: interpolating values is safe only in utf8mb4.
+func TestCharsetRefused(t *testing.T) {
+	p := newPair(t, nil, nil)
+	sc := *p.srcConf
+	sc.DSN += "&charset=gbk"
+	exec(t, p.from, people)
+	if _, err := sc.OpenSource(quiet); err == nil || !strings.Contains(err.Error(), "gbk is not supported") {
+		t.Fatalf("want charset gbk refused, got %v", err)
+	}
+}
+
+// TestInvalidUTF8Refused: text that is not UTF-8 is refused at the sink
+// rather than written under a wrong character set.
+func TestInvalidUTF8Refused(t *testing.T) {
+	p := newPair(t, nil, nil)
+	exec(t, p.from, people)
+	p.open(t)
+	cols := []batch.Column{{Name: "id", Type: batch.TypeInt}, {Name: "name", Type: batch.TypeString, Length: 50}, {Name: "updated_at", Type: batch.TypeDatetime, Precision: 6}}
+	s := &batch.Schema{Columns: cols, Key: []string{"id"}, Fingerprint: batch.SchemaFingerprint(cols, []string{"id"})}
+	var w batch.RowWriter
+	w.Upsert([][]byte{[]byte("1"), []byte("\xbf'), (2, 0x41) -- "), []byte("2026-01-01 00:00:00.000000")})
+	h := batch.Header{Kind: batch.KindRows, Resource: "r", Grant: "g", Sequence: 1, Schema: s, Rows: 1}
+	err := p.sink.Apply(context.Background(), &h, bytes.NewReader(w.Bytes()), nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "not valid UTF-8") {
+		t.Fatalf("want the value refused, got %v", err)
+	}
+}
