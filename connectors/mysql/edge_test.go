@@ -181,3 +181,24 @@ func TestInvalidUTF8Refused(t *testing.T) {
 		t.Fatalf("want the value refused, got %v", err)
 	}
 }
+
+// TestQueryResource publishes a declared SELECT over two tables, keyed by
+// a column of the result, incrementally.
+func TestQueryResource(t *testing.T) {
+	p := newPair(t, func(c *sqltable.SourceConfig) {
+		c.Table, c.Key, c.Watermark = "", []string{"id"}, "updated_at"
+		c.Query = `SELECT p.id, p.name, h.address, GREATEST(p.updated_at, h.updated_at) AS updated_at FROM people p JOIN households h ON h.id = p.household`
+	}, func(c *sqltable.SinkConfig) { c.Table = "people_with_address" })
+	exec(t, p.from, `CREATE TABLE households (id INT PRIMARY KEY, address VARCHAR(100), updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6))`,
+		`CREATE TABLE people (id INT PRIMARY KEY, name VARCHAR(20), household INT, updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6))`,
+		`INSERT INTO households (id, address) VALUES (1, '海淀区'), (2, '朝阳区')`,
+		`INSERT INTO people (id, name, household) SELECT seq, CONCAT('人', seq), 1 + seq % 2 FROM seq_1_to_300`)
+	p.open(t)
+	p.drain(t, 4<<10)
+	view := `CREATE VIEW people_with_address AS SELECT p.id, p.name, h.address, GREATEST(p.updated_at, h.updated_at) AS updated_at FROM people p JOIN households h ON h.id = p.household`
+	exec(t, p.from, view)
+	equalTables(t, p.from, p.to, "people_with_address")
+	exec(t, p.from, `UPDATE households SET address = '西城区' WHERE id = 2`, `UPDATE people SET name = '改' WHERE id = 3`)
+	p.drain(t, 4<<10)
+	equalTables(t, p.from, p.to, "people_with_address")
+}
