@@ -139,7 +139,7 @@ func (s *Schema) Validate() []error {
 	}
 	seen := map[string]bool{}
 	for i, c := range s.Columns {
-		if c.Name == "" || len(c.Name) > 128 || !utf8.ValidString(c.Name) || strings.ContainsAny(c.Name, "\x00`\"") {
+		if c.Name == "" || len(c.Name) > 128 || !utf8.ValidString(c.Name) || strings.ContainsAny(c.Name, "\x00`\".") {
 			add("column %d: name %q is empty, too long or has forbidden characters", i, c.Name)
 		}
 		if seen[c.Name] {
@@ -359,9 +359,16 @@ func (rr *RowReader) Next() (*Row, error) {
 			return nil, fmt.Errorf("%w: value of %d bytes", ErrRowFormat, l)
 		}
 		off := len(rr.buf)
-		rr.buf = append(rr.buf, make([]byte, l)...)
-		if _, err := io.ReadFull(rr.r, rr.buf[off:]); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrRowFormat, noEOF(err))
+		// Grow a megabyte at a time, so that a length claiming more
+		// than the body holds cannot make the reader allocate it.
+		for left := int(l); left > 0; {
+			n := min(left, 1<<20)
+			at := len(rr.buf)
+			rr.buf = append(rr.buf, make([]byte, n)...)
+			if _, err := io.ReadFull(rr.r, rr.buf[at:]); err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrRowFormat, noEOF(err))
+			}
+			left -= n
 		}
 		sp = append(sp, span{off, int(l)})
 	}

@@ -129,3 +129,37 @@ func TestNormalizeAcrossEngines(t *testing.T) {
 		}
 	}
 }
+
+// FuzzRowReader feeds arbitrary bodies to the row reader: it must end in
+// rows, io.EOF or ErrRowFormat, never panic, and never hold much more
+// memory than the body it was given.
+func FuzzRowReader(f *testing.F) {
+	s := &Schema{Columns: []Column{{Name: "id", Type: TypeInt}, {Name: "v", Type: TypeBlob}}, Key: []string{"id"}}
+	var w RowWriter
+	w.Upsert([][]byte{[]byte("1"), []byte("x")})
+	w.Delete([][]byte{[]byte("2")})
+	f.Add(w.Bytes())
+	f.Add([]byte{'U', 0xff, 0xff, 0xff, 0xff, 0x07}) // a 2 GiB value claimed, no bytes
+	f.Add([]byte{'X'})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		rr := NewRowReader(bytes.NewReader(body), s)
+		for range 1000 {
+			r, err := rr.Next()
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				if !errors.Is(err, ErrRowFormat) {
+					t.Fatalf("error %v is not ErrRowFormat", err)
+				}
+				return
+			}
+			if cap(rr.buf) > 2*len(body)+(2<<20) {
+				t.Fatalf("reader holds %d bytes for a %d-byte body", cap(rr.buf), len(body))
+			}
+			if r.Op != RowUpsert && r.Op != RowDelete {
+				t.Fatalf("op %q", r.Op)
+			}
+		}
+	})
+}
