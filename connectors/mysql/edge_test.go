@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/connectors/sqltable"
@@ -201,4 +202,34 @@ func TestQueryResource(t *testing.T) {
 	exec(t, p.from, `UPDATE households SET address = '西城区' WHERE id = 2`, `UPDATE people SET name = '改' WHERE id = 3`)
 	p.drain(t, 4<<10)
 	equalTables(t, p.from, p.to, "people_with_address")
+}
+
+// TestWatermarkTimeZone: the application writes DATETIME in Beijing time
+// on a server whose clock zone is UTC. With time_zone: "+08:00" the bound
+// follows the writers' clock; without it, the agent warns at the start.
+func TestWatermarkTimeZone(t *testing.T) {
+	for _, zone := range []string{"+08:00", ""} {
+		t.Run("zone "+zone, func(t *testing.T) {
+			var log bytes.Buffer
+			p := newPair(t, func(c *sqltable.SourceConfig) { c.Table, c.TimeZone = "z", zone }, func(c *sqltable.SinkConfig) { c.Table = "z" })
+			p.log = &log
+			exec(t, p.from, `CREATE TABLE z (id INT PRIMARY KEY, v INT, updated_at DATETIME(6) NOT NULL, KEY (updated_at))`)
+			beijing := `CONVERT_TZ(UTC_TIMESTAMP(6), '+00:00', '+08:00')`
+			exec(t, p.from, `INSERT INTO z SELECT seq, seq, `+beijing+` FROM seq_1_to_10`)
+			p.open(t)
+			p.drain(t, 1<<20)
+			exec(t, p.from, `UPDATE z SET v = -1, updated_at = `+beijing+` WHERE id = 5`)
+			time.Sleep(10 * time.Millisecond)
+			p.drain(t, 1<<20)
+			var v int
+			p.to.QueryRow(`SELECT v FROM z WHERE id = 5`).Scan(&v)
+			warned := strings.Contains(log.String(), "ahead of the database clock")
+			if zone != "" && (v != -1 || warned) {
+				t.Fatalf("with time_zone %s: update arrived %v, warned %v", zone, v == -1, warned)
+			}
+			if zone == "" && !warned {
+				t.Fatalf("no warning about watermarks ahead of the clock:\n%s", log.String())
+			}
+		})
+	}
 }

@@ -43,6 +43,7 @@ type pair struct {
 	seq      uint64
 	from, to *sql.DB
 	srcConf  *sqltable.SourceConfig
+	log      io.Writer // the source's log, when set before open
 	sinkConf *sqltable.SinkConfig
 }
 
@@ -79,7 +80,11 @@ func (p *pair) open(t *testing.T) {
 	if err := p.srcConf.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	src, err := p.srcConf.OpenSource(quiet)
+	log := quiet
+	if p.log != nil {
+		log = slog.New(slog.NewTextHandler(p.log, nil))
+	}
+	src, err := p.srcConf.OpenSource(log)
 	if err != nil {
 		t.Fatal(err)
 	}
