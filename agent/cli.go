@@ -204,6 +204,15 @@ type Status struct {
 	Counters   map[string]int64 `json:"counters"`
 	Rejections []Rejection      `json:"rejections"`
 	Stopped    []StoppedLine    `json:"stopped"`
+	Tables     []TableLine      `json:"tables"`
+}
+
+// TableLine is where the extraction of a table for one grant stands.
+type TableLine struct {
+	Grant     string `json:"grant"`
+	Phase     string `json:"phase"`               // snapshot, incremental or done
+	Position  string `json:"position,omitempty"`  // the incremental watermark reached
+	Reconcile string `json:"reconcile,omitempty"` // requested, waiting for the consumer, resending
 }
 
 // ReadStatus reads the agent's status from its state; it works while the
@@ -248,6 +257,9 @@ func ReadStatus(cfg Config) (*Status, error) {
 	if s.Stopped, err = st.Stopped(); err != nil {
 		return nil, err
 	}
+	if s.Tables, err = tableLines(st); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -282,6 +294,16 @@ func status(cfg Config, asJSON bool, w io.Writer) error {
 	}
 	for _, r := range s.Rejections {
 		fmt.Fprintf(tw, "rejected\t%s/%d by %s at %s: %s\n", r.Grant, r.Seq, r.Side, r.At.Local().Format(time.DateTime), r.Reason)
+	}
+	for _, l := range s.Tables {
+		line := l.Phase
+		if l.Position != "" {
+			line += ", up to " + l.Position
+		}
+		if l.Reconcile != "" {
+			line += "; reconcile " + l.Reconcile
+		}
+		fmt.Fprintf(tw, "table %s	%s\n", l.Grant, line)
 	}
 	for _, l := range s.Stopped {
 		fmt.Fprintf(tw, "STOPPED\t%s (%s) since %s: %s\n", l.Grant, l.Side, l.At.Local().Format(time.DateTime), l.Reason)

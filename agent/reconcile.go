@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -133,4 +134,25 @@ func (a *Agent) reconcileAnswer(ctx context.Context, scope, val string) error {
 	}
 	a.log.Info("reconcile: the consumer compared its copy", "grant", grant, "consumer", g.Consumer, "differing_buckets", len(diff))
 	return nil
+}
+
+// tableLines reads where each grant's table extraction stands.
+func tableLines(st *State) ([]TableLine, error) {
+	phases, err := st.withKey(sqltable.KeyPhase)
+	if err != nil {
+		return nil, err
+	}
+	var out []TableLine
+	for scope := range phases {
+		if !strings.HasPrefix(scope, "src/") {
+			continue
+		}
+		l := TableLine{Grant: strings.TrimPrefix(scope, "src/")}
+		if l.Phase, l.Position, l.Reconcile, err = sqltable.Progress(st.view(scope)); err != nil {
+			return nil, err
+		}
+		out = append(out, l)
+	}
+	slices.SortFunc(out, func(a, b TableLine) int { return strings.Compare(a.Grant, b.Grant) })
+	return out, nil
 }

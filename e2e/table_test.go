@@ -192,6 +192,12 @@ func TestTableReplication(t *testing.T) {
 	if !logHas(s.prov.logPath(), "snapshot finished") {
 		t.Fatal("the provider never logged the end of the snapshot")
 	}
+	if st := s.prov.status(); len(st.Tables) != 1 || st.Tables[0].Phase != "incremental" || !strings.HasPrefix(st.Tables[0].Position, "20") {
+		t.Fatalf("status does not show the table's incremental position: %+v", st.Tables)
+	}
+	if out := mustRun(t, "qz-agent", "status", "--config", s.prov.cfg); !strings.Contains(out, "incremental, up to 20") {
+		t.Fatalf("qz-agent status does not show the table line:\n%s", out)
+	}
 	// A batch of incremental changes after the snapshot, deletes included.
 	if _, err := s.src.Exec(`UPDATE people SET deleted = 1 WHERE id % 1000 = 0`); err != nil {
 		t.Fatal(err)

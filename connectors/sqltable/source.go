@@ -18,12 +18,47 @@ import (
 
 // Source state keys, per grant.
 const (
-	keyPhase   = "phase"    // "", "snapshot", "incremental" or "done"
+	keyPhase   = KeyPhase
 	keySnapKey = "snap_key" // JSON [][]byte (base64): the last key sent by the snapshot
 	keySnapTok = "snap_tok" // the snapshot's resume token (Oracle SCN)
 	keyIncFrom = "inc_from" // where incremental starts: the database time when the snapshot began, minus lag
 	keyMark    = "mark"     // JSON mark: the last (watermark, key) sent incrementally
 )
+
+// KeyPhase is the state key holding a grant's phase: "snapshot",
+// "incremental" or "done" (absent before the first batch).
+const KeyPhase = "phase"
+
+// Progress says where a grant's extraction stands, from its state: the
+// phase, the watermark reached, and the step of a reconciliation ("" when
+// none is under way).
+func Progress(st connectors.State) (phase, position, reconcile string, err error) {
+	ph, _, err := st.Get(keyPhase)
+	if err != nil {
+		return "", "", "", err
+	}
+	if raw, ok, err := st.Get(keyMark); err != nil {
+		return "", "", "", err
+	} else if ok {
+		var m mark
+		if json.Unmarshal(raw, &m) == nil {
+			position = m.Value
+		}
+	}
+	for _, k := range []struct{ key, what string }{
+		{KeyReconcileDiff, "resending differing buckets"},
+		{KeyReconcileWait, "waiting for the consumer's comparison"},
+		{KeyReconcileRequest, "requested"},
+	} {
+		if _, ok, err := st.Get(k.key); err != nil {
+			return "", "", "", err
+		} else if ok {
+			reconcile = k.what
+			break
+		}
+	}
+	return string(ph), position, reconcile, nil
+}
 
 // mark is an incremental checkpoint: rows after (Value, Key) come next; a
 // nil Key means rows at Value itself have not been sent yet, and an empty
