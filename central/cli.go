@@ -41,6 +41,9 @@ Usage:
   qz-central batch list [--grant G]   stored batches: size, receipt, purge
   qz-central audit verify             check the audit log's hash chain
   qz-central audit list
+  qz-central audit export [--from DATE] [--to DATE] [--format jsonl|csv]
+                                      the audit records of a period, for archiving or review
+  qz-central calendar [YEAR]          the working-day calendar: holidays and working weekends
   qz-central version
 
 Every command takes --config FILE (default ` + DefaultConfigPath + ` when present).
@@ -54,7 +57,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch") && len(rest) > 0 {
+	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
@@ -64,6 +67,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	consumer := fs.String("consumer", "", "consumer node ID")
 	grantID := fs.String("grant", "", "only this grant")
 	expires := fs.Duration("expires", 0, "grant lifetime (0: no end)")
+	from := fs.String("from", "", "first day, 2006-01-02 (China time)")
+	to := fs.String("to", "", "last day, 2006-01-02 (China time)")
+	format := fs.String("format", "jsonl", "jsonl or csv")
 	pos, err := cli.Parse(fs, rest)
 	if err != nil {
 		return err
@@ -84,8 +90,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch cmd {
 	case "config check":
+		if _, err := cfg.Calendar(); err != nil {
+			return err
+		}
 		fmt.Fprintf(stdout, "%s: OK\n", orDefaults(path))
 		return nil
+	case "calendar":
+		return printCalendar(cfg, pos, stdout)
 	case "init":
 		return initHub(cfg, stdout)
 	case "run":
@@ -238,6 +249,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.At.Local().Format(time.DateTime), r.Actor, r.Action, r.Subject, r.Detail)
 		}
 		return tw.Flush()
+	case "audit export":
+		recs, err := st.AuditLog(ctx)
+		if err != nil {
+			return err
+		}
+		return exportAudit(recs, *from, *to, *format, stdout)
 	case "audit verify":
 		recs, err := st.AuditLog(ctx)
 		if err != nil {

@@ -7,10 +7,14 @@ package central
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/qianzhi/qianzhi/configs"
+	"github.com/qianzhi/qianzhi/pkg/calendar"
 	"github.com/qianzhi/qianzhi/pkg/config"
 )
 
@@ -34,6 +38,9 @@ type Config struct {
 	CertValidity time.Duration `yaml:"cert_validity"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// HolidaysDir holds official holiday calendars (YEAR.yaml) beside the
+	// built-in ones; a year there replaces the built-in one.
+	HolidaysDir string `yaml:"holidays_dir"`
 }
 
 // DefaultConfig returns the defaults used when a key is absent.
@@ -48,7 +55,18 @@ func DefaultConfig() Config {
 		TokenTTL:     24 * time.Hour,
 		CertValidity: 365 * 24 * time.Hour,
 		LogLevel:     "info",
+		HolidaysDir:  "/etc/qianzhi/holidays",
 	}
+}
+
+// Calendar loads the working-day calendar: the built-in years, then the
+// files in HolidaysDir (a missing folder is fine).
+func (c *Config) Calendar() (*calendar.Calendar, error) {
+	dirs := []fs.FS{configs.Holidays}
+	if fi, err := os.Stat(c.HolidaysDir); err == nil && fi.IsDir() {
+		dirs = append(dirs, os.DirFS(c.HolidaysDir))
+	}
+	return calendar.Load(dirs...)
 }
 
 // LoadConfig reads and validates a config file; path "" means defaults.
