@@ -114,8 +114,8 @@ func TestWorkdaysLate(t *testing.T) {
 		want int
 	}{
 		{time.Date(2026, 9, 30, 23, 0, 0, 0, CST), 0},
-		{time.Date(2026, 10, 5, 9, 0, 0, 0, CST), 1}, // late, though no working day has passed
-		{time.Date(2026, 10, 8, 9, 0, 0, 0, CST), 1}, // the first working day after
+		{time.Date(2026, 10, 5, 9, 0, 0, 0, CST), 1},  // late, though no working day has passed
+		{time.Date(2026, 10, 8, 9, 0, 0, 0, CST), 1},  // the first working day after
 		{time.Date(2026, 10, 10, 9, 0, 0, 0, CST), 3}, // Oct 8, 9 and the working Saturday
 	} {
 		if got := c.WorkdaysLate(dl, tc.at); got != tc.want {
