@@ -255,7 +255,7 @@ func (a *Agent) grantLoop(ctx context.Context) {
 		if !registered {
 			var decls []api.ResourceDecl
 			for _, r := range a.cfg.Resources {
-				decls = append(decls, api.ResourceDecl{ID: r.ID, Kind: r.Kind})
+				decls = append(decls, api.ResourceDecl{ID: r.ID, Kind: r.Kind, Catalog: r.Catalog})
 			}
 			if err := a.call(ctx, http.MethodPost, "/v1/resources", decls, nil); err != nil {
 				if ctx.Err() != nil {

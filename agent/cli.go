@@ -28,6 +28,7 @@ Usage:
   qz-agent run                                    run the agent (as the systemd service does)
   qz-agent config check                           validate the configuration file
   qz-agent status [--json]                        spool, grants, lines and counters
+  qz-agent catalog search WORDS… [--json]         approved catalog entries in which every word occurs
   qz-agent reconcile RESOURCE                     compare a table with its consumers' copies; resend what differs
   qz-agent receipts [--grant G] [--json]          batches provided, and the consumers' receipts checked
   qz-agent batch inspect FILE [--seal-key KEY]    print a batch's header and check its seal
@@ -44,7 +45,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	if (cmd == "config" || cmd == "batch") && len(rest) > 0 {
+	if (cmd == "config" || cmd == "batch" || cmd == "catalog") && len(rest) > 0 {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
@@ -111,6 +112,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return a.Serve(ctx)
 	case "status":
 		return status(cfg, *asJSON, stdout)
+	case "catalog search":
+		vs, err := SearchCatalog(ctx, cfg, pos)
+		if err != nil {
+			return err
+		}
+		return printCatalog(stdout, vs, *asJSON)
 	case "reconcile":
 		if err := cli.Want(pos, 1, "qz-agent reconcile RESOURCE"); err != nil {
 			return err

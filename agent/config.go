@@ -152,6 +152,14 @@ func (e *Entry) decode(file, where string, source bool) []error {
 	} else {
 		verr = e.Sink.Validate()
 	}
+	if c := e.Catalog; c != nil {
+		if !source {
+			verr = errors.Join(verr, errors.New("catalog belongs with the resource that provides the data, not a subscription"))
+		} else {
+			c.Resource = e.ID
+			verr = errors.Join(verr, c.Validate())
+		}
+	}
 	if verr != nil {
 		return []error{at(fmt.Errorf("%s: %w", e.ID, verr))}
 	}

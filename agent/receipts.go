@@ -36,11 +36,10 @@ type ReceiptLine struct {
 // provides (or only grant, if not empty) and checks each signature here:
 // the provider need not trust the hub's word that a batch was applied.
 func ListReceipts(ctx context.Context, cfg Config, grant string) ([]ReceiptLine, error) {
-	id, err := LoadIdentity(cfg.identityDir())
+	hub, id, err := hubClient(cfg)
 	if err != nil {
 		return nil, err
 	}
-	hub := &transport.Client{Hub: cfg.Hub, TLS: id.ClientTLS(cfg.Hub), Mode: cfg.Transport}
 	defer hub.Close()
 	var gs []api.GrantInfo
 	if err := call(ctx, hub, http.MethodGet, "/v1/grants", nil, &gs); err != nil {

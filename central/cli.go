@@ -44,6 +44,10 @@ Usage:
   qz-central audit export [--from DATE] [--to DATE] [--format jsonl|csv]
                                       the audit records of a period, for archiving or review
   qz-central calendar [YEAR]          the working-day calendar: holidays and working weekends
+  qz-central catalog list             every catalog entry's newest version, its review and deadline
+  qz-central catalog show RESOURCE    an entry's versions, in full
+  qz-central catalog approve RESOURCE
+  qz-central catalog reject RESOURCE --reason TEXT
   qz-central version
 
 Every command takes --config FILE (default ` + DefaultConfigPath + ` when present).
@@ -57,7 +61,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch" || cmd == "catalog") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
@@ -70,6 +74,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	from := fs.String("from", "", "first day, 2006-01-02 (China time)")
 	to := fs.String("to", "", "last day, 2006-01-02 (China time)")
 	format := fs.String("format", "jsonl", "jsonl or csv")
+	reason := fs.String("reason", "", "why (required to reject)")
 	pos, err := cli.Parse(fs, rest)
 	if err != nil {
 		return err
@@ -249,6 +254,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.At.Local().Format(time.DateTime), r.Actor, r.Action, r.Subject, r.Detail)
 		}
 		return tw.Flush()
+	case "catalog list", "catalog show", "catalog approve", "catalog reject":
+		return catalogCommand(ctx, st, cmd, pos, *reason, stdout)
 	case "audit export":
 		recs, err := st.AuditLog(ctx)
 		if err != nil {

@@ -38,6 +38,8 @@ type Config struct {
 	CertValidity time.Duration `yaml:"cert_validity"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// Deadlines are in working days (see HolidaysDir).
+	Deadlines Deadlines `yaml:"deadlines"`
 	// HolidaysDir holds official holiday calendars (YEAR.yaml) beside the
 	// built-in ones; a year there replaces the built-in one.
 	HolidaysDir string `yaml:"holidays_dir"`
@@ -56,7 +58,18 @@ func DefaultConfig() Config {
 		CertValidity: 365 * 24 * time.Hour,
 		LogLevel:     "info",
 		HolidaysDir:  "/etc/qianzhi/holidays",
+		Deadlines:    Deadlines{CatalogReview: 10, HubReview: 2, ProviderReview: 5},
 	}
+}
+
+// Deadlines of the workflow's steps, in working days.
+type Deadlines struct {
+	// CatalogReview is the hub's review of a new or changed catalog entry.
+	CatalogReview int `yaml:"catalog_review"`
+	// HubReview is the hub's compliance check of an application.
+	HubReview int `yaml:"hub_review"`
+	// ProviderReview is the provider's decision on a conditional application.
+	ProviderReview int `yaml:"provider_review"`
 }
 
 // Calendar loads the working-day calendar: the built-in years, then the
@@ -94,6 +107,11 @@ func (c *Config) Validate() error {
 	}
 	if !c.QUIC && !c.TCP {
 		errs = append(errs, errors.New("quic and tcp are both off: enable at least one"))
+	}
+	for name, d := range map[string]int{"catalog_review": c.Deadlines.CatalogReview, "hub_review": c.Deadlines.HubReview, "provider_review": c.Deadlines.ProviderReview} {
+		if d < 1 || d > 60 {
+			errs = append(errs, fmt.Errorf("deadlines.%s %d: use 1 to 60 working days", name, d))
+		}
 	}
 	if !filepath.IsAbs(c.StateDir) {
 		errs = append(errs, fmt.Errorf("state_dir %q must be an absolute path", c.StateDir))

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/qianzhi/qianzhi/central/store"
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/batch"
+	"github.com/qianzhi/qianzhi/pkg/calendar"
 	"github.com/qianzhi/qianzhi/pkg/fsutil"
 	"github.com/qianzhi/qianzhi/pkg/pki"
 	"github.com/qianzhi/qianzhi/pkg/receipt"
@@ -40,6 +42,7 @@ type Hub struct {
 	tls   *tls.Config
 	log   *slog.Logger
 	now   func() time.Time
+	cal   *calendar.Calendar
 
 	mu        sync.Mutex
 	waiters   map[string]chan struct{} // consumer node → wake-up
@@ -67,6 +70,10 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 		return nil, fmt.Errorf("load server certificate: %w", err)
 	}
 	cert.Certificate = append(cert.Certificate, ca.Cert.Raw) // send the CA so a new agent can pin it
+	cal, err := cfg.Calendar()
+	if err != nil {
+		return nil, err
+	}
 	st, err := store.OpenSQLite(cfg.dbPath())
 	if err != nil {
 		return nil, err
@@ -77,7 +84,7 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 			return nil, fmt.Errorf("prepare payload folder: %w", err)
 		}
 	}
-	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now,
+	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now, cal: cal,
 		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{}}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
@@ -226,6 +233,7 @@ func (h *Hub) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("POST /v1/enroll", h.enroll)
 	mux.Handle("POST /v1/resources", h.node(h.registerResources))
+	mux.Handle("GET /v1/catalog", h.node(h.catalog))
 	mux.Handle("GET /v1/grants", h.node(h.listGrants))
 	mux.Handle("GET /v1/nodes/{id}/seal", h.node(h.sealKey))
 	mux.Handle("HEAD /v1/batches/{grant}/{seq}", h.node(h.uploadStatus))
@@ -379,8 +387,44 @@ func (h *Hub) registerResources(w http.ResponseWriter, r *http.Request) {
 			h.internal(w, "register resource", err)
 			return
 		}
+		if d.Catalog == nil {
+			continue
+		}
+		e := *d.Catalog
+		e.Resource = d.ID
+		if err := e.Validate(); err != nil {
+			httpError(w, http.StatusBadRequest, fmt.Sprintf("resource %s: %v", d.ID, err))
+			return
+		}
+		deadline := h.cal.Deadline(h.now(), h.cfg.Deadlines.CatalogReview)
+		version, changed, err := h.store.SubmitCatalog(r.Context(), nodeID(r), e, deadline)
+		if err != nil {
+			h.internal(w, "submit catalog entry", err)
+			return
+		}
+		if changed {
+			h.log.Info("catalog entry waits for review", "resource", d.ID, "version", version, "deadline", deadline)
+		}
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// catalog answers with the approved catalog entries, filtered by the words
+// of ?q= (all must occur).
+func (h *Hub) catalog(w http.ResponseWriter, r *http.Request) {
+	vs, err := h.store.CatalogApproved(r.Context())
+	if err != nil {
+		h.internal(w, "read catalog", err)
+		return
+	}
+	words := strings.Fields(r.URL.Query().Get("q"))
+	out := []api.CatalogVersion{}
+	for _, v := range vs {
+		if v.Entry.Matches(words) {
+			out = append(out, v)
+		}
+	}
+	writeJSON(w, out)
 }
 
 // listGrants answers with the calling node's grants. With ?wait=D&version=V

@@ -19,6 +19,7 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/batch"
 )
 
@@ -28,6 +29,9 @@ type Common struct {
 	ID string `yaml:"id"`
 	// Kind selects the connector, e.g. "file".
 	Kind string `yaml:"kind"`
+	// Catalog is a provider's catalog entry for the resource (数据资源目录);
+	// the hub reviews it before other departments see it.
+	Catalog *api.CatalogEntry `yaml:"catalog"`
 }
 
 // State is a connector's key-value state for one grant, as of the last

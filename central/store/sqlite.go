@@ -99,7 +99,7 @@ var _ Store = (*SQLite)(nil)
 
 // OpenSQLite opens or creates the hub database at path.
 func OpenSQLite(path string) (*SQLite, error) {
-	db, err := sqlitedb.Open(path, schema)
+	db, err := sqlitedb.Open(path, append(append([]string{}, schema...), catalogSchema...))
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/qianzhi/qianzhi/pkg/api"
 )
 
 // Sentinel errors; callers tell cases apart with errors.Is.
@@ -21,6 +23,9 @@ var (
 	// caller cannot probe which tokens exist.
 	ErrTokenInvalid = errors.New("enrolment token is unknown, already used or expired")
 	ErrConflict     = errors.New("conflicts with the current state")
+	// ErrInvalid is a request missing what the rules require (a reason for
+	// a rejection, a field the catalog lists).
+	ErrInvalid = errors.New("invalid request")
 )
 
 // Node statuses.
@@ -149,6 +154,16 @@ type Store interface {
 	// cutoff, or stored before it under a grant that ended.
 	Purgeable(ctx context.Context, cutoff time.Time) ([]Batch, error)
 	MarkPurged(ctx context.Context, grant string, seq uint64) error
+
+	// SubmitCatalog records a new version of a provider's catalog entry
+	// for review (unless unchanged); it returns the version and whether it
+	// changed anything.
+	SubmitCatalog(ctx context.Context, provider string, e api.CatalogEntry, deadline time.Time) (int, bool, error)
+	// ReviewCatalog decides the pending version; a rejection needs a reason.
+	ReviewCatalog(ctx context.Context, resource string, approve bool, reason, actor string) (api.CatalogVersion, error)
+	CatalogLatest(ctx context.Context) ([]api.CatalogVersion, error)
+	CatalogApproved(ctx context.Context) ([]api.CatalogVersion, error)
+	CatalogVersions(ctx context.Context, resource string) ([]api.CatalogVersion, error)
 
 	Audit(ctx context.Context, actor, action, subject, detail string) error
 	AuditLog(ctx context.Context) ([]AuditRecord, error)

@@ -6,7 +6,8 @@
 //
 //	GET  /v1/ping                      liveness, also the transport probe
 //	POST /v1/enroll                    EnrollRequest → EnrollResponse
-//	POST /v1/resources                 []ResourceDecl
+//	POST /v1/resources                 []ResourceDecl (with catalog entries, for review)
+//	GET  /v1/catalog?q=WORDS           → []CatalogVersion, the approved entries matching
 //	GET  /v1/grants?wait=25s&version=V → []GrantInfo for the calling node (long poll)
 //	GET  /v1/nodes/{id}/seal?key=K     → seal public key text, by key ID
 //	HEAD /v1/batches/{grant}/{seq}     upload status: Qz-Offset, Qz-Complete
@@ -53,8 +54,9 @@ type EnrollResponse struct {
 
 // ResourceDecl is how an agent declares what it provides.
 type ResourceDecl struct {
-	ID   string `json:"id"`
-	Kind string `json:"kind"`
+	ID      string        `json:"id"`
+	Kind    string        `json:"kind"`
+	Catalog *CatalogEntry `json:"catalog,omitempty"`
 }
 
 // GrantInfo is a grant as agents see it.
