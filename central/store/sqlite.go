@@ -7,10 +7,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/seal"
 	"github.com/qianzhi/qianzhi/pkg/sqlitedb"
 )
@@ -99,7 +101,7 @@ var _ Store = (*SQLite)(nil)
 
 // OpenSQLite opens or creates the hub database at path.
 func OpenSQLite(path string) (*SQLite, error) {
-	db, err := sqlitedb.Open(path, append(append([]string{}, schema...), catalogSchema...))
+	db, err := sqlitedb.Open(path, slices.Concat(schema, catalogSchema, applicationSchema))
 	if err != nil {
 		return nil, err
 	}
@@ -424,7 +426,17 @@ func (s *SQLite) RevokeGrant(ctx context.Context, id string) error {
 		if err := bump(ctx, tx, "grants"); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "operator", "grant.revoke", id, "")
+		var app string
+		tx.QueryRowContext(ctx, `SELECT application FROM grants WHERE id = ?`, id).Scan(&app)
+		if app != "" {
+			if _, err := tx.ExecContext(ctx, `UPDATE applications SET state = ? WHERE id = ?`, api.AppRevoked, app); err != nil {
+				return err
+			}
+			if err := s.step(ctx, tx, app, api.AppRevoked, "operator", "grant "+id+" revoked", 0); err != nil {
+				return err
+			}
+		}
+		return s.audit(ctx, tx, "operator", "grant.revoke", id, "application="+app)
 	})
 }
 

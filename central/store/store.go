@@ -165,6 +165,14 @@ type Store interface {
 	CatalogApproved(ctx context.Context) ([]api.CatalogVersion, error)
 	CatalogVersions(ctx context.Context, resource string) ([]api.CatalogVersion, error)
 
+	// SubmitApplication checks a request against the approved catalog and
+	// records it (approved at once for a dedicated consumer).
+	SubmitApplication(ctx context.Context, consumer string, req api.ApplicationRequest, hubDeadline time.Time) (api.Application, error)
+	// DecideApplication records the hub's or the provider's review.
+	DecideApplication(ctx context.Context, id, actor string, hub bool, d api.Decision, providerDeadline time.Time, late int) (api.Application, error)
+	Application(ctx context.Context, id string) (api.Application, error)
+	Applications(ctx context.Context, node string, states ...string) ([]api.Application, error)
+
 	Audit(ctx context.Context, actor, action, subject, detail string) error
 	AuditLog(ctx context.Context) ([]AuditRecord, error)
 	Close() error

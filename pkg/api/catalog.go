@@ -175,3 +175,58 @@ type CatalogVersion struct {
 	Deadline  time.Time    `json:"deadline"`
 	Decided   time.Time    `json:"decided,omitzero"`
 }
+
+// Application states (共享申请).
+const (
+	AppHubReview      = "hub_review"      // the hub's compliance check
+	AppProviderReview = "provider_review" // the provider's decision
+	AppApproved       = "approved"        // a grant exists
+	AppRejected       = "rejected"        // with a reason
+	AppRevoked        = "revoked"         // its grant was revoked
+	AppExpired        = "expired"         // its grant expired
+)
+
+// ApplicationRequest is what a consumer sends to apply for a resource.
+type ApplicationRequest struct {
+	Resource string   `json:"resource"`
+	Fields   []string `json:"fields"`
+	Mode     string   `json:"mode"`
+	Purpose  string   `json:"purpose"`  // 用途
+	Scenario string   `json:"scenario"` // 应用场景
+}
+
+// Application is an application and where it stands.
+type Application struct {
+	ID       string    `json:"id"`
+	Resource string    `json:"resource"`
+	Provider string    `json:"provider"`
+	Consumer string    `json:"consumer"`
+	Fields   []string  `json:"fields"`
+	Mode     string    `json:"mode"`
+	Purpose  string    `json:"purpose"`
+	Scenario string    `json:"scenario"`
+	State    string    `json:"state"`
+	Reason   string    `json:"reason,omitempty"` // of a rejection
+	Created  time.Time `json:"created"`
+	// Deadline is when the current review step is due (zero once decided).
+	Deadline time.Time `json:"deadline,omitzero"`
+	Grant    string    `json:"grant,omitempty"`
+	// Steps are the application's history, oldest first.
+	Steps []ApplicationStep `json:"steps,omitempty"`
+}
+
+// ApplicationStep is one change of an application's state.
+type ApplicationStep struct {
+	State  string    `json:"state"`
+	Actor  string    `json:"actor"`
+	At     time.Time `json:"at"`
+	Reason string    `json:"reason,omitempty"`
+	// Late is how many working days after its deadline the step was taken.
+	Late int `json:"late,omitempty"`
+}
+
+// Decision is a reviewer's answer to an application.
+type Decision struct {
+	Approve bool   `json:"approve"`
+	Reason  string `json:"reason,omitempty"`
+}

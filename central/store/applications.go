@@ -1,0 +1,286 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/qianzhi/qianzhi/pkg/api"
+)
+
+var applicationSchema = []string{
+	`CREATE TABLE IF NOT EXISTS applications (
+		id TEXT PRIMARY KEY,
+		resource TEXT NOT NULL REFERENCES resources(id),
+		provider TEXT NOT NULL,
+		consumer TEXT NOT NULL REFERENCES nodes(id),
+		fields TEXT NOT NULL,
+		mode TEXT NOT NULL,
+		purpose TEXT NOT NULL,
+		scenario TEXT NOT NULL,
+		state TEXT NOT NULL,
+		reason TEXT NOT NULL DEFAULT '',
+		created TEXT NOT NULL,
+		deadline TEXT NOT NULL DEFAULT '',
+		grant_id TEXT NOT NULL DEFAULT ''
+	)`,
+	`CREATE INDEX IF NOT EXISTS applications_state ON applications(state, deadline)`,
+	`CREATE TABLE IF NOT EXISTS application_steps (
+		application TEXT NOT NULL REFERENCES applications(id),
+		n INTEGER NOT NULL,
+		state TEXT NOT NULL,
+		actor TEXT NOT NULL,
+		at TEXT NOT NULL,
+		reason TEXT NOT NULL DEFAULT '',
+		late INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (application, n)
+	)`,
+}
+
+func newID(prefix string) string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// SubmitApplication checks a consumer's request against the approved
+// catalog and records it. A dedicated (专用) consumer's application is
+// approved at once, its grant made; any other waits for the hub's review,
+// due by hubDeadline. A request the rules refuse is an error wrapping
+// ErrInvalid that says why.
+func (s *SQLite) SubmitApplication(ctx context.Context, consumer string, req api.ApplicationRequest, hubDeadline time.Time) (api.Application, error) {
+	a := api.Application{ID: newID("a-"), Resource: req.Resource, Consumer: consumer, Fields: req.Fields, Mode: req.Mode,
+		Purpose: req.Purpose, Scenario: req.Scenario, Created: s.now().UTC()}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		vs, err := s.catalog(ctx, tx, `WHERE resource = ? AND status = ? ORDER BY version DESC LIMIT 1`, req.Resource, CatalogApproved)
+		if err != nil {
+			return err
+		}
+		if len(vs) == 0 {
+			return fmt.Errorf("resource %s is not in the catalog (or its entry is not approved yet): search with 'qz-agent catalog search': %w", req.Resource, ErrInvalid)
+		}
+		e, provider := vs[0].Entry, vs[0].Provider
+		a.Provider = provider
+		switch {
+		case e.Category == api.ShareNone:
+			return fmt.Errorf("resource %s is not shared (不予共享) under %s: it cannot be applied for: %w", req.Resource, e.LegalBasis, ErrInvalid)
+		case consumer == provider:
+			return fmt.Errorf("node %s provides %s itself: %w", consumer, req.Resource, ErrInvalid)
+		case !slices.Contains(e.Modes, req.Mode):
+			return fmt.Errorf("resource %s is not offered in mode %q (it offers: %s): %w", req.Resource, req.Mode, strings.Join(e.Modes, ", "), ErrInvalid)
+		case len(req.Fields) == 0:
+			return fmt.Errorf("name the fields you need with --fields (the entry lists: %s): %w", fieldNames(e), ErrInvalid)
+		case strings.TrimSpace(req.Purpose) == "":
+			return fmt.Errorf("state the purpose (用途) with --purpose: %w", ErrInvalid)
+		}
+		for _, f := range req.Fields {
+			if !e.HasField(f) {
+				return fmt.Errorf("field %q is not in the catalog entry of %s (it lists: %s): %w", f, req.Resource, fieldNames(e), ErrInvalid)
+			}
+		}
+		fields, _ := json.Marshal(req.Fields)
+		a.State, a.Deadline = api.AppHubReview, hubDeadline
+		if slices.Contains(e.Dedicated, consumer) {
+			a.State, a.Deadline = api.AppApproved, time.Time{}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO applications (id, resource, provider, consumer, fields, mode, purpose, scenario, state, created, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			a.ID, a.Resource, a.Provider, a.Consumer, string(fields), a.Mode, a.Purpose, a.Scenario, a.State, ts(a.Created), ts(a.Deadline)); err != nil {
+			return err
+		}
+		if err := s.step(ctx, tx, a.ID, "submitted", consumer, "", 0); err != nil {
+			return err
+		}
+		if err := s.audit(ctx, tx, consumer, "application.submit", a.ID, fmt.Sprintf("resource=%s mode=%s fields=%s purpose=%s", a.Resource, a.Mode, strings.Join(a.Fields, ","), a.Purpose)); err != nil {
+			return err
+		}
+		if a.State == api.AppApproved {
+			if err := s.step(ctx, tx, a.ID, api.AppApproved, "hub", "dedicated share (专用)", 0); err != nil {
+				return err
+			}
+			return s.grantFor(ctx, tx, &a, "hub")
+		}
+		return s.step(ctx, tx, a.ID, api.AppHubReview, "hub", "", 0)
+	})
+	return a, err
+}
+
+func fieldNames(e api.CatalogEntry) string {
+	var n []string
+	for _, f := range e.Fields {
+		n = append(n, f.Name)
+	}
+	return strings.Join(n, ", ")
+}
+
+// step appends to an application's history.
+func (s *SQLite) step(ctx context.Context, tx *sql.Tx, id, state, actor, reason string, late int) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO application_steps (application, n, state, actor, at, reason, late)
+		VALUES (?, (SELECT COUNT(*) FROM application_steps WHERE application = ?) + 1, ?, ?, ?, ?, ?)`, id, id, state, actor, ts(s.now()), reason, late)
+	return err
+}
+
+// grantFor makes the grant of an approved application.
+func (s *SQLite) grantFor(ctx context.Context, tx *sql.Tx, a *api.Application, actor string) error {
+	a.Grant = newID("g-")
+	if _, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, application) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		a.Grant, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ","), GrantActive, ts(s.now()), a.ID); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE applications SET state = ?, deadline = '', grant_id = ? WHERE id = ?`, api.AppApproved, a.Grant, a.ID); err != nil {
+		return err
+	}
+	if err := bump(ctx, tx, "grants"); err != nil {
+		return err
+	}
+	return s.audit(ctx, tx, actor, "grant.add", a.Grant, fmt.Sprintf("application=%s resource=%s provider=%s consumer=%s mode=%s fields=%s",
+		a.ID, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ",")))
+}
+
+// DecideApplication records a review: the hub's (hub true; the application
+// must wait for the hub) or its provider's (actor must be the provider, the
+// application must wait for it). A rejection needs a reason. The hub's
+// approval of an unconditional resource approves it; of a conditional one,
+// passes it to the provider, due by providerDeadline. late is how many
+// working days after the step's deadline the decision comes.
+func (s *SQLite) DecideApplication(ctx context.Context, id, actor string, hub bool, d api.Decision, providerDeadline time.Time, late int) (api.Application, error) {
+	var a api.Application
+	if !d.Approve && strings.TrimSpace(d.Reason) == "" {
+		return a, fmt.Errorf("a rejection needs a reason (--reason): %w", ErrInvalid)
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if a, err = s.application(ctx, tx, id); err != nil {
+			return err
+		}
+		want := api.AppProviderReview
+		if hub {
+			want = api.AppHubReview
+		}
+		switch {
+		case a.State != want:
+			return fmt.Errorf("application %s is %s, not waiting for %s: %w", id, a.State, map[bool]string{true: "the hub", false: "its provider"}[hub], ErrConflict)
+		case !hub && actor != a.Provider:
+			return fmt.Errorf("node %s is not the provider of %s (%s is): %w", actor, a.Resource, a.Provider, ErrInvalid)
+		}
+		step, action := "", ""
+		switch {
+		case !d.Approve:
+			a.State, step, action = api.AppRejected, api.AppRejected, "application.reject"
+		case hub:
+			action = "application.hub_approve"
+			vs, err := s.catalog(ctx, tx, `WHERE resource = ? AND status = ? ORDER BY version DESC LIMIT 1`, a.Resource, CatalogApproved)
+			if err != nil {
+				return err
+			}
+			if len(vs) == 1 && vs[0].Entry.Category == api.ShareUnconditional {
+				a.State, step = api.AppApproved, api.AppApproved
+			} else {
+				a.State, step = api.AppProviderReview, api.AppProviderReview
+			}
+		default:
+			a.State, step, action = api.AppApproved, api.AppApproved, "application.provider_approve"
+		}
+		if err := s.step(ctx, tx, id, step, actor, d.Reason, late); err != nil {
+			return err
+		}
+		if err := s.audit(ctx, tx, actor, action, id, fmt.Sprintf("state=%s reason=%s late=%d", a.State, d.Reason, late)); err != nil {
+			return err
+		}
+		switch a.State {
+		case api.AppApproved:
+			return s.grantFor(ctx, tx, &a, actor)
+		case api.AppProviderReview:
+			a.Deadline = providerDeadline
+		default:
+			a.Deadline, a.Reason = time.Time{}, d.Reason
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE applications SET state = ?, reason = ?, deadline = ? WHERE id = ?`, a.State, a.Reason, ts(a.Deadline), id)
+		return err
+	})
+	if err == nil {
+		a, err = s.Application(ctx, id)
+	}
+	return a, err
+}
+
+const appCols = `id, resource, provider, consumer, fields, mode, purpose, scenario, state, reason, created, deadline, grant_id`
+
+func (s *SQLite) application(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, id string) (api.Application, error) {
+	a, err := scanApplication(q.QueryRowContext(ctx, `SELECT `+appCols+` FROM applications WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return a, fmt.Errorf("application %s: %w", id, ErrNotFound)
+	}
+	return a, err
+}
+
+func scanApplication(sc interface{ Scan(...any) error }) (api.Application, error) {
+	var a api.Application
+	var fields, created, deadline string
+	err := sc.Scan(&a.ID, &a.Resource, &a.Provider, &a.Consumer, &fields, &a.Mode, &a.Purpose, &a.Scenario, &a.State, &a.Reason, &created, &deadline, &a.Grant)
+	if err == nil {
+		err = json.Unmarshal([]byte(fields), &a.Fields)
+	}
+	a.Created, a.Deadline = parseTS(created), parseTS(deadline)
+	return a, err
+}
+
+// Application returns one application with its history.
+func (s *SQLite) Application(ctx context.Context, id string) (api.Application, error) {
+	a, err := s.application(ctx, s.db, id)
+	if err != nil {
+		return a, err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT state, actor, at, reason, late FROM application_steps WHERE application = ? ORDER BY n`, id)
+	if err != nil {
+		return a, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var st api.ApplicationStep
+		var at string
+		if err := rows.Scan(&st.State, &st.Actor, &at, &st.Reason, &st.Late); err != nil {
+			return a, err
+		}
+		st.At = parseTS(at)
+		a.Steps = append(a.Steps, st)
+	}
+	return a, rows.Err()
+}
+
+// Applications lists applications a node takes part in (node "" for
+// all), oldest first; states, when given, filters them.
+func (s *SQLite) Applications(ctx context.Context, node string, states ...string) ([]api.Application, error) {
+	where, args := []string{"1 = 1"}, []any{}
+	if node != "" {
+		where, args = append(where, "(provider = ? OR consumer = ?)"), append(args, node, node)
+	}
+	if len(states) > 0 {
+		where = append(where, "state IN ("+strings.TrimSuffix(strings.Repeat("?, ", len(states)), ", ")+")")
+		for _, st := range states {
+			args = append(args, st)
+		}
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+appCols+` FROM applications WHERE `+strings.Join(where, " AND ")+` ORDER BY created, id`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []api.Application
+	for rows.Next() {
+		a, err := scanApplication(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
