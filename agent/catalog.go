@@ -59,3 +59,64 @@ func printCatalog(w io.Writer, vs []api.CatalogVersion, asJSON bool) error {
 	}
 	return tw.Flush()
 }
+
+// Apply sends an application for a resource to the hub.
+func Apply(ctx context.Context, cfg Config, req api.ApplicationRequest) (api.Application, error) {
+	var a api.Application
+	hub, _, err := hubClient(cfg)
+	if err != nil {
+		return a, err
+	}
+	defer hub.Close()
+	err = call(ctx, hub, http.MethodPost, "/v1/applications", req, &a)
+	return a, err
+}
+
+// Applications lists the applications this node made or must decide.
+func Applications(ctx context.Context, cfg Config) ([]api.Application, string, error) {
+	hub, id, err := hubClient(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	defer hub.Close()
+	var as []api.Application
+	err = call(ctx, hub, http.MethodGet, "/v1/applications", nil, &as)
+	return as, id.NodeID, err
+}
+
+// Decide is the provider's decision on an application for its resource.
+func Decide(ctx context.Context, cfg Config, id string, d api.Decision) (api.Application, error) {
+	var a api.Application
+	hub, _, err := hubClient(cfg)
+	if err != nil {
+		return a, err
+	}
+	defer hub.Close()
+	err = call(ctx, hub, http.MethodPost, "/v1/applications/"+url.PathEscape(id)+"/decision", d, &a)
+	return a, err
+}
+
+func printApplications(w io.Writer, as []api.Application, me string, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(as)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tROLE\tSTATE\tDUE\tRESOURCE\tCONSUMER\tMODE\tFIELDS\tPURPOSE\tGRANT")
+	for _, a := range as {
+		role := "consumer"
+		if a.Provider == me {
+			role = "provider"
+			if a.State == api.AppProviderReview {
+				role = "provider: decide"
+			}
+		}
+		due := "-"
+		if !a.Deadline.IsZero() {
+			due = a.Deadline.Local().Format("2006-01-02 15:04")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, role, a.State, due, a.Resource, a.Consumer, a.Mode, strings.Join(a.Fields, ","), a.Purpose, a.Grant)
+	}
+	return tw.Flush()
+}

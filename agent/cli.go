@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/cli"
 	"github.com/qianzhi/qianzhi/pkg/logging"
@@ -29,6 +30,10 @@ Usage:
   qz-agent config check                           validate the configuration file
   qz-agent status [--json]                        spool, grants, lines and counters
   qz-agent catalog search WORDS… [--json]         approved catalog entries in which every word occurs
+  qz-agent apply RESOURCE --fields F,F --mode batch --purpose TEXT [--scenario TEXT]
+                                                  apply for a resource (共享申请)
+  qz-agent applications [--json]                  applications this node made, and those it must decide
+  qz-agent approve ID | reject ID --reason TEXT   the provider's decision on an application
   qz-agent reconcile RESOURCE                     compare a table with its consumers' copies; resend what differs
   qz-agent receipts [--grant G] [--json]          batches provided, and the consumers' receipts checked
   qz-agent batch inspect FILE [--seal-key KEY]    print a batch's header and check its seal
@@ -55,6 +60,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "print JSON")
 	grantID := fs.String("grant", "", "only this grant")
 	sealKey := fs.String("seal-key", "", "provider seal public key (ed25519:…) to check the seal against")
+	fields := fs.String("fields", "", "comma-separated fields")
+	mode := fs.String("mode", "batch", "batch, query or verify")
+	purpose := fs.String("purpose", "", "what the data is for (用途)")
+	scenario := fs.String("scenario", "", "where it is used (应用场景)")
+	reason := fs.String("reason", "", "why (required to reject)")
 	pos, err := cli.Parse(fs, rest)
 	if err != nil {
 		return err
@@ -112,6 +122,38 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return a.Serve(ctx)
 	case "status":
 		return status(cfg, *asJSON, stdout)
+	case "apply":
+		if err := cli.Want(pos, 1, "qz-agent apply RESOURCE --fields F,F --mode batch --purpose TEXT"); err != nil {
+			return err
+		}
+		var fs []string
+		for _, f := range strings.Split(*fields, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				fs = append(fs, f)
+			}
+		}
+		a, err := Apply(ctx, cfg, api.ApplicationRequest{Resource: pos[0], Fields: fs, Mode: *mode, Purpose: *purpose, Scenario: *scenario})
+		if err != nil {
+			return err
+		}
+		return printApplications(stdout, []api.Application{a}, "", false)
+	case "applications":
+		as, me, err := Applications(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		return printApplications(stdout, as, me, *asJSON)
+	case "approve", "reject":
+		if err := cli.Want(pos, 1, "qz-agent "+cmd+" APPLICATION_ID"); err != nil {
+			return err
+		}
+		// A rejection without a reason goes to the hub too: it refuses it
+		// and records the attempt.
+		a, err := Decide(ctx, cfg, pos[0], api.Decision{Approve: cmd == "approve", Reason: *reason})
+		if err != nil {
+			return err
+		}
+		return printApplications(stdout, []api.Application{a}, "", false)
 	case "catalog search":
 		vs, err := SearchCatalog(ctx, cfg, pos)
 		if err != nil {

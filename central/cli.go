@@ -48,6 +48,11 @@ Usage:
   qz-central catalog show RESOURCE    an entry's versions, in full
   qz-central catalog approve RESOURCE
   qz-central catalog reject RESOURCE --reason TEXT
+  qz-central application list [--state S,S]
+  qz-central application show ID      an application and its history
+  qz-central application approve ID   the hub's compliance review: passes it on (or approves an unconditional one)
+  qz-central application reject ID --reason TEXT
+  qz-central report overdue           review steps past their deadline, in working days
   qz-central version
 
 Every command takes --config FILE (default ` + DefaultConfigPath + ` when present).
@@ -61,7 +66,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch" || cmd == "catalog") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch" || cmd == "catalog" || cmd == "application" || cmd == "report") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
@@ -75,6 +80,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	to := fs.String("to", "", "last day, 2006-01-02 (China time)")
 	format := fs.String("format", "jsonl", "jsonl or csv")
 	reason := fs.String("reason", "", "why (required to reject)")
+	state := fs.String("state", "", "only applications in these states")
 	pos, err := cli.Parse(fs, rest)
 	if err != nil {
 		return err
@@ -256,6 +262,14 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return tw.Flush()
 	case "catalog list", "catalog show", "catalog approve", "catalog reject":
 		return catalogCommand(ctx, st, cmd, pos, *reason, stdout)
+	case "application list", "application show", "application approve", "application reject":
+		if cmd == "application reject" && strings.TrimSpace(*reason) == "" {
+			st.Audit(ctx, "operator", "application.refuse", strings.Join(pos, " "), "rejection without a reason")
+			return cli.Usagef("a rejection needs --reason: the consumer must know why")
+		}
+		return applicationCommand(ctx, cfg, st, cmd, pos, *state, *reason, stdout)
+	case "report overdue":
+		return reportOverdue(ctx, cfg, st, stdout)
 	case "audit export":
 		recs, err := st.AuditLog(ctx)
 		if err != nil {

@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/qianzhi/qianzhi/central/store"
+	"github.com/qianzhi/qianzhi/pkg/api"
 )
 
 // TestAuditExport writes the records of a period as JSON lines and as
@@ -87,5 +89,53 @@ func TestCalendarCommand(t *testing.T) {
 	os.WriteFile(filepath.Join(hol, "2028.yaml"), []byte("year: 2028\nholidays:\n  - name: x\n    work: [2028-01-03]\n    off: [2028-01-01]\n"), 0o644)
 	if _, err := run("config", "check"); err == nil || !strings.Contains(err.Error(), "2028.yaml") {
 		t.Fatalf("config check must report the broken calendar file: %v", err)
+	}
+}
+
+// TestReportOverdue lists an application whose hub review is past due and
+// a catalog entry waiting past its deadline, with working days late.
+func TestReportOverdue(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.StateDir, cfg.HolidaysDir = dir, filepath.Join(dir, "none")
+	st, err := store.OpenSQLite(filepath.Join(dir, "c.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, n := range []string{"gaj", "mzj"} {
+		st.AddNode(ctx, n, n, "h"+n, time.Now().Add(time.Hour))
+	}
+	for _, r := range []string{"gaj.hukou", "gaj.late"} {
+		st.RegisterResource(ctx, store.Resource{ID: r, Provider: "gaj", Kind: "file"})
+	}
+	e := api.CatalogEntry{Resource: "gaj.hukou", Name: "户籍", Code: "1", Format: "file", Department: "公安局",
+		Fields: []api.CatalogField{{Name: "姓名", Type: "string"}}, Category: api.ShareUnconditional, Frequency: "daily", Modes: []string{"batch"}}
+	st.SubmitCatalog(ctx, "gaj", e, time.Now())
+	st.ReviewCatalog(ctx, "gaj.hukou", true, "", "operator")
+	e.Resource = "gaj.late"
+	st.SubmitCatalog(ctx, "gaj", e, time.Now().Add(-10*24*time.Hour))
+	a, err := st.SubmitApplication(ctx, "mzj", api.ApplicationRequest{Resource: "gaj.hukou", Fields: []string{"姓名"}, Mode: "batch", Purpose: "p"}, time.Now().Add(-7*24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.SubmitApplication(ctx, "mzj", api.ApplicationRequest{Resource: "gaj.hukou", Fields: []string{"姓名"}, Mode: "batch", Purpose: "p"}, time.Now().Add(24*time.Hour))
+	var out bytes.Buffer
+	if err := reportOverdue(ctx, cfg, st, &out); err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	if !strings.Contains(s, a.ID) || !strings.Contains(s, "gaj.late v1") || !strings.Contains(s, "2 overdue") {
+		t.Fatalf("overdue report:\n%s", s)
+	}
+	// A week late is at least 4 working days late, whatever the holidays.
+	for _, line := range strings.Split(s, "\n") {
+		if strings.Contains(line, a.ID) {
+			f := strings.Fields(line)
+			if n, err := strconv.Atoi(f[len(f)-1]); err != nil || n < 4 || n > 7 {
+				t.Errorf("working days late: %s", line)
+			}
+		}
 	}
 }

@@ -91,3 +91,67 @@ func TestCatalogBadEntry(t *testing.T) {
 	os.WriteFile(p, []byte("state_dir: "+dir+"\nresources:\n"+fileResource("gaj.hukou", dir, noBasis)), 0o644)
 	expectFail(t, "qz-agent", []string{"config", "check", "--config", p}, "needs legal_basis")
 }
+
+// TestApplicationWorkflow: a department applies for a conditional
+// resource; the hub checks it, the provider approves it through its own
+// agent, and the data flows under the grant that results. Each mistake is
+// refused with a clear error and audited.
+func TestApplicationWorkflow(t *testing.T) {
+	h := newHub(t, hubOpts{})
+	h.start()
+	out, in := t.TempDir(), t.TempDir()
+	sums := writeFiles(t, out, []fileSpec{{"户籍/2026.csv", 100 << 10}})
+	prov := newNode(t, h, "gaj", nodeOpts{resources: fileResource("gaj.hukou", out, hukouCatalog)})
+	cons := newNode(t, h, "mzj", nodeOpts{subs: fileSub("gaj.hukou", in)})
+	other := newNode(t, h, "wjw", nodeOpts{})
+	prov.start()
+	cons.start()
+	waitFor(t, 15*time.Second, "the catalog entry", func() bool { return strings.Contains(h.central("catalog", "list"), "gaj.hukou") })
+	h.central("catalog", "approve", "gaj.hukou")
+	agent := func(n *node, args ...string) []string { return append(args, "--config", n.cfg) }
+
+	// Mistakes first.
+	expectFail(t, "qz-agent", agent(cons, "apply", "gaj.nothing", "--fields", "姓名", "--purpose", "低保"), "gaj.nothing is not in the catalog")
+	expectFail(t, "qz-agent", agent(cons, "apply", "gaj.hukou", "--fields", "姓名,婚姻状况", "--purpose", "低保"), `field "婚姻状况" is not in the catalog entry`, "身份证号, 姓名, 住址")
+	expectFail(t, "qz-agent", agent(cons, "apply", "gaj.hukou", "--fields", "姓名", "--mode", "query", "--purpose", "低保"), `not offered in mode "query"`)
+
+	res := mustRun(t, "qz-agent", agent(cons, "apply", "gaj.hukou", "--fields", "身份证号,姓名", "--purpose", "低保资格审核", "--scenario", "窗口办理")...)
+	id := strings.Fields(strings.Split(res, "\n")[1])[0]
+	if !strings.HasPrefix(id, "a-") || !strings.Contains(res, "hub_review") {
+		t.Fatalf("apply: %s", res)
+	}
+	// The provider cannot decide before the hub has checked.
+	expectFail(t, "qz-agent", agent(prov, "approve", id), "not waiting for its provider")
+	if s := h.central("application", "approve", id); !strings.Contains(s, "passed to the provider gaj") {
+		t.Fatalf("hub review: %s", s)
+	}
+	expectFail(t, "qz-agent", agent(other, "approve", id), "not found")
+	expectFail(t, "qz-agent", agent(cons, "approve", id), "not the provider")
+	expectFail(t, "qz-agent", agent(prov, "reject", id), "needs a reason")
+	if s := mustRun(t, "qz-agent", agent(prov, "applications")...); !strings.Contains(s, "provider: decide") {
+		t.Fatalf("the provider's list:\n%s", s)
+	}
+	res = mustRun(t, "qz-agent", agent(prov, "approve", id)...)
+	if !strings.Contains(res, "approved") || !strings.Contains(res, "g-") {
+		t.Fatalf("provider approve: %s", res)
+	}
+	waitArrived(t, in, sums, 30*time.Second)
+	show := h.central("application", "show", id)
+	for _, st := range []string{"submitted", "hub_review", "provider_review", "approved"} {
+		if !strings.Contains(show, `"state": "`+st+`"`) {
+			t.Errorf("history lacks %s:\n%s", st, show)
+		}
+	}
+	audit := h.central("audit", "list")
+	for _, a := range []string{"application.submit", "application.hub_approve", "application.provider_approve", "grant.add", "application.refuse"} {
+		if !strings.Contains(audit, a) {
+			t.Errorf("audit lacks %s", a)
+		}
+	}
+	if n := strings.Count(audit, "application.refuse"); n < 6 {
+		t.Errorf("%d refusals audited, want 6:\n%s", n, audit)
+	}
+	if s := h.central("report", "overdue"); !strings.Contains(s, "0 overdue") {
+		t.Errorf("overdue report: %s", s)
+	}
+}

@@ -8,6 +8,9 @@
 //	POST /v1/enroll                    EnrollRequest → EnrollResponse
 //	POST /v1/resources                 []ResourceDecl (with catalog entries, for review)
 //	GET  /v1/catalog?q=WORDS           → []CatalogVersion, the approved entries matching
+//	POST /v1/applications              ApplicationRequest → Application (the caller is the consumer)
+//	GET  /v1/applications              → []Application the caller provides or consumes
+//	POST /v1/applications/{id}/decision Decision → Application (the caller must be the provider)
 //	GET  /v1/grants?wait=25s&version=V → []GrantInfo for the calling node (long poll)
 //	GET  /v1/nodes/{id}/seal?key=K     → seal public key text, by key ID
 //	HEAD /v1/batches/{grant}/{seq}     upload status: Qz-Offset, Qz-Complete
