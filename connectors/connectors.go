@@ -21,6 +21,7 @@ import (
 
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/batch"
+	"github.com/qianzhi/qianzhi/pkg/mask"
 )
 
 // Common holds the keys every resource and subscription entry has.
@@ -84,6 +85,10 @@ func (c *Changes) Each(fn func(key string, val []byte) error) error {
 // implies. Limit is the body size the source should stay under; a single
 // entry may exceed it only when it cannot be split.
 type Output struct {
+	// Project, set by the agent before Next, is what the grant lets
+	// through; a source that cannot honour it returns an error.
+	Project *Projection
+
 	Kind    string
 	Files   []batch.FileEntry
 	Schema  *batch.Schema // for row batches
@@ -97,6 +102,27 @@ type Output struct {
 func (o *Output) Empty() bool {
 	return len(o.Files) == 0 && o.Rows == 0 && len(o.Body) == 0 && (o.Schema == nil || o.Schema.Reconcile == nil)
 }
+
+// Projection is what a grant lets through: its fields (every field when
+// empty), the masking rule of each masked field, and the grant's hashing
+// secret. Ungranted fields must never reach the batch.
+type Projection struct {
+	Fields []string
+	Masks  map[string]mask.Rule
+	Secret []byte
+}
+
+// Mask returns the masking rule of a field, if any.
+func (p *Projection) Mask(field string) (mask.Rule, bool) {
+	if p == nil {
+		return mask.Rule{}, false
+	}
+	r, ok := p.Masks[field]
+	return r, ok
+}
+
+// Empty reports whether the projection lets everything through unmasked.
+func (p *Projection) Empty() bool { return p == nil || len(p.Fields) == 0 && len(p.Masks) == 0 }
 
 // ErrIdle is returned by Source.Next when there is nothing to send now.
 var ErrIdle = errors.New("nothing to send")

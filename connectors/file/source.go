@@ -240,6 +240,9 @@ var errChanged = errors.New("file changed while reading")
 
 // Next implements connectors.Source.
 func (s *Source) Next(ctx context.Context, st connectors.State, out *connectors.Output) error {
+	if !out.Project.Empty() {
+		return errors.New("the grant names fields or masking rules, which a folder's files cannot honour: grant the folder whole")
+	}
 	out.Kind = "files"
 	var p plan
 	if ok, err := getJSON(st, keyPlan, &p); err != nil {

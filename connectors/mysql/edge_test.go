@@ -11,6 +11,7 @@ import (
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/connectors/sqltable"
 	"github.com/qianzhi/qianzhi/pkg/batch"
+	"github.com/qianzhi/qianzhi/pkg/mask"
 )
 
 // TestBinaryKey pages through a table keyed by 16 raw bytes (a UUID):
@@ -231,5 +232,98 @@ func TestWatermarkTimeZone(t *testing.T) {
 				t.Fatalf("no warning about watermarks ahead of the clock:\n%s", log.String())
 			}
 		})
+	}
+}
+
+// TestProjectionAndMasking: a grant's fields and masking rules are applied
+// before a value is written into the batch; ungranted columns never
+// appear; a hashed key still identifies rows, and reconcile agrees on the
+// masked values.
+func TestProjectionAndMasking(t *testing.T) {
+	p := newPair(t, func(c *sqltable.SourceConfig) { c.Table = "citizens" }, func(c *sqltable.SinkConfig) { c.Table = "citizens" })
+	exec(t, p.from, `CREATE TABLE citizens (id_no CHAR(18) PRIMARY KEY, name VARCHAR(20), phone VARCHAR(11), income DECIMAL(12,2), updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6), KEY (updated_at))`,
+		`INSERT INTO citizens (id_no, name, phone, income) VALUES ('110101199003078515', '张三丰', '13812345678', 8888.88), ('110101199003071234', '李四', '13900001111', 1234.56)`)
+	rule := func(s string) mask.Rule {
+		r, err := mask.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	proj := &connectors.Projection{Fields: []string{"name", "phone"}, Masks: map[string]mask.Rule{"name": rule("name"), "phone": rule("phone"), "id_no": rule("hash")}, Secret: mask.Secret([]byte("k"), "g1")}
+	p.open(t)
+	out := connectors.Output{Limit: 1 << 20, Project: proj}
+	if err := p.src.Next(context.Background(), p.st, &out); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range out.Schema.Columns {
+		names = append(names, c.Name)
+	}
+	if strings.Join(names, ",") != "id_no,name,phone" {
+		t.Fatalf("columns sent: %v (income and updated_at are not granted)", names)
+	}
+	for _, secret := range []string{"110101199003078515", "张三丰", "13812345678", "8888.88", "1234.56", "李四"} {
+		if bytes.Contains(out.Body, []byte(secret)) {
+			t.Fatalf("the batch carries %q", secret)
+		}
+	}
+	if !bytes.Contains(out.Body, []byte("138****5678")) || !bytes.Contains(out.Body, []byte("张**")) {
+		t.Fatalf("masked values missing from %q", out.Body)
+	}
+	h := batch.Header{Kind: out.Kind, Resource: "r", Grant: "g1", Sequence: 1, Schema: out.Schema, Rows: out.Rows}
+	if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.st.Commit(&out.Changes)
+	var n int
+	p.to.QueryRow(`SELECT COUNT(*) FROM citizens WHERE LENGTH(id_no) = 32 AND phone LIKE '138****%'`).Scan(&n)
+	if n != 1 {
+		t.Fatal("the consumer's table does not hold the masked rows")
+	}
+	// An update arrives on the same hashed key.
+	exec(t, p.from, `UPDATE citizens SET phone = '13700009999' WHERE name = '李四'`)
+	p.seq = 1
+	digested := false
+	for {
+		out := connectors.Output{Limit: 1 << 20, Project: proj}
+		if err := p.src.Next(context.Background(), p.st, &out); err != nil {
+			break
+		}
+		if !out.Empty() {
+			p.seq++
+			h := batch.Header{Kind: out.Kind, Resource: "r", Grant: "g1", Sequence: p.seq, Schema: out.Schema, Rows: out.Rows}
+			var ch connectors.Changes
+			if err := p.sink.Apply(context.Background(), &h, bytes.NewReader(out.Body), nil, &ch); err != nil {
+				t.Fatal(err)
+			}
+			if out.Schema.Phase == batch.PhaseDigest {
+				digested = true
+				if len(ch.Mismatch) != 0 {
+					t.Fatalf("reconcile finds masked tables different: %v", ch.Mismatch)
+				}
+				raw, _ := json.Marshal(ch.Mismatch)
+				out.Changes.Put(sqltable.KeyReconcileDiff, raw)
+			}
+		}
+		p.st.Commit(&out.Changes)
+		if _, asked := p.st.KV[sqltable.KeyReconcileRequest]; !asked && p.seq == 2 {
+			p.st.KV[sqltable.KeyReconcileRequest] = []byte("now")
+		}
+	}
+	if !digested {
+		t.Fatal("no reconcile digest was compared")
+	}
+	p.to.QueryRow(`SELECT COUNT(*) FROM citizens`).Scan(&n)
+	var phone string
+	p.to.QueryRow(`SELECT phone FROM citizens WHERE name = '李*'`).Scan(&phone)
+	if n != 2 || phone != "137****9999" {
+		t.Fatalf("after the update: %d rows, phone %q", n, phone)
+	}
+	// A key masked so that rows could collide is refused.
+	bad := &connectors.Projection{Masks: map[string]mask.Rule{"id_no": rule("idcard")}}
+	out = connectors.Output{Limit: 1 << 20, Project: bad}
+	if err := p.src.Next(context.Background(), p.st, &out); err == nil || !strings.Contains(err.Error(), "only hash keeps keys apart") {
+		t.Fatalf("a lossy mask on the key: %v", err)
 	}
 }

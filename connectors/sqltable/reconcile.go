@@ -163,12 +163,13 @@ func (s *source) digest(ctx context.Context, sh *shape, out *connectors.Output) 
 	}
 	// About 500 rows a bucket, a power of two between 16 and MaxBuckets.
 	buckets := 1 << max(4, min(16, bits.Len64(uint64(n/500))))
-	nsch := len(sh.schema.Columns)
 	d := newDigester(sh.schema.Columns, sh.schema.Key, buckets)
 	var bytes int64
+	var pub [][]byte
 	err := s.scan(ctx, sh, func(text [][]byte) error {
-		d.add(text[:nsch])
-		for _, v := range text[:nsch] {
+		pub = sh.publish(text, pub)
+		d.add(pub)
+		for _, v := range pub {
 			bytes += int64(len(v)) + 2
 		}
 		return nil
@@ -216,12 +217,13 @@ func (s *source) replace(ctx context.Context, st connectors.State, sh *shape, di
 	for _, b := range group {
 		want[b] = true
 	}
-	nsch := len(sh.schema.Columns)
 	d := newDigester(sh.schema.Columns, sh.schema.Key, p.Buckets)
 	var w batch.RowWriter
+	var pub [][]byte
 	err := s.scan(ctx, sh, func(text [][]byte) error {
-		if want[d.bucket(text[:nsch])] {
-			w.Upsert(text[:nsch])
+		pub = sh.publish(text, pub)
+		if want[d.bucket(pub)] {
+			w.Upsert(pub)
 		}
 		return nil
 	})

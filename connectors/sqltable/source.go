@@ -14,6 +14,7 @@ import (
 
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/pkg/batch"
+	"github.com/qianzhi/qianzhi/pkg/mask"
 )
 
 // Source state keys, per grant.
@@ -103,7 +104,7 @@ func openSource(cfg *SourceConfig, log *slog.Logger) (*source, error) {
 	s := &source{cfg: cfg, d: cfg.dialect, db: db, log: log, changed: make(chan struct{}, 1), stop: make(chan struct{}), snaps: map[string]*openSnap{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := s.schema(ctx); err != nil {
+	if _, err := s.schema(ctx, nil); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -152,7 +153,9 @@ func (s *source) Close() error {
 // only for bookkeeping.
 type shape struct {
 	schema *batch.Schema
-	cols   []batch.Column // what is selected: schema columns, then extras
+	cols   []batch.Column // what is selected, as the table types it: schema columns, then extras
+	masks  []*mask.Rule   // by schema column: the grant's masking rule, or nil
+	secret []byte         // the grant's hashing secret
 	key    []int          // indexes of the key columns in cols
 	mark   int            // index of the watermark column in cols, or -1
 	soft   int            // index of the soft-delete column in cols, or -1
@@ -161,7 +164,7 @@ type shape struct {
 
 // schema describes the table now and builds what is read from it. Every
 // problem names the resource and what to change.
-func (s *source) schema(ctx context.Context) (*shape, error) {
+func (s *source) schema(ctx context.Context, proj *connectors.Projection) (*shape, error) {
 	c := s.cfg
 	fail := func(format string, args ...any) error {
 		return fmt.Errorf("resource %s: "+format, append([]any{c.ID}, args...)...)
@@ -221,23 +224,52 @@ func (s *source) schema(ctx context.Context) (*shape, error) {
 			pick = append(pick, col.Name)
 		}
 	}
-	sh := &shape{mark: -1, soft: -1}
-	sch := &batch.Schema{Table: name, Key: key}
 	for _, n := range pick {
-		col, ok := byName[n]
-		if !ok {
+		if _, ok := byName[n]; !ok {
 			return nil, fail("column %s is not in %s (it has: %s)", n, name, strings.Join(names, ", "))
 		}
-		sch.Columns = append(sch.Columns, col)
 	}
 	for _, k := range key {
-		if sch.Column(k) < 0 {
+		if !slices.Contains(pick, k) {
 			return nil, fail("key column %s must be among columns", k)
 		}
 	}
+	if !proj.Empty() {
+		// Only what the grant names leaves, and the key, which the
+		// consumer needs to apply rows at all.
+		var granted []string
+		for _, n := range pick {
+			if len(proj.Fields) == 0 || slices.Contains(proj.Fields, n) || slices.Contains(key, n) {
+				granted = append(granted, n)
+			}
+		}
+		for _, f := range proj.Fields {
+			if !slices.Contains(pick, f) {
+				return nil, fail("the grant names field %s, which this resource does not publish (it publishes: %s)", f, strings.Join(pick, ", "))
+			}
+		}
+		pick = granted
+	}
+	sh := &shape{mark: -1, soft: -1}
+	sch := &batch.Schema{Table: name, Key: key}
+	for _, n := range pick {
+		col := byName[n]
+		var rule *mask.Rule
+		if r, ok := proj.Mask(n); ok {
+			if slices.Contains(key, n) && !r.Deterministic() {
+				return nil, fail("the grant masks key column %s with %s, which would make distinct rows collide: only hash keeps keys apart", n, r)
+			}
+			rule, col = &r, r.Column(col)
+		}
+		sch.Columns = append(sch.Columns, col)
+		sh.masks = append(sh.masks, rule)
+		sh.cols = append(sh.cols, byName[n])
+	}
+	if proj != nil {
+		sh.secret = proj.Secret
+	}
 	sch.Fingerprint = batch.SchemaFingerprint(sch.Columns, sch.Key)
 	sh.schema = sch
-	sh.cols = slices.Clone(sch.Columns)
 	extra := func(n, what string) (int, error) {
 		if i := slices.IndexFunc(sh.cols, func(x batch.Column) bool { return x.Name == n }); i >= 0 {
 			return i, nil
@@ -301,7 +333,7 @@ func (s *source) checkWatermarkIndex(ctx context.Context) error {
 	if t.Leading[c.Watermark] {
 		return nil
 	}
-	sh, err := s.schema(ctx)
+	sh, err := s.schema(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -325,7 +357,7 @@ func (s *source) Next(ctx context.Context, st connectors.State, out *connectors.
 	if err != nil {
 		return err
 	}
-	sh, err := s.schema(ctx)
+	sh, err := s.schema(ctx, out.Project)
 	if err != nil {
 		return err
 	}
@@ -645,6 +677,33 @@ func (s *source) incrementalQuery(sh *shape, m mark, upper string) (string, []an
 	return s.d.Limit("SELECT "+s.selectList(sh)+" FROM "+sh.from+" WHERE "+cond+" ORDER BY "+wq+", "+s.keyList(sh), s.cfg.PageRows), args
 }
 
+// publish turns a row as read (canonical text of sh.cols) into the values
+// the batch carries: the schema's columns, masked as the grant says. The
+// slice is reused.
+func (sh *shape) publish(text [][]byte, out [][]byte) [][]byte {
+	out = out[:0]
+	for i, r := range sh.masks {
+		v := text[i]
+		if r != nil {
+			v = r.Apply(v, sh.secret)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// publishedKey is a row's key as the batch carries it.
+func (sh *shape) publishedKey(text [][]byte) [][]byte {
+	keys := make([][]byte, len(sh.key))
+	for j, i := range sh.key {
+		keys[j] = text[i]
+		if r := sh.masks[i]; r != nil {
+			keys[j] = r.Apply(text[i], sh.secret)
+		}
+	}
+	return keys
+}
+
 func (s *source) keyCols(sh *shape) []batch.Column {
 	var cs []batch.Column
 	for _, i := range sh.key {
@@ -678,7 +737,7 @@ func (s *source) read(ctx context.Context, q Querier, query string, args []any, 
 		return 0, nil, "", fmt.Errorf("%w [%s]", s.classify(err), query)
 	}
 	defer rows.Close()
-	nsch := len(sh.schema.Columns)
+	var pub [][]byte
 	vals := make([]any, len(sh.cols))
 	ptrs := make([]any, len(sh.cols))
 	for i := range vals {
@@ -708,13 +767,10 @@ func (s *source) read(ctx context.Context, q Querier, query string, args []any, 
 			lastMark = string(text[sh.mark])
 		}
 		if sh.soft >= 0 && text[sh.soft] != nil && string(text[sh.soft]) == s.cfg.SoftDelete.Value {
-			keys := make([][]byte, len(sh.key))
-			for j, i := range sh.key {
-				keys[j] = text[i]
-			}
-			w.Delete(keys)
+			w.Delete(sh.publishedKey(text))
 		} else {
-			w.Upsert(text[:nsch])
+			pub = sh.publish(text, pub)
+			w.Upsert(pub)
 		}
 		if int64(w.Len()) >= limit {
 			break
