@@ -41,6 +41,7 @@ type Agent struct {
 	sealKeys   map[string]seal.PublicKey  // by "node/key ID"
 	fresh      map[string]bool            // spool files sealed by this process, not yet tried
 	uploadKick chan struct{}
+	maskKey    []byte // this node's masking secret (see pkg/mask)
 }
 
 // New opens the agent's state and identity. Sources start watching now;
@@ -82,6 +83,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	if gs, err := st.loadGrants(); err == nil {
 		a.grants = gs
+	}
+	if a.maskKey, err = loadOrCreateMaskKey(cfg.identityDir()); err != nil {
+		a.Close()
+		return nil, err
 	}
 	return a, nil
 }

@@ -33,7 +33,8 @@ Usage:
   qz-agent apply RESOURCE --fields F,F --mode batch --purpose TEXT [--scenario TEXT]
                                                   apply for a resource (共享申请)
   qz-agent applications [--json]                  applications this node made, and those it must decide
-  qz-agent approve ID | reject ID --reason TEXT   the provider's decision on an application
+  qz-agent approve ID [--mask FIELD=RULE]…        the provider's approval, with masking (脱敏) for the grant
+  qz-agent reject ID --reason TEXT                the provider's refusal
   qz-agent reconcile RESOURCE                     compare a table with its consumers' copies; resend what differs
   qz-agent receipts [--grant G] [--json]          batches provided, and the consumers' receipts checked
   qz-agent batch inspect FILE [--seal-key KEY]    print a batch's header and check its seal
@@ -65,6 +66,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	purpose := fs.String("purpose", "", "what the data is for (用途)")
 	scenario := fs.String("scenario", "", "where it is used (应用场景)")
 	reason := fs.String("reason", "", "why (required to reject)")
+	masks := cli.Pairs{}
+	fs.Var(masks, "mask", "FIELD=RULE masking rule for the grant (repeatable): keep(A,B), idcard, phone, name, truncate(N), hash, null")
 	pos, err := cli.Parse(fs, rest)
 	if err != nil {
 		return err
@@ -126,13 +129,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := cli.Want(pos, 1, "qz-agent apply RESOURCE --fields F,F --mode batch --purpose TEXT"); err != nil {
 			return err
 		}
-		var fs []string
-		for _, f := range strings.Split(*fields, ",") {
-			if f = strings.TrimSpace(f); f != "" {
-				fs = append(fs, f)
-			}
-		}
-		a, err := Apply(ctx, cfg, api.ApplicationRequest{Resource: pos[0], Fields: fs, Mode: *mode, Purpose: *purpose, Scenario: *scenario})
+		a, err := Apply(ctx, cfg, api.ApplicationRequest{Resource: pos[0], Fields: cli.List(*fields), Mode: *mode, Purpose: *purpose, Scenario: *scenario})
 		if err != nil {
 			return err
 		}
@@ -149,7 +146,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		// A rejection without a reason goes to the hub too: it refuses it
 		// and records the attempt.
-		a, err := Decide(ctx, cfg, pos[0], api.Decision{Approve: cmd == "approve", Reason: *reason})
+		d := api.Decision{Approve: cmd == "approve", Reason: *reason}
+		if len(masks) > 0 {
+			d.Masks = masks
+		}
+		a, err := Decide(ctx, cfg, pos[0], d)
 		if err != nil {
 			return err
 		}

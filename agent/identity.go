@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -252,4 +253,44 @@ func apiError(resp *http.Response) string {
 		return e.Error
 	}
 	return resp.Status
+}
+
+// fileMaskKey holds the secret grants' keyed hashes derive from (see
+// pkg/mask). It never leaves this server, and survives re-enrolment, so
+// hashed values stay stable for the life of each grant.
+const fileMaskKey = "mask.key"
+
+// loadOrCreateMaskKey reads the mask key, creating it on first use.
+func loadOrCreateMaskKey(dir string) ([]byte, error) {
+	path := filepath.Join(dir, fileMaskKey)
+	if b, err := os.ReadFile(path); err == nil {
+		if len(b) != 32 {
+			return nil, fmt.Errorf("%s is damaged (%d bytes, want 32): restore it from a backup; masked hashes depend on it", path, len(b))
+		}
+		return b, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return loadOrCreateMaskKey(dir) // another process made it first
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", path, err)
+	}
+	if _, err := f.Write(key); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	return key, f.Close()
 }

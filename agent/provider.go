@@ -16,6 +16,7 @@ import (
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/fsutil"
+	"github.com/qianzhi/qianzhi/pkg/mask"
 	"github.com/qianzhi/qianzhi/pkg/seal"
 	"github.com/qianzhi/qianzhi/transport"
 )
@@ -56,8 +57,12 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 		if _, ok := a.grantActive(g.ID); !ok {
 			return nil
 		}
-		out := connectors.Output{Limit: int64(a.cfg.Batch.MaxBytes)}
-		err := src.Next(ctx, a.state.view(scope), &out)
+		proj, err := a.projection(g)
+		if err != nil {
+			return err
+		}
+		out := connectors.Output{Limit: int64(a.cfg.Batch.MaxBytes), Project: proj}
+		err = src.Next(ctx, a.state.view(scope), &out)
 		if errors.Is(err, connectors.ErrIdle) {
 			return nil
 		}
@@ -91,6 +96,20 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 		default:
 		}
 	}
+}
+
+// projection is what a grant lets through, with its masking rules and
+// hashing secret.
+func (a *Agent) projection(g api.GrantInfo) (*connectors.Projection, error) {
+	p := &connectors.Projection{Fields: g.Fields, Masks: map[string]mask.Rule{}, Secret: mask.Secret(a.maskKey, g.ID)}
+	for f, text := range g.Masks {
+		r, err := mask.Parse(text)
+		if err != nil {
+			return nil, fmt.Errorf("grant %s, field %s: %w", g.ID, f, err)
+		}
+		p.Masks[f] = r
+	}
+	return p, nil
 }
 
 // seal writes one batch to the spool durably, then commits it with the

@@ -18,6 +18,7 @@ import (
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/cli"
 	"github.com/qianzhi/qianzhi/pkg/logging"
+	"github.com/qianzhi/qianzhi/pkg/mask"
 	"github.com/qianzhi/qianzhi/pkg/pki"
 	"github.com/qianzhi/qianzhi/pkg/version"
 )
@@ -35,7 +36,7 @@ Usage:
   qz-central node token ID            print a new enrolment token for a node
   qz-central node revoke ID           refuse the node's certificate from now on
   qz-central node list
-  qz-central grant add --resource R --consumer NODE [--expires 720h]
+  qz-central grant add --resource R --consumer NODE [--expires 720h] [--fields F,F] [--mask FIELD=RULE]…
   qz-central grant revoke GRANT_ID
   qz-central grant list
   qz-central batch list [--grant G]   stored batches: size, receipt, purge
@@ -81,6 +82,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	format := fs.String("format", "jsonl", "jsonl or csv")
 	reason := fs.String("reason", "", "why (required to reject)")
 	state := fs.String("state", "", "only applications in these states")
+	fields := fs.String("fields", "", "comma-separated fields the grant lets through (default all)")
+	masks := cli.Pairs{}
+	fs.Var(masks, "mask", "FIELD=RULE masking rule (repeatable)")
 	pos, err := cli.Parse(fs, rest)
 	if err != nil {
 		return err
@@ -202,7 +206,15 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if c.ID == r.Provider {
 			return fmt.Errorf("node %s provides %s itself; a grant needs another consumer", c.ID, r.ID)
 		}
-		g := store.Grant{ID: "g-" + randHex(6), Resource: r.ID, Provider: r.Provider, Consumer: c.ID, Mode: "batch"}
+		g := store.Grant{ID: "g-" + randHex(6), Resource: r.ID, Provider: r.Provider, Consumer: c.ID, Mode: "batch", Fields: cli.List(*fields)}
+		for f, rule := range masks {
+			if _, err := mask.Parse(rule); err != nil {
+				return fmt.Errorf("--mask %s: %w", f, err)
+			}
+		}
+		if len(masks) > 0 {
+			g.Masks = masks
+		}
 		if *expires > 0 {
 			g.Expires = time.Now().Add(*expires)
 		}

@@ -484,7 +484,7 @@ func (h *Hub) grantsOf(ctx context.Context, node string) ([]api.GrantInfo, strin
 	now := h.now()
 	for _, g := range gs {
 		out = append(out, api.GrantInfo{ID: g.ID, Resource: g.Resource, Provider: g.Provider, Consumer: g.Consumer,
-			Mode: g.Mode, Fields: g.Fields, Active: g.Active(now), Expires: g.Expires})
+			Mode: g.Mode, Fields: g.Fields, Masks: g.Masks, Active: g.Active(now), Expires: g.Expires})
 	}
 	b, _ := json.Marshal(out)
 	sum := sha256.Sum256(b)

@@ -115,7 +115,8 @@ func TestApplicationWorkflow(t *testing.T) {
 	expectFail(t, "qz-agent", agent(cons, "apply", "gaj.hukou", "--fields", "姓名,婚姻状况", "--purpose", "低保"), `field "婚姻状况" is not in the catalog entry`, "身份证号, 姓名, 住址")
 	expectFail(t, "qz-agent", agent(cons, "apply", "gaj.hukou", "--fields", "姓名", "--mode", "query", "--purpose", "低保"), `not offered in mode "query"`)
 
-	res := mustRun(t, "qz-agent", agent(cons, "apply", "gaj.hukou", "--fields", "身份证号,姓名", "--purpose", "低保资格审核", "--scenario", "窗口办理")...)
+	expectFail(t, "qz-agent", agent(cons, "apply", "gaj.hukou", "--fields", "身份证号,姓名", "--purpose", "低保"), "is a folder", "apply for all its fields")
+	res := mustRun(t, "qz-agent", agent(cons, "apply", "gaj.hukou", "--fields", "身份证号,姓名,住址", "--purpose", "低保资格审核", "--scenario", "窗口办理")...)
 	id := strings.Fields(strings.Split(res, "\n")[1])[0]
 	if !strings.HasPrefix(id, "a-") || !strings.Contains(res, "hub_review") {
 		t.Fatalf("apply: %s", res)
@@ -128,6 +129,7 @@ func TestApplicationWorkflow(t *testing.T) {
 	expectFail(t, "qz-agent", agent(other, "approve", id), "not found")
 	expectFail(t, "qz-agent", agent(cons, "approve", id), "not the provider")
 	expectFail(t, "qz-agent", agent(prov, "reject", id), "needs a reason")
+	expectFail(t, "qz-agent", agent(prov, "approve", id, "--mask", "姓名=name"), "cannot be masked")
 	if s := mustRun(t, "qz-agent", agent(prov, "applications")...); !strings.Contains(s, "provider: decide") {
 		t.Fatalf("the provider's list:\n%s", s)
 	}
@@ -148,7 +150,7 @@ func TestApplicationWorkflow(t *testing.T) {
 			t.Errorf("audit lacks %s", a)
 		}
 	}
-	if n := strings.Count(audit, "application.refuse"); n < 6 {
+	if n := strings.Count(audit, "application.refuse"); n < 8 {
 		t.Errorf("%d refusals audited, want 6:\n%s", n, audit)
 	}
 	if s := h.central("report", "overdue"); !strings.Contains(s, "0 overdue") {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/mask"
 )
 
 var applicationSchema = []string{
@@ -85,6 +86,13 @@ func (s *SQLite) SubmitApplication(ctx context.Context, consumer string, req api
 				return fmt.Errorf("field %q is not in the catalog entry of %s (it lists: %s): %w", f, req.Resource, fieldNames(e), ErrInvalid)
 			}
 		}
+		var kind string
+		if err := tx.QueryRowContext(ctx, `SELECT kind FROM resources WHERE id = ?`, req.Resource).Scan(&kind); err != nil {
+			return err
+		}
+		if kind == "file" && len(req.Fields) < len(e.Fields) {
+			return fmt.Errorf("resource %s is a folder: its files travel whole, so apply for all its fields (%s): %w", req.Resource, fieldNames(e), ErrInvalid)
+		}
 		fields, _ := json.Marshal(req.Fields)
 		a.State, a.Deadline = api.AppHubReview, hubDeadline
 		if slices.Contains(e.Dedicated, consumer) {
@@ -104,7 +112,7 @@ func (s *SQLite) SubmitApplication(ctx context.Context, consumer string, req api
 			if err := s.step(ctx, tx, a.ID, api.AppApproved, "hub", "dedicated share (专用)", 0); err != nil {
 				return err
 			}
-			return s.grantFor(ctx, tx, &a, "hub")
+			return s.grantFor(ctx, tx, &a, "hub", nil)
 		}
 		return s.step(ctx, tx, a.ID, api.AppHubReview, "hub", "", 0)
 	})
@@ -126,11 +134,12 @@ func (s *SQLite) step(ctx context.Context, tx *sql.Tx, id, state, actor, reason 
 	return err
 }
 
-// grantFor makes the grant of an approved application.
-func (s *SQLite) grantFor(ctx context.Context, tx *sql.Tx, a *api.Application, actor string) error {
+// grantFor makes the grant of an approved application, with the masking
+// rules the provider set.
+func (s *SQLite) grantFor(ctx context.Context, tx *sql.Tx, a *api.Application, actor string, masks map[string]string) error {
 	a.Grant = newID("g-")
-	if _, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, application) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		a.Grant, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ","), GrantActive, ts(s.now()), a.ID); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, application, masks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		a.Grant, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ","), GrantActive, ts(s.now()), a.ID, masksJSON(masks)); err != nil {
 		return err
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE applications SET state = ?, deadline = '', grant_id = ? WHERE id = ?`, api.AppApproved, a.Grant, a.ID); err != nil {
@@ -139,8 +148,8 @@ func (s *SQLite) grantFor(ctx context.Context, tx *sql.Tx, a *api.Application, a
 	if err := bump(ctx, tx, "grants"); err != nil {
 		return err
 	}
-	return s.audit(ctx, tx, actor, "grant.add", a.Grant, fmt.Sprintf("application=%s resource=%s provider=%s consumer=%s mode=%s fields=%s",
-		a.ID, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ",")))
+	return s.audit(ctx, tx, actor, "grant.add", a.Grant, fmt.Sprintf("application=%s resource=%s provider=%s consumer=%s mode=%s fields=%s masks=%s",
+		a.ID, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ","), masksJSON(masks)))
 }
 
 // DecideApplication records a review: the hub's (hub true; the application
@@ -168,6 +177,23 @@ func (s *SQLite) DecideApplication(ctx context.Context, id, actor string, hub bo
 			return fmt.Errorf("application %s is %s, not waiting for %s: %w", id, a.State, map[bool]string{true: "the hub", false: "its provider"}[hub], ErrConflict)
 		case !hub && actor != a.Provider:
 			return fmt.Errorf("node %s is not the provider of %s (%s is): %w", actor, a.Resource, a.Provider, ErrInvalid)
+		case hub && len(d.Masks) > 0:
+			return fmt.Errorf("masking rules are the provider's to set, in its approval: %w", ErrInvalid)
+		}
+		if len(d.Masks) > 0 {
+			var kind string
+			tx.QueryRowContext(ctx, `SELECT kind FROM resources WHERE id = ?`, a.Resource).Scan(&kind)
+			if kind == "file" {
+				return fmt.Errorf("resource %s is a folder: its files cannot be masked; approve it whole or reject it: %w", a.Resource, ErrInvalid)
+			}
+		}
+		for f, r := range d.Masks {
+			if !slices.Contains(a.Fields, f) {
+				return fmt.Errorf("mask on field %q, which the application does not ask for (it asks for: %s): %w", f, strings.Join(a.Fields, ", "), ErrInvalid)
+			}
+			if _, err := mask.Parse(r); err != nil {
+				return fmt.Errorf("field %s: %v: %w", f, err, ErrInvalid)
+			}
 		}
 		step, action := "", ""
 		switch {
@@ -195,7 +221,7 @@ func (s *SQLite) DecideApplication(ctx context.Context, id, actor string, hub bo
 		}
 		switch a.State {
 		case api.AppApproved:
-			return s.grantFor(ctx, tx, &a, actor)
+			return s.grantFor(ctx, tx, &a, actor, d.Masks)
 		case api.AppProviderReview:
 			a.Deadline = providerDeadline
 		default:

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -59,7 +60,8 @@ var schema = []string{
 		status TEXT NOT NULL,
 		created TEXT NOT NULL,
 		expires TEXT NOT NULL DEFAULT '',
-		application TEXT NOT NULL DEFAULT ''
+		application TEXT NOT NULL DEFAULT '',
+		masks TEXT NOT NULL DEFAULT ''
 	)`,
 	`CREATE INDEX IF NOT EXISTS grants_consumer ON grants(consumer, status)`,
 	`CREATE TABLE IF NOT EXISTS batches (
@@ -105,7 +107,24 @@ func OpenSQLite(path string) (*SQLite, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := addColumn(db, "grants", "masks", `TEXT NOT NULL DEFAULT ''`); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return &SQLite{db: db, now: time.Now}, nil
+}
+
+// addColumn adds a column a database made by an earlier version lacks.
+func addColumn(db *sql.DB, table, column, def string) error {
+	var n int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?`, table, column).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		return nil
+	}
+	_, err := db.Exec(`ALTER TABLE ` + table + ` ADD COLUMN ` + column + ` ` + def)
+	return err
 }
 
 // Close closes the database.
@@ -401,8 +420,8 @@ func (s *SQLite) Resource(ctx context.Context, id string) (Resource, error) {
 // AddGrant records a grant.
 func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, expires, application) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, strings.Join(g.Fields, ","), GrantActive, ts(s.now()), ts(g.Expires), g.Application)
+		_, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, expires, application, masks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, strings.Join(g.Fields, ","), GrantActive, ts(s.now()), ts(g.Expires), g.Application, masksJSON(g.Masks))
 		if err != nil {
 			return err
 		}
@@ -411,6 +430,14 @@ func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
 		}
 		return s.audit(ctx, tx, "operator", "grant.add", g.ID, fmt.Sprintf("resource=%s provider=%s consumer=%s mode=%s", g.Resource, g.Provider, g.Consumer, g.Mode))
 	})
+}
+
+func masksJSON(m map[string]string) string {
+	if len(m) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(m)
+	return string(b)
 }
 
 // RevokeGrant ends a grant; pending batches stop being delivered at once.
@@ -440,14 +467,17 @@ func (s *SQLite) RevokeGrant(ctx context.Context, id string) error {
 	})
 }
 
-const grantCols = `id, resource, provider, consumer, mode, fields, status, created, expires, application`
+const grantCols = `id, resource, provider, consumer, mode, fields, status, created, expires, application, masks`
 
 func scanGrant(sc interface{ Scan(...any) error }) (Grant, error) {
 	var g Grant
-	var fields, created, expires string
-	err := sc.Scan(&g.ID, &g.Resource, &g.Provider, &g.Consumer, &g.Mode, &fields, &g.Status, &created, &expires, &g.Application)
+	var fields, created, expires, masks string
+	err := sc.Scan(&g.ID, &g.Resource, &g.Provider, &g.Consumer, &g.Mode, &fields, &g.Status, &created, &expires, &g.Application, &masks)
 	if fields != "" {
 		g.Fields = strings.Split(fields, ",")
+	}
+	if masks != "" && err == nil {
+		err = json.Unmarshal([]byte(masks), &g.Masks)
 	}
 	g.Created, g.Expires = parseTS(created), parseTS(expires)
 	return g, err

@@ -70,7 +70,8 @@ type Grant struct {
 	Provider    string
 	Consumer    string
 	Mode        string
-	Fields      []string // empty: every field
+	Fields      []string          // empty: every field
+	Masks       map[string]string // masking rule by field (pkg/mask)
 	Status      string
 	Created     time.Time
 	Expires     time.Time // zero: no end

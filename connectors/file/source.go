@@ -240,8 +240,8 @@ var errChanged = errors.New("file changed while reading")
 
 // Next implements connectors.Source.
 func (s *Source) Next(ctx context.Context, st connectors.State, out *connectors.Output) error {
-	if !out.Project.Empty() {
-		return errors.New("the grant names fields or masking rules, which a folder's files cannot honour: grant the folder whole")
+	if out.Project != nil && len(out.Project.Masks) > 0 {
+		return errors.New("the grant has masking rules, which a folder's files cannot honour: grant the folder whole")
 	}
 	out.Kind = "files"
 	var p plan

@@ -64,14 +64,17 @@ type ResourceDecl struct {
 
 // GrantInfo is a grant as agents see it.
 type GrantInfo struct {
-	ID       string    `json:"id"`
-	Resource string    `json:"resource"`
-	Provider string    `json:"provider"`
-	Consumer string    `json:"consumer"`
-	Mode     string    `json:"mode"`
-	Fields   []string  `json:"fields,omitempty"`
-	Active   bool      `json:"active"`
-	Expires  time.Time `json:"expires,omitzero"`
+	ID       string   `json:"id"`
+	Resource string   `json:"resource"`
+	Provider string   `json:"provider"`
+	Consumer string   `json:"consumer"`
+	Mode     string   `json:"mode"`
+	Fields   []string `json:"fields,omitempty"`
+	// Masks are masking rules by field (see pkg/mask), applied by the
+	// provider before sealing.
+	Masks   map[string]string `json:"masks,omitempty"`
+	Active  bool              `json:"active"`
+	Expires time.Time         `json:"expires,omitzero"`
 }
 
 // Delivery is one batch waiting for a consumer.

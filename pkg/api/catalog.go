@@ -229,4 +229,7 @@ type ApplicationStep struct {
 type Decision struct {
 	Approve bool   `json:"approve"`
 	Reason  string `json:"reason,omitempty"`
+	// Masks, in a provider's approval, are masking rules by field that
+	// the grant will carry (see pkg/mask).
+	Masks map[string]string `json:"masks,omitempty"`
 }

@@ -60,3 +60,35 @@ func Hoist(args []string) []string {
 	}
 	return append(append([]string{}, args...), lead...)
 }
+
+// Pairs is a repeatable flag of KEY=VALUE pairs, e.g. --mask 身份证号=idcard.
+type Pairs map[string]string
+
+func (p Pairs) String() string {
+	var s []string
+	for k, v := range p {
+		s = append(s, k+"="+v)
+	}
+	return strings.Join(s, ",")
+}
+
+// Set adds one KEY=VALUE.
+func (p Pairs) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || strings.TrimSpace(k) == "" || strings.TrimSpace(v) == "" {
+		return fmt.Errorf("%q: want FIELD=RULE, e.g. 身份证号=idcard", s)
+	}
+	p[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	return nil
+}
+
+// List splits a comma-separated flag value, dropping empty items.
+func List(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
