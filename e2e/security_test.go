@@ -57,6 +57,10 @@ func TestTamperedSpooledBatchRejectedByHub(t *testing.T) {
 	h.p.stop()
 	writeFiles(t, src, []fileSpec{{"a.txt", 10000}})
 	batchFile := firstFile(t, filepath.Join(prov.state, "spool"), ".qzb")
+	// The file is renamed into place before its index row commits: stop
+	// the agent only once the batch is recorded, or it may remove the
+	// file as unfinished.
+	waitFor(t, 10*time.Second, "the batch to be recorded in the spool", func() bool { return prov.status().Spooled > 0 })
 	prov.p.stop()
 	out := mustRun(t, "qz-agent", "batch", "inspect", batchFile, "--config", prov.cfg)
 	for _, want := range []string{"prov.t", "a.txt", "seal: OK"} {
