@@ -27,13 +27,8 @@ func hubClient(cfg Config) (*transport.Client, *Identity, error) {
 // SearchCatalog asks the hub for the approved catalog entries in which
 // every word occurs.
 func SearchCatalog(ctx context.Context, cfg Config, words []string) ([]api.CatalogVersion, error) {
-	hub, _, err := hubClient(cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer hub.Close()
 	var vs []api.CatalogVersion
-	err = call(ctx, hub, http.MethodGet, "/v1/catalog?"+url.Values{"q": {strings.Join(words, " ")}}.Encode(), nil, &vs)
+	_, err := hubCall(ctx, cfg, http.MethodGet, "/v1/catalog?"+url.Values{"q": {strings.Join(words, " ")}}.Encode(), nil, &vs)
 	return vs, err
 }
 
@@ -63,36 +58,21 @@ func printCatalog(w io.Writer, vs []api.CatalogVersion, asJSON bool) error {
 // Apply sends an application for a resource to the hub.
 func Apply(ctx context.Context, cfg Config, req api.ApplicationRequest) (api.Application, error) {
 	var a api.Application
-	hub, _, err := hubClient(cfg)
-	if err != nil {
-		return a, err
-	}
-	defer hub.Close()
-	err = call(ctx, hub, http.MethodPost, "/v1/applications", req, &a)
+	_, err := hubCall(ctx, cfg, http.MethodPost, "/v1/applications", req, &a)
 	return a, err
 }
 
 // Applications lists the applications this node made or must decide.
 func Applications(ctx context.Context, cfg Config) ([]api.Application, string, error) {
-	hub, id, err := hubClient(cfg)
-	if err != nil {
-		return nil, "", err
-	}
-	defer hub.Close()
 	var as []api.Application
-	err = call(ctx, hub, http.MethodGet, "/v1/applications", nil, &as)
-	return as, id.NodeID, err
+	me, err := hubCall(ctx, cfg, http.MethodGet, "/v1/applications", nil, &as)
+	return as, me, err
 }
 
 // Decide is the provider's decision on an application for its resource.
 func Decide(ctx context.Context, cfg Config, id string, d api.Decision) (api.Application, error) {
 	var a api.Application
-	hub, _, err := hubClient(cfg)
-	if err != nil {
-		return a, err
-	}
-	defer hub.Close()
-	err = call(ctx, hub, http.MethodPost, "/v1/applications/"+url.PathEscape(id)+"/decision", d, &a)
+	_, err := hubCall(ctx, cfg, http.MethodPost, "/v1/applications/"+url.PathEscape(id)+"/decision", d, &a)
 	return a, err
 }
 
@@ -117,6 +97,38 @@ func printApplications(w io.Writer, as []api.Application, me string, asJSON bool
 			due = a.Deadline.Local().Format("2006-01-02 15:04")
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, role, a.State, due, a.Resource, a.Consumer, a.Mode, strings.Join(a.Fields, ","), a.Purpose, a.Grant)
+	}
+	return tw.Flush()
+}
+
+// hubCall runs one request against the hub with this node's identity.
+func hubCall(ctx context.Context, cfg Config, method, path string, in, out any) (string, error) {
+	hub, id, err := hubClient(cfg)
+	if err != nil {
+		return "", err
+	}
+	defer hub.Close()
+	return id.NodeID, call(ctx, hub, method, path, in, out)
+}
+
+func printFeedback(w io.Writer, fs []api.Feedback, me string) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tROLE\tRESOURCE\tRECORD\tFIELD\tPROBLEM\tDUE\tANSWER")
+	for _, f := range fs {
+		role := "reported"
+		if f.Provider == me {
+			role = "to answer"
+			if !f.Answered.IsZero() {
+				role = "answered"
+			}
+		}
+		ans := f.Answer
+		if f.Answered.IsZero() {
+			ans = "-"
+		} else if f.Late > 0 {
+			ans += fmt.Sprintf(" (%d working days late)", f.Late)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.ID, role, f.Resource, f.Record, f.Field, f.Problem, f.Deadline.Local().Format("2006-01-02 15:04"), ans)
 	}
 	return tw.Flush()
 }

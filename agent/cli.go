@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -35,6 +37,10 @@ Usage:
   qz-agent applications [--json]                  applications this node made, and those it must decide
   qz-agent approve ID [--mask FIELD=RULE]…        the provider's approval, with masking (脱敏) for the grant
   qz-agent reject ID --reason TEXT                the provider's refusal
+  qz-agent feedback report RESOURCE --record KEY --field F --problem TEXT [--suggestion TEXT]
+                                                  report an error in a record (纠错)
+  qz-agent feedback list                          reports this node made, and those it must answer
+  qz-agent feedback answer ID --text TEXT         the provider's answer
   qz-agent reconcile RESOURCE                     compare a table with its consumers' copies; resend what differs
   qz-agent receipts [--grant G] [--json]          batches provided, and the consumers' receipts checked
   qz-agent batch inspect FILE [--seal-key KEY]    print a batch's header and check its seal
@@ -51,7 +57,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	if (cmd == "config" || cmd == "batch" || cmd == "catalog") && len(rest) > 0 {
+	if (cmd == "config" || cmd == "batch" || cmd == "catalog" || cmd == "feedback") && len(rest) > 0 {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
@@ -66,6 +72,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	purpose := fs.String("purpose", "", "what the data is for (用途)")
 	scenario := fs.String("scenario", "", "where it is used (应用场景)")
 	reason := fs.String("reason", "", "why (required to reject)")
+	record := fs.String("record", "", "which record: its key, e.g. 身份证号=110101…")
+	field := fs.String("field", "", "the field that is wrong")
+	problem := fs.String("problem", "", "what is wrong")
+	suggestion := fs.String("suggestion", "", "what it should be")
+	text := fs.String("text", "", "the answer")
 	masks := cli.Pairs{}
 	fs.Var(masks, "mask", "FIELD=RULE masking rule for the grant (repeatable): keep(A,B), idcard, phone, name, truncate(N), hash, null")
 	pos, err := cli.Parse(fs, rest)
@@ -155,6 +166,33 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return printApplications(stdout, []api.Application{a}, "", false)
+	case "feedback report":
+		if err := cli.Want(pos, 1, "qz-agent feedback report RESOURCE --record KEY --field F --problem TEXT"); err != nil {
+			return err
+		}
+		var f api.Feedback
+		me, err := hubCall(ctx, cfg, http.MethodPost, "/v1/feedback", api.FeedbackRequest{Resource: pos[0], Record: *record, Field: *field, Problem: *problem, Suggestion: *suggestion}, &f)
+		if err != nil {
+			return err
+		}
+		return printFeedback(stdout, []api.Feedback{f}, me)
+	case "feedback list":
+		var fs []api.Feedback
+		me, err := hubCall(ctx, cfg, http.MethodGet, "/v1/feedback", nil, &fs)
+		if err != nil {
+			return err
+		}
+		return printFeedback(stdout, fs, me)
+	case "feedback answer":
+		if err := cli.Want(pos, 1, "qz-agent feedback answer ID --text TEXT"); err != nil {
+			return err
+		}
+		var f api.Feedback
+		me, err := hubCall(ctx, cfg, http.MethodPost, "/v1/feedback/"+url.PathEscape(pos[0])+"/answer", map[string]string{"text": *text}, &f)
+		if err != nil {
+			return err
+		}
+		return printFeedback(stdout, []api.Feedback{f}, me)
 	case "catalog search":
 		vs, err := SearchCatalog(ctx, cfg, pos)
 		if err != nil {

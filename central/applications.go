@@ -182,6 +182,17 @@ func reportOverdue(ctx context.Context, cfg Config, st store.Store, w io.Writer)
 		fmt.Fprintf(tw, "application\t%s\t%s\t%s\t%s\t%d\n", a.ID, a.State, who, a.Deadline.In(calendar.CST).Format(time.DateTime), cal.WorkdaysLate(a.Deadline, now))
 		n++
 	}
+	fs, err := st.Feedback(ctx, "", true)
+	if err != nil {
+		return err
+	}
+	for _, f := range fs {
+		if now.Before(f.Deadline) {
+			continue
+		}
+		fmt.Fprintf(tw, "feedback\t%s\tanswer\t%s\t%s\t%d\n", f.ID, f.Provider, f.Deadline.In(calendar.CST).Format(time.DateTime), cal.WorkdaysLate(f.Deadline, now))
+		n++
+	}
 	vs, err := st.CatalogLatest(ctx)
 	if err != nil {
 		return err
@@ -198,4 +209,58 @@ func reportOverdue(ctx context.Context, cfg Config, st store.Store, w io.Writer)
 	}
 	fmt.Fprintf(w, "%d overdue\n", n)
 	return nil
+}
+
+func (h *Hub) submitFeedback(w http.ResponseWriter, r *http.Request) {
+	var req api.FeedbackRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		httpError(w, http.StatusBadRequest, "malformed feedback")
+		return
+	}
+	f, err := h.store.SubmitFeedback(r.Context(), nodeID(r), req, h.cal.Deadline(h.now(), h.cfg.Deadlines.Feedback))
+	if err != nil {
+		h.workflowError(w, r, req.Resource, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	json.NewEncoder(w).Encode(f)
+}
+
+func (h *Hub) listFeedback(w http.ResponseWriter, r *http.Request) {
+	fs, err := h.store.Feedback(r.Context(), nodeID(r), false)
+	if err != nil {
+		h.internal(w, "list feedback", err)
+		return
+	}
+	if fs == nil {
+		fs = []api.Feedback{}
+	}
+	writeJSON(w, fs)
+}
+
+// answerFeedback is the provider's answer, through its agent.
+func (h *Hub) answerFeedback(w http.ResponseWriter, r *http.Request) {
+	var a struct {
+		Text string `json:"text"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&a); err != nil {
+		httpError(w, http.StatusBadRequest, "malformed answer")
+		return
+	}
+	id := r.PathValue("id")
+	late := 0
+	if fs, err := h.store.Feedback(r.Context(), nodeID(r), false); err == nil {
+		for _, f := range fs {
+			if f.ID == id {
+				late = h.late(f.Deadline)
+			}
+		}
+	}
+	f, err := h.store.AnswerFeedback(r.Context(), id, nodeID(r), a.Text, late)
+	if err != nil {
+		h.workflowError(w, r, id, err)
+		return
+	}
+	writeJSON(w, f)
 }

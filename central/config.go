@@ -58,7 +58,7 @@ func DefaultConfig() Config {
 		CertValidity: 365 * 24 * time.Hour,
 		LogLevel:     "info",
 		HolidaysDir:  "/etc/qianzhi/holidays",
-		Deadlines:    Deadlines{CatalogReview: 10, HubReview: 2, ProviderReview: 5},
+		Deadlines:    Deadlines{CatalogReview: 10, HubReview: 2, ProviderReview: 5, Feedback: 5},
 	}
 }
 
@@ -70,6 +70,8 @@ type Deadlines struct {
 	HubReview int `yaml:"hub_review"`
 	// ProviderReview is the provider's decision on a conditional application.
 	ProviderReview int `yaml:"provider_review"`
+	// Feedback is the provider's answer to a reported error (纠错).
+	Feedback int `yaml:"feedback"`
 }
 
 // Calendar loads the working-day calendar: the built-in years, then the
@@ -108,7 +110,7 @@ func (c *Config) Validate() error {
 	if !c.QUIC && !c.TCP {
 		errs = append(errs, errors.New("quic and tcp are both off: enable at least one"))
 	}
-	for name, d := range map[string]int{"catalog_review": c.Deadlines.CatalogReview, "hub_review": c.Deadlines.HubReview, "provider_review": c.Deadlines.ProviderReview} {
+	for name, d := range map[string]int{"catalog_review": c.Deadlines.CatalogReview, "hub_review": c.Deadlines.HubReview, "provider_review": c.Deadlines.ProviderReview, "feedback": c.Deadlines.Feedback} {
 		if d < 1 || d > 60 {
 			errs = append(errs, fmt.Errorf("deadlines.%s %d: use 1 to 60 working days", name, d))
 		}

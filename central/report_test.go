@@ -120,13 +120,20 @@ func TestReportOverdue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.SubmitApplication(ctx, "mzj", api.ApplicationRequest{Resource: "gaj.hukou", Fields: []string{"姓名"}, Mode: "batch", Purpose: "p"}, time.Now().Add(24*time.Hour))
+	b, _ := st.SubmitApplication(ctx, "mzj", api.ApplicationRequest{Resource: "gaj.hukou", Fields: []string{"姓名"}, Mode: "batch", Purpose: "p"}, time.Now().Add(24*time.Hour))
+	if _, err := st.DecideApplication(ctx, b.ID, "operator", true, api.Decision{Approve: true}, time.Time{}, 0); err != nil {
+		t.Fatal(err)
+	}
+	fb, err := st.SubmitFeedback(ctx, "mzj", api.FeedbackRequest{Resource: "gaj.hukou", Record: "id=1", Field: "姓名", Problem: "错字"}, time.Now().Add(-3*24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
 	if err := reportOverdue(ctx, cfg, st, &out); err != nil {
 		t.Fatal(err)
 	}
 	s := out.String()
-	if !strings.Contains(s, a.ID) || !strings.Contains(s, "gaj.late v1") || !strings.Contains(s, "2 overdue") {
+	if !strings.Contains(s, a.ID) || !strings.Contains(s, "gaj.late v1") || !strings.Contains(s, fb.ID) || !strings.Contains(s, "3 overdue") {
 		t.Fatalf("overdue report:\n%s", s)
 	}
 	// A week late is at least 4 working days late, whatever the holidays.

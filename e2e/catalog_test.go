@@ -156,4 +156,28 @@ func TestApplicationWorkflow(t *testing.T) {
 	if s := h.central("report", "overdue"); !strings.Contains(s, "0 overdue") {
 		t.Errorf("overdue report: %s", s)
 	}
+
+	// Feedback (纠错): the consumer reports an error, the provider answers.
+	expectFail(t, "qz-agent", agent(other, "feedback", "report", "gaj.hukou", "--record", "身份证号=110101199003078515", "--field", "住址", "--problem", "地址已变更"), "holds no active grant")
+	expectFail(t, "qz-agent", agent(cons, "feedback", "report", "gaj.hukou", "--record", "身份证号=110101199003078515", "--field", "婚姻", "--problem", "x"), `field "婚姻" is not in the catalog entry`)
+	res = mustRun(t, "qz-agent", agent(cons, "feedback", "report", "gaj.hukou", "--record", "身份证号=110101199003078515", "--field", "住址", "--problem", "地址已变更", "--suggestion", "海淀区学院路1号")...)
+	fid := strings.Fields(strings.Split(res, "\n")[1])[0]
+	if !strings.HasPrefix(fid, "f-") {
+		t.Fatalf("feedback: %s", res)
+	}
+	if s := mustRun(t, "qz-agent", agent(prov, "feedback", "list")...); !strings.Contains(s, "to answer") || !strings.Contains(s, "地址已变更") {
+		t.Fatalf("the provider's feedback list:\n%s", s)
+	}
+	expectFail(t, "qz-agent", agent(cons, "feedback", "answer", fid, "--text", "已更正"), "not the provider")
+	expectFail(t, "qz-agent", agent(prov, "feedback", "answer", fid), "needs text")
+	mustRun(t, "qz-agent", agent(prov, "feedback", "answer", fid, "--text", "已按户籍变更记录更正")...)
+	if s := mustRun(t, "qz-agent", agent(cons, "feedback", "list")...); !strings.Contains(s, "已按户籍变更记录更正") {
+		t.Fatalf("the consumer does not see the answer:\n%s", s)
+	}
+	audit = h.central("audit", "list")
+	for _, a := range []string{"feedback.submit", "feedback.answer"} {
+		if !strings.Contains(audit, a) {
+			t.Errorf("audit lacks %s", a)
+		}
+	}
 }

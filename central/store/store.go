@@ -174,6 +174,12 @@ type Store interface {
 	Application(ctx context.Context, id string) (api.Application, error)
 	Applications(ctx context.Context, node string, states ...string) ([]api.Application, error)
 
+	// SubmitFeedback records a consumer's report of an error in a record.
+	SubmitFeedback(ctx context.Context, consumer string, req api.FeedbackRequest, deadline time.Time) (api.Feedback, error)
+	// AnswerFeedback records the provider's answer.
+	AnswerFeedback(ctx context.Context, id, provider, answer string, late int) (api.Feedback, error)
+	Feedback(ctx context.Context, node string, open bool) ([]api.Feedback, error)
+
 	Audit(ctx context.Context, actor, action, subject, detail string) error
 	AuditLog(ctx context.Context) ([]AuditRecord, error)
 	Close() error

@@ -11,6 +11,9 @@
 //	POST /v1/applications              ApplicationRequest → Application (the caller is the consumer)
 //	GET  /v1/applications              → []Application the caller provides or consumes
 //	POST /v1/applications/{id}/decision Decision → Application (the caller must be the provider)
+//	POST /v1/feedback                  FeedbackRequest → Feedback (the caller holds a grant)
+//	GET  /v1/feedback                  → []Feedback the caller reported or must answer
+//	POST /v1/feedback/{id}/answer      {"text": …} → Feedback (the caller must be the provider)
 //	GET  /v1/grants?wait=25s&version=V → []GrantInfo for the calling node (long poll)
 //	GET  /v1/nodes/{id}/seal?key=K     → seal public key text, by key ID
 //	HEAD /v1/batches/{grant}/{seq}     upload status: Qz-Offset, Qz-Complete

@@ -233,3 +233,26 @@ type Decision struct {
 	// the grant will carry (see pkg/mask).
 	Masks map[string]string `json:"masks,omitempty"`
 }
+
+// FeedbackRequest is a consumer's report of an error in a record (纠错).
+type FeedbackRequest struct {
+	Resource   string `json:"resource"`
+	Record     string `json:"record"` // which record: its key, e.g. 身份证号=110101…
+	Field      string `json:"field"`
+	Problem    string `json:"problem"`
+	Suggestion string `json:"suggestion,omitempty"`
+}
+
+// Feedback is a reported error and its answer.
+type Feedback struct {
+	ID       string `json:"id"`
+	Provider string `json:"provider"`
+	Consumer string `json:"consumer"`
+	FeedbackRequest
+	Created  time.Time `json:"created"`
+	Deadline time.Time `json:"deadline"`
+	Answer   string    `json:"answer,omitempty"`
+	Answered time.Time `json:"answered,omitzero"`
+	// Late is how many working days after the deadline the answer came.
+	Late int `json:"late,omitempty"`
+}
