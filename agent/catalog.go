@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/calendar"
 	"github.com/qianzhi/qianzhi/transport"
 )
 
@@ -94,7 +95,7 @@ func printApplications(w io.Writer, as []api.Application, me string, asJSON bool
 		}
 		due := "-"
 		if !a.Deadline.IsZero() {
-			due = a.Deadline.Local().Format("2006-01-02 15:04")
+			due = a.Deadline.In(calendar.CST).Format("2006-01-02 15:04")
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, role, a.State, due, a.Resource, a.Consumer, a.Mode, strings.Join(a.Fields, ","), a.Purpose, a.Grant)
 	}
@@ -128,7 +129,7 @@ func printFeedback(w io.Writer, fs []api.Feedback, me string) error {
 		} else if f.Late > 0 {
 			ans += fmt.Sprintf(" (%d working days late)", f.Late)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.ID, role, f.Resource, f.Record, f.Field, f.Problem, f.Deadline.Local().Format("2006-01-02 15:04"), ans)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.ID, role, f.Resource, f.Record, f.Field, f.Problem, f.Deadline.In(calendar.CST).Format("2006-01-02 15:04"), ans)
 	}
 	return tw.Flush()
 }

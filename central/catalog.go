@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/qianzhi/qianzhi/central/store"
+	"github.com/qianzhi/qianzhi/pkg/calendar"
 	"github.com/qianzhi/qianzhi/pkg/cli"
 )
 
@@ -26,7 +27,7 @@ func catalogCommand(ctx context.Context, st store.Store, cmd string, pos []strin
 		for _, v := range vs {
 			dl := "-"
 			if v.Status == store.CatalogPending {
-				dl = v.Deadline.Local().Format(time.DateTime)
+				dl = v.Deadline.In(calendar.CST).Format(time.DateTime)
 				if now.After(v.Deadline) {
 					dl += " OVERDUE"
 				}

@@ -37,3 +37,27 @@ func TestDemo(t *testing.T) {
 		t.Errorf("demo reports a hash mismatch:\n%s", s)
 	}
 }
+
+// TestGovernanceWalkthrough runs scripts/governance.sh, the request that
+// docs/governance.md walks through, so the guide's commands keep working.
+func TestGovernanceWalkthrough(t *testing.T) {
+	cmd := exec.Command("bash", "../scripts/governance.sh")
+	cmd.Env = append(os.Environ(), "QZ_BIN="+binDir, "DEMO_KEEP=")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("walkthrough failed: %v\n%s", err, out)
+	}
+	s := string(out)
+	for _, want := range []string{"pending", "mzj.dibao version 1: approved", "最低生活保障对象信息", "hub_review",
+		"passed to the provider mzj", "provider: decide", "g-", "张**", "北京市海淀区", "已核实并更正", "0 overdue", "audit log intact"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("walkthrough output lacks %q", want)
+		}
+	}
+	show := s[strings.Index(s, "show $DIR/db/rsj.db"):]
+	for _, secret := range []string{"110101199003078515", "张三丰", "中关村南大街", "1200.00", "月收入"} {
+		if strings.Contains(show[:strings.Index(show, "==> 7.")], secret) {
+			t.Errorf("the consumer's table shows %q", secret)
+		}
+	}
+}

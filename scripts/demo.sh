@@ -5,44 +5,15 @@
 # has arrived byte-identical and the consumer's table equals the provider's,
 # through inserts, updates and deletes.
 # DEMO_KEEP=1 leaves everything running.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-BIN=${QZ_BIN:-$PWD/bin}
-DEMO=$(mktemp -d "${TMPDIR:-/tmp}/qianzhi-demo.XXXXXX")
-PIDS=()
-failed=0
-cleanup() {
-	[[ "${DEMO_KEEP:-}" == 1 && $failed == 0 ]] && return
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	if [[ $failed == 1 ]]; then echo "demo: logs kept in $DEMO" >&2; else rm -rf "$DEMO"; fi
-}
-trap cleanup EXIT
-trap 'failed=1' ERR
-
-# A port free on loopback (nothing answers on TCP there).
-while :; do
-	port=$((20000 + RANDOM % 12000)) # below the ephemeral range
-	(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
-done
-HUB=127.0.0.1:$port
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+NAME=demo
+source "$(dirname "$0")/lib.sh"
 
 say "hub: $HUB, everything under $DEMO"
-mkdir -p "$DEMO"/{hub,provider,consumer,outbox,inbox,db}
+mkdir -p "$DEMO"/{outbox,inbox,db}
 go build -o "$DEMO/demodb" ./scripts/demodb
 DB="$DEMO/demodb"
-cat >"$DEMO/hub/central.yaml" <<YAML
-listen: $HUB
-state_dir: $DEMO/hub/state
-hosts: [127.0.0.1, localhost]
-YAML
-for n in provider consumer; do
-	cat >"$DEMO/$n/agent.yaml" <<YAML
-hub: $HUB
-state_dir: $DEMO/$n/state
-YAML
-done
+agent_config provider
+agent_config consumer
 cat >>"$DEMO/provider/agent.yaml" <<YAML
 resources:
   - id: demo.reports
@@ -80,17 +51,10 @@ touch -d '1 minute ago' "$DEMO"/outbox/large.bin "$DEMO"/outbox/readme.txt "$DEM
 say "sample table: 人口 with 10,000 rows in the provider's SQLite database"
 $DB init "$DEMO/db/provider.db"
 
-C="$BIN/qz-central --config $DEMO/hub/central.yaml"
-$C init >/dev/null
-$C run >"$DEMO/hub/hub.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-
+start_hub
 say "enrol two departments"
-for n in provider consumer; do
-	tok=$($C node add "dept-$n" --name "demo $n" 2>/dev/null)
-	"$BIN/qz-agent" enroll --config "$DEMO/$n/agent.yaml" --token "$tok"
-	"$BIN/qz-agent" run --config "$DEMO/$n/agent.yaml" >"$DEMO/$n/agent.log" 2>&1 & PIDS+=($!)
-done
+enrol_and_run provider dept-provider "demo provider"
+enrol_and_run consumer dept-consumer "demo consumer"
 
 for r in demo.reports demo.people; do
 	say "grant $r to dept-consumer"
@@ -126,21 +90,6 @@ while IFS= read -r f; do
 done <<<"$files"
 echo "arrived in $(($(date +%s) - start))s"
 
-# until CMD succeeds, for at most $1 seconds.
-until_ok() {
-	local limit=$1
-	shift
-	local t0=$(date +%s)
-	until "$@" >/dev/null 2>&1; do
-		if (($(date +%s) - t0 > limit)); then
-			echo "demo: gave up after ${limit}s: $*" >&2
-			"$@" >&2 || true
-			failed=1
-			exit 1
-		fi
-		sleep 0.3
-	done
-}
 A="$DEMO/db/provider.db"
 B="$DEMO/db/consumer.db"
 say "the table: snapshot"

@@ -5,6 +5,8 @@
 //	demodb init SRC.db          create 人口 with 10,000 rows
 //	demodb change SRC.db        insert, update, soft-delete and delete rows
 //	demodb compare SRC.db DST.db   print both sides; exit 1 if they differ
+//	demodb citizens SRC.db      create 低保对象 with 5 rows (for scripts/governance.sh)
+//	demodb show DB TABLE [N]    print the first N rows (default 5)
 package main
 
 import (
@@ -13,6 +15,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"strings"
+	"text/tabwriter"
 
 	_ "modernc.org/sqlite"
 )
@@ -68,6 +72,29 @@ func run(args []string) error {
 			`UPDATE 人口 SET 姓名 = '改名' || id, 补贴 = '1234.50', updated_at = `+now+` WHERE id BETWEEN 200 AND 249`,
 			`UPDATE 人口 SET deleted = 1, updated_at = `+now+` WHERE id BETWEEN 300 AND 319`,
 			`DELETE FROM 人口 WHERE id BETWEEN 400 AND 404`)
+	case "citizens":
+		return exec(db, `CREATE TABLE 低保对象 (
+			身份证号 VARCHAR(18) PRIMARY KEY,
+			姓名 VARCHAR(20) NOT NULL,
+			住址 VARCHAR(100),
+			月收入 DECIMAL_TEXT(12,2),
+			updated_at DATETIME(3) NOT NULL)`,
+			`CREATE INDEX 低保对象_updated ON 低保对象 (updated_at, 身份证号)`,
+			`INSERT INTO 低保对象 VALUES
+			 ('110101199003078515', '张三丰', '北京市海淀区中关村南大街5号', '1200.00', `+now+`),
+			 ('110101198507161234', '李秀英', '北京市朝阳区建国路88号', '980.50', `+now+`),
+			 ('11010119781224567X', '王建国', '北京市西城区金融大街1号', '1500.00', `+now+`),
+			 ('110101200101019876', '赵丽', '北京市东城区王府井大街9号', '860.00', `+now+`),
+			 ('110101196512305555', '孙伟', '北京市丰台区丽泽路3号', '1100.00', `+now+`)`)
+	case "show":
+		if len(args) < 3 {
+			return fmt.Errorf("usage: demodb show DB TABLE [N]")
+		}
+		n := "5"
+		if len(args) > 3 {
+			n = args[3]
+		}
+		return show(db, args[2], n)
 	case "compare":
 		if len(args) != 3 {
 			return fmt.Errorf("usage: demodb compare SRC.db DST.db")
@@ -122,4 +149,38 @@ func digest(db *sql.DB, where string) (summary, error) {
 	}
 	s.sum = hex.EncodeToString(h.Sum(nil))[:16]
 	return s, rows.Err()
+}
+
+// show prints a table's first rows, NULL as NULL.
+func show(db *sql.DB, table, n string) error {
+	rows, err := db.Query(`SELECT * FROM "` + table + `" LIMIT ` + n)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, strings.Join(cols, "\t"))
+	for rows.Next() {
+		vals := make([]sql.NullString, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return err
+		}
+		out := make([]string, len(cols))
+		for i, v := range vals {
+			out[i] = v.String
+			if !v.Valid {
+				out[i] = "NULL"
+			}
+		}
+		fmt.Fprintln(w, strings.Join(out, "\t"))
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return w.Flush()
 }
