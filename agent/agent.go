@@ -41,7 +41,8 @@ type Agent struct {
 	sealKeys   map[string]seal.PublicKey  // by "node/key ID"
 	fresh      map[string]bool            // spool files sealed by this process, not yet tried
 	uploadKick chan struct{}
-	maskKey    []byte // this node's masking secret (see pkg/mask)
+	maskKey    []byte     // this node's masking secret (see pkg/mask)
+	applyMu    sync.Mutex // one apply or destruction at a time
 }
 
 // New opens the agent's state and identity. Sources start watching now;
@@ -149,6 +150,7 @@ func (a *Agent) Serve(ctx context.Context) error {
 	run("upload", a.uploadLoop)
 	run("consume", a.consumeLoop)
 	run("reconcile", a.reconcileLoop)
+	run("destroy", a.destroyLoop)
 	<-ctx.Done()
 	wg.Wait()
 	a.log.Info("agent stopped")

@@ -279,6 +279,13 @@ func (a *Agent) sink(resource, kind string) (connectors.Sink, error) {
 // apply applies a verified batch and records it, with its receipt, in one
 // transaction.
 func (a *Agent) apply(ctx context.Context, d api.Delivery, path string, info *batch.Info) error {
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
+	if _, destroyed, err := a.state.view("sink/" + d.Grant).Get(keyDestroyed); err != nil {
+		return err
+	} else if destroyed {
+		return fmt.Errorf("grant %s ended and what it delivered was destroyed", d.Grant)
+	}
 	s, err := a.sink(d.Resource, info.Header.Kind)
 	if err != nil {
 		return err

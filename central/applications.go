@@ -15,6 +15,7 @@ import (
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/calendar"
 	"github.com/qianzhi/qianzhi/pkg/cli"
+	"github.com/qianzhi/qianzhi/pkg/receipt"
 )
 
 // workflowError answers a refused workflow request with its reason, and
@@ -263,4 +264,42 @@ func (h *Hub) answerFeedback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, f)
+}
+
+// destruction records a consumer's signed statement that it destroyed what
+// it received under an ended grant.
+func (h *Hub) destruction(w http.ResponseWriter, r *http.Request) {
+	me := nodeID(r)
+	raw, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "unreadable destruction receipt")
+		return
+	}
+	var d receipt.Destruction
+	if err := json.Unmarshal(raw, &d); err != nil || d.Consumer != me {
+		h.store.Audit(r.Context(), me, "destruction.reject", d.Grant, "malformed or not the sender's")
+		httpError(w, http.StatusBadRequest, "malformed destruction receipt")
+		return
+	}
+	pub, err := h.nodeKeys(r.Context(), me)(d.SealKeyID)
+	if err == nil {
+		err = d.Verify(pub)
+	}
+	if err == nil {
+		var g store.Grant
+		if g, err = h.store.Grant(r.Context(), d.Grant); err == nil && (g.Resource != d.Resource || g.Provider != d.Provider) {
+			err = errors.New("receipt names another resource or provider than its grant")
+		}
+	}
+	if err != nil {
+		h.store.Audit(r.Context(), me, "destruction.reject", d.Grant, err.Error())
+		httpError(w, http.StatusUnprocessableEntity, "destruction receipt rejected: "+err.Error())
+		return
+	}
+	if err := h.store.PutDestruction(r.Context(), d.Grant, me, raw); err != nil {
+		h.workflowError(w, r, d.Grant, err)
+		return
+	}
+	h.log.Info("destruction receipt recorded", "grant", d.Grant, "consumer", me, "what", d.What)
+	w.WriteHeader(http.StatusNoContent)
 }

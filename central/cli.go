@@ -16,6 +16,7 @@ import (
 
 	"github.com/qianzhi/qianzhi/central/store"
 	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/calendar"
 	"github.com/qianzhi/qianzhi/pkg/cli"
 	"github.com/qianzhi/qianzhi/pkg/logging"
 	"github.com/qianzhi/qianzhi/pkg/mask"
@@ -37,7 +38,7 @@ Usage:
   qz-central node revoke ID           refuse the node's certificate from now on
   qz-central node list
   qz-central grant add --resource R --consumer NODE [--expires 720h] [--fields F,F] [--mask FIELD=RULE]…
-  qz-central grant revoke GRANT_ID
+  qz-central grant revoke GRANT_ID [--destroy]
   qz-central grant list
   qz-central batch list [--grant G]   stored batches: size, receipt, purge
   qz-central audit verify             check the audit log's hash chain
@@ -82,6 +83,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	format := fs.String("format", "jsonl", "jsonl or csv")
 	reason := fs.String("reason", "", "why (required to reject)")
 	state := fs.String("state", "", "only applications in these states")
+	destroy := fs.Bool("destroy", false, "the consumer must destroy what it received under the grant")
 	fields := fs.String("fields", "", "comma-separated fields the grant lets through (default all)")
 	masks := cli.Pairs{}
 	fs.Var(masks, "mask", "FIELD=RULE masking rule (repeatable)")
@@ -224,13 +226,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, g.ID)
 		return nil
 	case "grant revoke":
-		if err := cli.Want(pos, 1, "qz-central grant revoke GRANT_ID"); err != nil {
+		if err := cli.Want(pos, 1, "qz-central grant revoke GRANT_ID [--destroy]"); err != nil {
 			return err
 		}
-		if err := st.RevokeGrant(ctx, pos[0]); err != nil {
+		if err := st.RevokeGrant(ctx, pos[0], *destroy); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "grant %s revoked: nothing more is delivered under it\n", pos[0])
+		if *destroy {
+			fmt.Fprintln(stdout, "the consumer destroys what it received and sends a signed destruction receipt (see grant list)")
+		}
 		return nil
 	case "grant list":
 		gs, err := st.Grants(ctx)
@@ -238,9 +243,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "GRANT\tRESOURCE\tPROVIDER\tCONSUMER\tMODE\tSTATUS\tEXPIRES")
+		fmt.Fprintln(tw, "GRANT\tRESOURCE\tPROVIDER\tCONSUMER\tMODE\tSTATUS\tEXPIRES\tDESTROYED")
 		for _, g := range gs {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, g.Status, day(g.Expires))
+			destroyed := "-"
+			if g.Destroy {
+				destroyed = "waiting for the consumer's receipt"
+				if rc, at, err := st.Destruction(ctx, g.ID); err == nil && rc != nil {
+					destroyed = at.In(calendar.CST).Format(time.DateTime) + " (signed receipt)"
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, g.Status, day(g.Expires), destroyed)
 		}
 		return tw.Flush()
 	case "batch list":

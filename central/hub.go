@@ -237,6 +237,7 @@ func (h *Hub) Handler() http.Handler {
 	mux.Handle("POST /v1/applications", h.node(h.submitApplication))
 	mux.Handle("GET /v1/applications", h.node(h.listApplications))
 	mux.Handle("POST /v1/applications/{id}/decision", h.node(h.decideApplication))
+	mux.Handle("POST /v1/destructions", h.node(h.destruction))
 	mux.Handle("POST /v1/feedback", h.node(h.submitFeedback))
 	mux.Handle("GET /v1/feedback", h.node(h.listFeedback))
 	mux.Handle("POST /v1/feedback/{id}/answer", h.node(h.answerFeedback))
@@ -487,7 +488,7 @@ func (h *Hub) grantsOf(ctx context.Context, node string) ([]api.GrantInfo, strin
 	now := h.now()
 	for _, g := range gs {
 		out = append(out, api.GrantInfo{ID: g.ID, Resource: g.Resource, Provider: g.Provider, Consumer: g.Consumer,
-			Mode: g.Mode, Fields: g.Fields, Masks: g.Masks, Active: g.Active(now), Expires: g.Expires})
+			Mode: g.Mode, Fields: g.Fields, Masks: g.Masks, Active: g.Active(now), Expires: g.Expires, Destroy: g.Destroy})
 	}
 	b, _ := json.Marshal(out)
 	sum := sha256.Sum256(b)

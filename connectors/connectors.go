@@ -154,6 +154,14 @@ type Sink interface {
 	Close() error
 }
 
+// Destroyer is a sink that can destroy what it received under a grant, when
+// the grant ends with the order to destroy (数据销毁). It returns what it
+// destroyed, for the signed destruction receipt. It must be idempotent: a
+// crash may make the agent call it again.
+type Destroyer interface {
+	Destroy(ctx context.Context, grant string, st State, ch *Changes) (what string, err error)
+}
+
 // SourceConfig is a kind's decoded resource entry.
 type SourceConfig interface {
 	Validate() error

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -179,5 +180,54 @@ func TestApplicationWorkflow(t *testing.T) {
 		if !strings.Contains(audit, a) {
 			t.Errorf("audit lacks %s", a)
 		}
+	}
+}
+
+// TestRevokeWithDestruction revokes a grant during a running transfer: at
+// most the batch in flight still arrives, the consumer destroys every file
+// it received, and its signed destruction receipt reaches the hub.
+func TestRevokeWithDestruction(t *testing.T) {
+	h := newHub(t, hubOpts{})
+	h.start()
+	out, in := t.TempDir(), t.TempDir()
+	var specs []fileSpec
+	for i := range 40 {
+		specs = append(specs, fileSpec{fmt.Sprintf("档案/%02d.bin", i), 1 << 20})
+	}
+	writeFiles(t, out, specs)
+	prov := newNode(t, h, "gaj", nodeOpts{resources: fileResource("gaj.files", out, ""), maxBytes: "1MiB"})
+	cons := newNode(t, h, "mzj", nodeOpts{subs: fileSub("gaj.files", in)})
+	prov.start()
+	cons.start()
+	g := h.grant("gaj.files", "mzj")
+	applied := func() int64 { return cons.status().Applied[g] }
+	waitFor(t, 30*time.Second, "a few batches applied", func() bool { return applied() >= 3 })
+	h.central("grant", "revoke", g, "--destroy")
+	atRevoke := applied()
+	waitFor(t, 30*time.Second, "the destruction receipt at the hub", func() bool {
+		return strings.Contains(h.central("grant", "list"), "(signed receipt)")
+	})
+	if n := applied(); n > atRevoke+1 {
+		t.Fatalf("%d batches applied after the revocation (at most the one in flight may be)", n-atRevoke)
+	}
+	if atRevoke >= 40 {
+		t.Fatal("the transfer had finished before the revocation; the test proves nothing")
+	}
+	var left []string
+	filepath.WalkDir(in, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			left = append(left, p)
+		}
+		return nil
+	})
+	if len(left) != 0 {
+		t.Fatalf("files left after destruction: %v", left)
+	}
+	audit := h.central("audit", "list")
+	if !strings.Contains(audit, "grant.destroy") || !strings.Contains(audit, "files received under grant "+g) {
+		t.Fatalf("audit log lacks the destruction:\n%s", audit)
+	}
+	if !logHas(cons.logPath(), "destroyed the data received under an ended grant") {
+		t.Fatal("the consumer did not log the destruction")
 	}
 }

@@ -85,7 +85,7 @@ func TestApplicationConditional(t *testing.T) {
 	if err != nil || g.Application != a.ID || strings.Join(g.Fields, ",") != "身份证号" || g.Consumer != "mzj" || g.Status != GrantActive {
 		t.Fatalf("grant: %+v %v", g, err)
 	}
-	if err := s.RevokeGrant(ctx, a.Grant); err != nil {
+	if err := s.RevokeGrant(ctx, a.Grant, false); err != nil {
 		t.Fatal(err)
 	}
 	if a, _ = s.Application(ctx, a.ID); a.State != api.AppRevoked {

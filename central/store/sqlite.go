@@ -61,7 +61,14 @@ var schema = []string{
 		created TEXT NOT NULL,
 		expires TEXT NOT NULL DEFAULT '',
 		application TEXT NOT NULL DEFAULT '',
-		masks TEXT NOT NULL DEFAULT ''
+		masks TEXT NOT NULL DEFAULT '',
+		destroy BOOLEAN NOT NULL DEFAULT FALSE
+	)`,
+	`CREATE TABLE IF NOT EXISTS destructions (
+		grant_id TEXT PRIMARY KEY REFERENCES grants(id),
+		consumer TEXT NOT NULL,
+		receipt BLOB NOT NULL,
+		at TEXT NOT NULL
 	)`,
 	`CREATE INDEX IF NOT EXISTS grants_consumer ON grants(consumer, status)`,
 	`CREATE TABLE IF NOT EXISTS batches (
@@ -107,9 +114,11 @@ func OpenSQLite(path string) (*SQLite, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := addColumn(db, "grants", "masks", `TEXT NOT NULL DEFAULT ''`); err != nil {
-		db.Close()
-		return nil, err
+	for _, c := range [][2]string{{"masks", `TEXT NOT NULL DEFAULT ''`}, {"destroy", `BOOLEAN NOT NULL DEFAULT FALSE`}} {
+		if err := addColumn(db, "grants", c[0], c[1]); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
 	return &SQLite{db: db, now: time.Now}, nil
 }
@@ -432,6 +441,45 @@ func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
 	})
 }
 
+// PutDestruction records a consumer's destruction receipt for a grant it
+// was told to destroy; a second one changes nothing.
+func (s *SQLite) PutDestruction(ctx context.Context, grant, consumer string, receipt []byte) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var cons string
+		var destroy bool
+		err := tx.QueryRowContext(ctx, `SELECT consumer, destroy FROM grants WHERE id = ?`, grant).Scan(&cons, &destroy)
+		if errors.Is(err, sql.ErrNoRows) || err == nil && cons != consumer {
+			return fmt.Errorf("grant %s: %w", grant, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if !destroy {
+			return fmt.Errorf("grant %s was not revoked with destruction: %w", grant, ErrConflict)
+		}
+		res, err := tx.ExecContext(ctx, `INSERT INTO destructions (grant_id, consumer, receipt, at) VALUES (?, ?, ?, ?) ON CONFLICT (grant_id) DO NOTHING`,
+			grant, consumer, receipt, ts(s.now()))
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil
+		}
+		return s.audit(ctx, tx, consumer, "grant.destroy", grant, string(receipt))
+	})
+}
+
+// Destruction returns a grant's destruction receipt, or nil.
+func (s *SQLite) Destruction(ctx context.Context, grant string) ([]byte, time.Time, error) {
+	var b []byte
+	var at string
+	err := s.db.QueryRowContext(ctx, `SELECT receipt, at FROM destructions WHERE grant_id = ?`, grant).Scan(&b, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, time.Time{}, nil
+	}
+	return b, parseTS(at), err
+}
+
 func masksJSON(m map[string]string) string {
 	if len(m) == 0 {
 		return ""
@@ -441,9 +489,10 @@ func masksJSON(m map[string]string) string {
 }
 
 // RevokeGrant ends a grant; pending batches stop being delivered at once.
-func (s *SQLite) RevokeGrant(ctx context.Context, id string) error {
+// With destroy, the consumer is told to destroy what it received.
+func (s *SQLite) RevokeGrant(ctx context.Context, id string, destroy bool) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE grants SET status = ? WHERE id = ? AND status = ?`, GrantRevoked, id, GrantActive)
+		res, err := tx.ExecContext(ctx, `UPDATE grants SET status = ?, destroy = ? WHERE id = ? AND status = ?`, GrantRevoked, destroy, id, GrantActive)
 		if err != nil {
 			return err
 		}
@@ -463,16 +512,16 @@ func (s *SQLite) RevokeGrant(ctx context.Context, id string) error {
 				return err
 			}
 		}
-		return s.audit(ctx, tx, "operator", "grant.revoke", id, "application="+app)
+		return s.audit(ctx, tx, "operator", "grant.revoke", id, fmt.Sprintf("application=%s destroy=%t", app, destroy))
 	})
 }
 
-const grantCols = `id, resource, provider, consumer, mode, fields, status, created, expires, application, masks`
+const grantCols = `id, resource, provider, consumer, mode, fields, status, created, expires, application, masks, destroy`
 
 func scanGrant(sc interface{ Scan(...any) error }) (Grant, error) {
 	var g Grant
 	var fields, created, expires, masks string
-	err := sc.Scan(&g.ID, &g.Resource, &g.Provider, &g.Consumer, &g.Mode, &fields, &g.Status, &created, &expires, &g.Application, &masks)
+	err := sc.Scan(&g.ID, &g.Resource, &g.Provider, &g.Consumer, &g.Mode, &fields, &g.Status, &created, &expires, &g.Application, &masks, &g.Destroy)
 	if fields != "" {
 		g.Fields = strings.Split(fields, ",")
 	}

@@ -72,6 +72,7 @@ type Grant struct {
 	Mode        string
 	Fields      []string          // empty: every field
 	Masks       map[string]string // masking rule by field (pkg/mask)
+	Destroy     bool              // when it ends, the consumer destroys what it received
 	Status      string
 	Created     time.Time
 	Expires     time.Time // zero: no end
@@ -131,7 +132,13 @@ type Store interface {
 	Resource(ctx context.Context, id string) (Resource, error)
 
 	AddGrant(ctx context.Context, g Grant) error
-	RevokeGrant(ctx context.Context, id string) error
+	// RevokeGrant ends a grant; with destroy, its consumer must destroy
+	// what it received under it and send a signed destruction receipt.
+	RevokeGrant(ctx context.Context, id string, destroy bool) error
+	// PutDestruction records a consumer's signed destruction receipt.
+	PutDestruction(ctx context.Context, grant, consumer string, receipt []byte) error
+	// Destruction returns a grant's destruction receipt, if any.
+	Destruction(ctx context.Context, grant string) ([]byte, time.Time, error)
 	Grant(ctx context.Context, id string) (Grant, error)
 	// GrantsFor lists grants where the node is provider or consumer.
 	GrantsFor(ctx context.Context, node string) ([]Grant, error)

@@ -118,8 +118,8 @@ func TestPendingStopsAtRevocation(t *testing.T) {
 	if last := bs[len(bs)-1]; last.Grant != "h" {
 		t.Errorf("grant h starved behind grant g's backlog: %d pending listed, last %s/%d", len(bs), last.Grant, last.Sequence)
 	}
-	s.RevokeGrant(ctx, "h")
-	s.RevokeGrant(ctx, "g")
+	s.RevokeGrant(ctx, "h", false)
+	s.RevokeGrant(ctx, "g", false)
 	if bs, _ := s.Pending(ctx, "c", 10); len(bs) != 0 {
 		t.Errorf("revoked grant still delivers %d batches", len(bs))
 	}

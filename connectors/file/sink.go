@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/qianzhi/qianzhi/connectors"
@@ -102,8 +103,14 @@ func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, st co
 		switch e.Op {
 		case "put":
 			err = s.put(e, io.LimitReader(body, e.Length), ch)
+			if err == nil && ch != nil && e.Chunk == e.Chunks-1 {
+				ch.Put(keyGot+e.Path, []byte(e.SHA256))
+			}
 		case "delete":
 			err = s.delete(e)
+			if err == nil && ch != nil {
+				ch.Delete(keyGot + e.Path)
+			}
 		default:
 			err = fmt.Errorf("unknown file operation %q", e.Op)
 		}
@@ -117,6 +124,55 @@ func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, st co
 // keyDone prefixes the state keys of completed files kept until their
 // batch is committed.
 const keyDone = "done/"
+
+// keyGot prefixes the state keys of the files received under a grant, so
+// that they can be destroyed when it ends.
+const keyGot = "got/"
+
+// Destroy removes every file received under the grant (and still there),
+// then the empty folders they leave.
+func (s *Sink) Destroy(ctx context.Context, grant string, st connectors.State, ch *connectors.Changes) (string, error) {
+	n := 0
+	dirs := map[string]bool{}
+	err := st.Scan(keyGot, func(key string, _ []byte) error {
+		rel := strings.TrimPrefix(key, keyGot)
+		dst, err := s.target(rel)
+		if err != nil {
+			return err
+		}
+		if err := os.Remove(dst); err == nil {
+			n++
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("destroy %s: %w", rel, err)
+		}
+		for d := filepath.Dir(dst); d != s.root && strings.HasPrefix(d, s.root); d = filepath.Dir(d) {
+			dirs[d] = true
+		}
+		ch.Delete(key)
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	// Parts of files still being assembled were received under it too.
+	parts, _ := os.ReadDir(s.tmp)
+	for _, p := range parts {
+		os.Remove(filepath.Join(s.tmp, p.Name()))
+	}
+	// Deepest first; a folder that still holds other files stays.
+	var ds []string
+	for d := range dirs {
+		ds = append(ds, d)
+	}
+	sort.Slice(ds, func(i, j int) bool { return len(ds[i]) > len(ds[j]) })
+	for _, d := range ds {
+		os.Remove(d)
+	}
+	if err := fsutil.SyncDir(s.root); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%d files received under grant %s, deleted from %s", n, grant, s.root), nil
+}
 
 func (s *Sink) put(e *batch.FileEntry, data io.Reader, ch *connectors.Changes) error {
 	dst, err := s.target(e.Path)

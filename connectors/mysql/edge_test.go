@@ -327,3 +327,25 @@ func TestProjectionAndMasking(t *testing.T) {
 		t.Fatalf("a lossy mask on the key: %v", err)
 	}
 }
+
+// TestDestroy empties the target and its record of the grant.
+func TestDestroy(t *testing.T) {
+	p := newPair(t, nil, nil)
+	exec(t, p.from, people, `INSERT INTO people (id, name) SELECT seq, CONCAT('人', seq) FROM seq_1_to_50`)
+	p.open(t)
+	p.drain(t, 1<<20)
+	d, ok := p.sink.(connectors.Destroyer)
+	if !ok {
+		t.Fatal("the table sink cannot destroy")
+	}
+	what, err := d.Destroy(context.Background(), "g1", nil, nil)
+	if err != nil || !strings.Contains(what, "50 rows of table people") {
+		t.Fatalf("destroy: %q %v", what, err)
+	}
+	var n, m int
+	p.to.QueryRow(`SELECT COUNT(*) FROM people`).Scan(&n)
+	p.to.QueryRow(`SELECT COUNT(*) FROM qz_applied WHERE grant_id = 'g1'`).Scan(&m)
+	if n != 0 || m != 0 {
+		t.Fatalf("after destruction: %d rows, %d applied records", n, m)
+	}
+}

@@ -340,3 +340,29 @@ func (k *sink) deleteSQL(key []batch.Column, rows int) string {
 	}
 	return b.String()
 }
+
+// Destroy deletes every row of the target table, which holds this one
+// resource, and the grant's applied record, in one transaction.
+func (k *sink) Destroy(ctx context.Context, grant string, _ connectors.State, _ *connectors.Changes) (string, error) {
+	if _, err := k.d.Describe(ctx, k.db, k.cfg.Table); errors.Is(err, ErrNoTable) {
+		return fmt.Sprintf("nothing: table %s was never created", k.cfg.Table), nil
+	}
+	tx, err := k.d.BeginApply(ctx, k.db)
+	if err != nil {
+		return "", err
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, "DELETE FROM "+k.d.Quote(k.cfg.Table))
+	if err != nil {
+		return "", fmt.Errorf("destroy the rows of %s: %w", k.cfg.Table, err)
+	}
+	n, _ := res.RowsAffected()
+	if _, err := tx.ExecContext(ctx, "DELETE FROM "+k.d.Quote(k.cfg.AppliedTable)+" WHERE "+k.d.Quote("grant_id")+" = "+k.d.Param(1), grant); err != nil {
+		return "", err
+	}
+	if err := tx.Commit(); err != nil {
+		return "", err
+	}
+	k.forget()
+	return fmt.Sprintf("%d rows of table %s deleted", n, k.cfg.Table), nil
+}

@@ -11,6 +11,7 @@
 //	POST /v1/applications              ApplicationRequest → Application (the caller is the consumer)
 //	GET  /v1/applications              → []Application the caller provides or consumes
 //	POST /v1/applications/{id}/decision Decision → Application (the caller must be the provider)
+//	POST /v1/destructions              a signed destruction receipt (the caller is the grant's consumer)
 //	POST /v1/feedback                  FeedbackRequest → Feedback (the caller holds a grant)
 //	GET  /v1/feedback                  → []Feedback the caller reported or must answer
 //	POST /v1/feedback/{id}/answer      {"text": …} → Feedback (the caller must be the provider)
@@ -75,9 +76,12 @@ type GrantInfo struct {
 	Fields   []string `json:"fields,omitempty"`
 	// Masks are masking rules by field (see pkg/mask), applied by the
 	// provider before sealing.
-	Masks   map[string]string `json:"masks,omitempty"`
-	Active  bool              `json:"active"`
-	Expires time.Time         `json:"expires,omitzero"`
+	Masks  map[string]string `json:"masks,omitempty"`
+	Active bool              `json:"active"`
+	// Destroy, on an ended grant, tells the consumer to destroy what it
+	// received under it and send a signed destruction receipt.
+	Destroy bool      `json:"destroy,omitempty"`
+	Expires time.Time `json:"expires,omitzero"`
 }
 
 // Delivery is one batch waiting for a consumer.

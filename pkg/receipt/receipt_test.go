@@ -208,3 +208,22 @@ func TestMatches(t *testing.T) {
 		t.Fatalf("Matches(other digest) = %v", err)
 	}
 }
+
+func TestDestructionReceipt(t *testing.T) {
+	k := newKey(t)
+	d, err := SignDestruction(Destruction{Resource: "r", Grant: "g-1", Provider: "p", Consumer: "c", Destroyed: time.Now(), What: "200 rows"}, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Verify(k.Public()); err != nil {
+		t.Fatal(err)
+	}
+	changed := d
+	changed.What = "2 rows"
+	if err := changed.Verify(k.Public()); !errors.Is(err, batch.ErrRejected) {
+		t.Fatalf("a changed receipt: %v", err)
+	}
+	if err := d.Verify(newKey(t).Public()); !errors.Is(err, batch.ErrRejected) {
+		t.Fatalf("another key: %v", err)
+	}
+}

@@ -1,0 +1,67 @@
+package receipt
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/qianzhi/qianzhi/pkg/batch"
+	"github.com/qianzhi/qianzhi/pkg/seal"
+)
+
+// DestructionDomain is the signing domain of destruction receipts.
+const DestructionDomain = "qianzhi-destruction-v1"
+
+// Destruction is a consumer's signed statement that it destroyed the data
+// it received under a grant that ended (数据销毁).
+type Destruction struct {
+	Version   int       `json:"version"`
+	Resource  string    `json:"resource"`
+	Grant     string    `json:"grant"`
+	Provider  string    `json:"provider"`
+	Consumer  string    `json:"consumer"`
+	Destroyed time.Time `json:"destroyed"`
+	// What says what was destroyed, e.g. "200 rows of table people".
+	What      string `json:"what"`
+	SealAlg   string `json:"seal_alg"`
+	SealKeyID string `json:"seal_key_id"`
+	Signature []byte `json:"signature"`
+}
+
+func (d Destruction) canonical() ([]byte, error) {
+	d.Signature = nil
+	return json.Marshal(d)
+}
+
+// SignDestruction signs d with the consumer's seal key.
+func SignDestruction(d Destruction, s batch.Signer) (Destruction, error) {
+	d.Version = Version
+	d.Destroyed = d.Destroyed.UTC()
+	d.SealAlg, d.SealKeyID = s.Algorithm(), s.KeyID()
+	if d.Grant == "" || d.Consumer == "" || d.Destroyed.IsZero() {
+		return d, errors.New("destruction receipt: grant, consumer and time are required")
+	}
+	msg, err := d.canonical()
+	if err != nil {
+		return d, err
+	}
+	d.Signature = s.Sign(DestructionDomain, msg)
+	return d, nil
+}
+
+// Verify checks d's signature against the consumer's key; failures wrap
+// batch.ErrRejected.
+func (d Destruction) Verify(pub seal.PublicKey) error {
+	if d.Version != Version || d.SealAlg != pub.Algorithm() || d.SealKeyID != pub.KeyID() {
+		return batch.Reject(ErrInvalid, fmt.Sprintf("destruction receipt version %d sealed by %s key %s", d.Version, d.SealAlg, d.SealKeyID))
+	}
+	msg, err := d.canonical()
+	if err != nil {
+		return batch.Reject(ErrInvalid, err.Error())
+	}
+	if err := pub.Verify(DestructionDomain, msg, d.Signature); err != nil {
+		return batch.Reject(seal.ErrBadSignature, "destruction receipt for grant "+d.Grant)
+	}
+	return nil
+}
