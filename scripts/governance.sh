@@ -94,7 +94,14 @@ show $A feedback report mzj.dibao --record "身份证号=$rec" --field 住址 --
 fid=$($A feedback list $MZJ | awk 'NR==2 {print $1}')
 show $A feedback answer "$fid" --text "已核实并更正，次日批次送达" $MZJ
 
-say "8. nothing is overdue; the audit log is intact"
+say "8. the grant is revoked; the consumer destroys what it received and proves it"
+g=$($C grant list | awk '$2 == "mzj.dibao" {print $1}')
+show $C grant revoke "$g" --destroy
+until_ok 30 bash -c "$C grant list | grep -q 'signed receipt'"
+show $C grant list
+show $DB show "$DEMO/db/rsj.db" 低保对象
+
+say "9. nothing is overdue; the audit log is intact"
 show $C report overdue
 show $C audit verify
 show $C audit list
