@@ -55,6 +55,9 @@ Usage:
   qz-central application approve ID   the hub's compliance review: passes it on (or approves an unconditional one)
   qz-central application reject ID --reason TEXT
   qz-central report overdue           review steps past their deadline, in working days
+  qz-central report departments [--format table|csv]
+                                      each department's evaluation (考核): resources, freshness,
+                                      data provided and used, decisions and answers on time
   qz-central version
 
 Every command takes --config FILE (default ` + DefaultConfigPath + ` when present).
@@ -80,7 +83,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	expires := fs.Duration("expires", 0, "grant lifetime (0: no end)")
 	from := fs.String("from", "", "first day, 2006-01-02 (China time)")
 	to := fs.String("to", "", "last day, 2006-01-02 (China time)")
-	format := fs.String("format", "jsonl", "jsonl or csv")
+	format := fs.String("format", "", "output format: jsonl or csv (audit export), table or csv (report departments)")
 	reason := fs.String("reason", "", "why (required to reject)")
 	state := fs.String("state", "", "only applications in these states")
 	destroy := fs.Bool("destroy", false, "the consumer must destroy what it received under the grant")
@@ -294,6 +297,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return applicationCommand(ctx, cfg, st, cmd, pos, *state, *reason, stdout)
 	case "report overdue":
 		return reportOverdue(ctx, cfg, st, stdout)
+	case "report departments":
+		return reportDepartments(ctx, st, *format, stdout)
 	case "audit export":
 		recs, err := st.AuditLog(ctx)
 		if err != nil {

@@ -746,7 +746,7 @@ func (h *Hub) accept(ctx context.Context, g store.Grant, seq uint64, part string
 		return err
 	}
 	return h.store.PutBatch(ctx, store.Batch{Grant: g.ID, Sequence: seq, Resource: g.Resource, Provider: g.Provider,
-		Consumer: g.Consumer, Size: size, Digest: fmt.Sprintf("%x", info.Digest)})
+		Consumer: g.Consumer, Size: size, Rows: hd.Rows, Digest: fmt.Sprintf("%x", info.Digest)})
 }
 
 func (h *Hub) waiter(node string) chan struct{} {

@@ -36,7 +36,7 @@ func exportAudit(recs []store.AuditRecord, from, to, format string, w io.Writer)
 	var cw *csv.Writer
 	enc := json.NewEncoder(w)
 	switch format {
-	case "jsonl":
+	case "jsonl", "":
 	case "csv":
 		cw = csv.NewWriter(w)
 		cw.Write([]string{"seq", "at", "actor", "action", "subject", "detail", "prev", "hash"})

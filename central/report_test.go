@@ -146,3 +146,52 @@ func TestReportOverdue(t *testing.T) {
 		}
 	}
 }
+
+// TestDepartmentReport counts, per department, what it publishes, how
+// fresh it is, what it provided and what was applied, and how it kept its
+// deadlines.
+func TestDepartmentReport(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "c.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.AddNode(ctx, "gaj", "市公安局", "h1", time.Now().Add(time.Hour))
+	st.AddNode(ctx, "mzj", "市民政局", "h2", time.Now().Add(time.Hour))
+	for _, r := range []string{"gaj.hukou", "gaj.old"} {
+		st.RegisterResource(ctx, store.Resource{ID: r, Provider: "gaj", Kind: "mysql"})
+		e := api.CatalogEntry{Resource: r, Name: r, Code: r, Format: "table", Department: "市公安局", Fields: []api.CatalogField{{Name: "姓名", Type: "string"}},
+			Category: api.ShareConditional, LegalBasis: "x", Frequency: "daily", Modes: []string{"batch"}}
+		st.SubmitCatalog(ctx, "gaj", e, time.Now())
+		st.ReviewCatalog(ctx, r, true, "", "operator")
+	}
+	a, _ := st.SubmitApplication(ctx, "mzj", api.ApplicationRequest{Resource: "gaj.hukou", Fields: []string{"姓名"}, Mode: "batch", Purpose: "p"}, time.Now())
+	st.DecideApplication(ctx, a.ID, "operator", true, api.Decision{Approve: true}, time.Now(), 0)
+	a, err = st.DecideApplication(ctx, a.ID, "gaj", false, api.Decision{Approve: true}, time.Time{}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(1); seq <= 3; seq++ {
+		st.PutBatch(ctx, store.Batch{Grant: a.Grant, Sequence: seq, Resource: "gaj.hukou", Provider: "gaj", Consumer: "mzj", Size: 1000, Rows: 10, Digest: fmt.Sprint(seq)})
+	}
+	st.PutReceipt(ctx, a.Grant, 1, []byte("{}"), time.Now())
+	st.SubmitFeedback(ctx, "mzj", api.FeedbackRequest{Resource: "gaj.hukou", Record: "id=1", Problem: "x"}, time.Now().Add(-time.Hour))
+	lines, err := departmentReport(ctx, st, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	gaj, mzj := lines[0], lines[1]
+	if gaj.Node != "gaj" || gaj.Resources != 2 || gaj.InCatalog != 2 || strings.Join(gaj.Stale, ",") != "gaj.old" ||
+		gaj.Batches != 3 || gaj.Rows != 30 || gaj.Bytes != 3000 || gaj.Applied != 1 || gaj.Consumers != 1 ||
+		gaj.Decided != 1 || gaj.DecidedLate != 1 || gaj.FeedbackOverdue != 1 {
+		t.Fatalf("provider line: %+v", gaj)
+	}
+	if mzj.Applications != 1 || mzj.GrantsNow != 1 || mzj.Batches != 0 {
+		t.Fatalf("consumer line: %+v", mzj)
+	}
+	var out bytes.Buffer
+	if err := reportDepartments(ctx, st, "csv", &out); err != nil || !strings.Contains(out.String(), "gaj,市公安局,2,2,gaj.old,3,30,3000,1,1,1,1,0,0,0,1,0,0") {
+		t.Fatalf("csv: %v\n%s", err, out.String())
+	}
+}

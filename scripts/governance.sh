@@ -101,7 +101,8 @@ until_ok 30 bash -c "$C grant list | grep -q 'signed receipt'"
 show $C grant list
 show $DB show "$DEMO/db/rsj.db" 低保对象
 
-say "9. nothing is overdue; the audit log is intact"
+say "9. nothing is overdue; the departments' figures; the audit log is intact"
 show $C report overdue
+show $C report departments
 show $C audit verify
 show $C audit list

@@ -83,6 +83,7 @@ var schema = []string{
 		receipted TEXT NOT NULL DEFAULT '',
 		receipt BLOB,
 		purged TEXT NOT NULL DEFAULT '',
+		rows INTEGER NOT NULL DEFAULT 0,
 		PRIMARY KEY (grant_id, seq)
 	)`,
 	`CREATE INDEX IF NOT EXISTS batches_pending ON batches(consumer, receipted, grant_id, seq)`,
@@ -114,8 +115,9 @@ func OpenSQLite(path string) (*SQLite, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, c := range [][2]string{{"masks", `TEXT NOT NULL DEFAULT ''`}, {"destroy", `BOOLEAN NOT NULL DEFAULT FALSE`}} {
-		if err := addColumn(db, "grants", c[0], c[1]); err != nil {
+	for _, c := range [][3]string{{"grants", "masks", `TEXT NOT NULL DEFAULT ''`}, {"grants", "destroy", `BOOLEAN NOT NULL DEFAULT FALSE`},
+		{"batches", "rows", `INTEGER NOT NULL DEFAULT 0`}} {
+		if err := addColumn(db, c[0], c[1], c[2]); err != nil {
 			db.Close()
 			return nil, err
 		}
@@ -426,6 +428,26 @@ func (s *SQLite) Resource(ctx context.Context, id string) (Resource, error) {
 	return r, err
 }
 
+// Resources lists every registered resource.
+func (s *SQLite) Resources(ctx context.Context) ([]Resource, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, provider, kind, updated FROM resources ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Resource
+	for rows.Next() {
+		var r Resource
+		var up string
+		if err := rows.Scan(&r.ID, &r.Provider, &r.Kind, &up); err != nil {
+			return nil, err
+		}
+		r.Updated = parseTS(up)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
 // AddGrant records a grant.
 func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
@@ -580,8 +602,8 @@ func (s *SQLite) PutBatch(ctx context.Context, b Batch) error {
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO batches (grant_id, seq, resource, provider, consumer, size, digest, stored) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-			b.Grant, b.Sequence, b.Resource, b.Provider, b.Consumer, b.Size, b.Digest, ts(s.now())); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO batches (grant_id, seq, resource, provider, consumer, size, digest, stored, rows) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			b.Grant, b.Sequence, b.Resource, b.Provider, b.Consumer, b.Size, b.Digest, ts(s.now()), b.Rows); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, b.Provider, "batch.store", fmt.Sprintf("%s/%d", b.Grant, b.Sequence),
@@ -589,12 +611,12 @@ func (s *SQLite) PutBatch(ctx context.Context, b Batch) error {
 	})
 }
 
-const batchCols = `grant_id, seq, resource, provider, consumer, size, digest, stored, receipted, receipt, purged`
+const batchCols = `grant_id, seq, resource, provider, consumer, size, digest, stored, receipted, receipt, purged, rows`
 
 func scanBatch(sc interface{ Scan(...any) error }) (Batch, error) {
 	var b Batch
 	var stored, receipted, purged string
-	err := sc.Scan(&b.Grant, &b.Sequence, &b.Resource, &b.Provider, &b.Consumer, &b.Size, &b.Digest, &stored, &receipted, &b.Receipt, &purged)
+	err := sc.Scan(&b.Grant, &b.Sequence, &b.Resource, &b.Provider, &b.Consumer, &b.Size, &b.Digest, &stored, &receipted, &b.Receipt, &purged, &b.Rows)
 	b.Stored, b.Receipted, b.Purged = parseTS(stored), parseTS(receipted), parseTS(purged)
 	return b, err
 }

@@ -92,6 +92,7 @@ type Batch struct {
 	Provider  string
 	Consumer  string
 	Size      int64
+	Rows      int64 // rows carried, for a table's batch
 	Digest    string
 	Stored    time.Time
 	Receipted time.Time // zero until the consumer's receipt is in
@@ -135,6 +136,8 @@ type Store interface {
 	// RevokeGrant ends a grant; with destroy, its consumer must destroy
 	// what it received under it and send a signed destruction receipt.
 	RevokeGrant(ctx context.Context, id string, destroy bool) error
+	// Resources lists every registered resource.
+	Resources(ctx context.Context) ([]Resource, error)
 	// PutDestruction records a consumer's signed destruction receipt.
 	PutDestruction(ctx context.Context, grant, consumer string, receipt []byte) error
 	// Destruction returns a grant's destruction receipt, if any.
