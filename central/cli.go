@@ -327,8 +327,11 @@ func VerifyAudit(recs []store.AuditRecord) error {
 		if r.Seq != int64(i+1) {
 			return fmt.Errorf("audit record %d is missing or out of order (found %d)", i+1, r.Seq)
 		}
-		if r.Prev != prev || store.AuditHash(r) != r.Hash {
-			return fmt.Errorf("audit record %d was changed: its hash does not match the chain", r.Seq)
+		if store.AuditHash(r) != r.Hash {
+			return fmt.Errorf("audit record %d was changed: its hash does not match its content", r.Seq)
+		}
+		if r.Prev != prev {
+			return fmt.Errorf("audit record %d does not follow record %d: record %d (or one before it) was changed and re-hashed, or a record was inserted", r.Seq, r.Seq-1, r.Seq-1)
 		}
 		prev = r.Hash
 	}
