@@ -343,14 +343,15 @@ func (a *Agent) setGrants(ctx context.Context, gs []api.GrantInfo) {
 	}
 }
 
-// providerGrants lists the active grants to produce for one resource.
+// providerGrants lists the active batch-mode grants to produce for one
+// resource: a query or verify grant answers calls and never gets copies.
 func (a *Agent) providerGrants(resource string) ([]api.GrantInfo, <-chan struct{}) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var out []api.GrantInfo
 	now := time.Now()
 	for _, g := range a.grants {
-		if g.Provider == a.id.NodeID && g.Resource == resource && g.Active && (g.Expires.IsZero() || now.Before(g.Expires)) {
+		if g.Provider == a.id.NodeID && g.Resource == resource && g.Active && g.Mode == api.ModeBatch && (g.Expires.IsZero() || now.Before(g.Expires)) {
 			out = append(out, g)
 		}
 	}

@@ -573,6 +573,12 @@ func (h *Hub) batchRef(w http.ResponseWriter, r *http.Request, role string) (sto
 		httpError(w, http.StatusGone, "grant "+g.ID+" is no longer active")
 		return g, 0, false
 	}
+	if g.Mode != api.ModeBatch {
+		// A query or verify grant answers calls; it never carries copies.
+		h.store.Audit(r.Context(), me, "access.refuse", g.ID, fmt.Sprintf("%s %s on a %s grant", r.Method, r.URL.Path, g.Mode))
+		httpError(w, http.StatusForbidden, "grant "+g.ID+" is for mode "+g.Mode+", not batch copies")
+		return g, 0, false
+	}
 	return g, seq, true
 }
 

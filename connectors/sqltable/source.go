@@ -252,10 +252,17 @@ func (s *source) schema(ctx context.Context, proj *connectors.Projection) (*shap
 	}
 	sh := &shape{mark: -1, soft: -1}
 	sch := &batch.Schema{Table: name, Key: key}
+	hashKey, _ := mask.Parse(mask.Hash)
 	for _, n := range pick {
 		col := byName[n]
 		var rule *mask.Rule
-		if r, ok := proj.Mask(n); ok {
+		r, ok := proj.Mask(n)
+		if !ok && proj != nil && len(proj.Fields) > 0 && !slices.Contains(proj.Fields, n) {
+			// A key column the grant does not name still has to travel,
+			// or rows could not be told apart: it travels hashed.
+			r, ok = hashKey, true
+		}
+		if ok {
 			if slices.Contains(key, n) && !r.Deterministic() {
 				return nil, fail("the grant masks key column %s with %s, which would make distinct rows collide: only hash keeps keys apart", n, r)
 			}
@@ -625,7 +632,12 @@ func (s *source) incremental(ctx context.Context, st connectors.State, sh *shape
 	if err != nil {
 		return err
 	}
-	sh.schema.Phase, sh.schema.From, sh.schema.To = "incremental", m.Value, upper
+	sh.schema.Phase = "incremental"
+	if sh.mark < len(sh.masks) && sh.masks[sh.mark] == nil {
+		// The range says what was read; only where the column itself
+		// travels in clear.
+		sh.schema.From, sh.schema.To = m.Value, upper
+	}
 	var w batch.RowWriter
 	for {
 		q, args := s.incrementalQuery(sh, m, upper)
