@@ -15,7 +15,7 @@ import (
 )
 
 // catalogCommand runs the hub operator's catalog review commands.
-func catalogCommand(ctx context.Context, st store.Store, cmd string, pos []string, reason string, w io.Writer) error {
+func catalogCommand(ctx context.Context, st store.Store, cmd string, pos []string, version int, reason string, w io.Writer) error {
 	if cmd == "catalog list" {
 		vs, err := st.CatalogLatest(ctx)
 		if err != nil {
@@ -53,10 +53,17 @@ func catalogCommand(ctx context.Context, st store.Store, cmd string, pos []strin
 		return enc.Encode(vs)
 	case "catalog reject":
 		if strings.TrimSpace(reason) == "" {
+			st.Audit(ctx, "operator", "catalog.refuse", pos[0], "rejection without a reason")
 			return cli.Usagef("a rejection needs --reason: the provider must know what to change")
 		}
 	}
-	v, err := st.ReviewCatalog(ctx, pos[0], cmd == "catalog approve", reason, "operator")
+	if version < 1 {
+		return cli.Usagef("name the version you reviewed: qz-central %s %s --version N (see qz-central catalog list)", cmd, pos[0])
+	}
+	v, err := st.ReviewCatalog(ctx, pos[0], version, cmd == "catalog approve", reason, "operator")
+	if err != nil {
+		st.Audit(ctx, "operator", "catalog.refuse", pos[0], err.Error())
+	}
 	if err != nil {
 		return err
 	}

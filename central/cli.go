@@ -48,8 +48,8 @@ Usage:
   qz-central calendar [YEAR]          the working-day calendar: holidays and working weekends
   qz-central catalog list             every catalog entry's newest version, its review and deadline
   qz-central catalog show RESOURCE    an entry's versions, in full
-  qz-central catalog approve RESOURCE
-  qz-central catalog reject RESOURCE --reason TEXT
+  qz-central catalog approve RESOURCE --version N
+  qz-central catalog reject RESOURCE --version N --reason TEXT
   qz-central application list [--state S,S]
   qz-central application show ID      an application and its history
   qz-central application approve ID   the hub's compliance review: passes it on (or approves an unconditional one)
@@ -87,6 +87,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	reason := fs.String("reason", "", "why (required to reject)")
 	state := fs.String("state", "", "only applications in these states")
 	destroy := fs.Bool("destroy", false, "the consumer must destroy what it received under the grant")
+	catVersion := fs.Int("version", 0, "the catalog entry version reviewed")
 	fields := fs.String("fields", "", "comma-separated fields the grant lets through (default all)")
 	masks := cli.Pairs{}
 	fs.Var(masks, "mask", "FIELD=RULE masking rule (repeatable)")
@@ -288,7 +289,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return tw.Flush()
 	case "catalog list", "catalog show", "catalog approve", "catalog reject":
-		return catalogCommand(ctx, st, cmd, pos, *reason, stdout)
+		return catalogCommand(ctx, st, cmd, pos, *catVersion, *reason, stdout)
 	case "application list", "application show", "application approve", "application reject":
 		if cmd == "application reject" && strings.TrimSpace(*reason) == "" {
 			st.Audit(ctx, "operator", "application.refuse", strings.Join(pos, " "), "rejection without a reason")

@@ -113,7 +113,7 @@ func TestReportOverdue(t *testing.T) {
 	e := api.CatalogEntry{Resource: "gaj.hukou", Name: "户籍", Code: "1", Format: "file", Department: "公安局",
 		Fields: []api.CatalogField{{Name: "姓名", Type: "string"}}, Category: api.ShareUnconditional, Frequency: "daily", Modes: []string{"batch"}}
 	st.SubmitCatalog(ctx, "gaj", e, time.Now())
-	st.ReviewCatalog(ctx, "gaj.hukou", true, "", "operator")
+	st.ReviewCatalog(ctx, "gaj.hukou", 1, true, "", "operator")
 	e.Resource = "gaj.late"
 	st.SubmitCatalog(ctx, "gaj", e, time.Now().Add(-10*24*time.Hour))
 	a, err := st.SubmitApplication(ctx, "mzj", api.ApplicationRequest{Resource: "gaj.hukou", Fields: []string{"姓名"}, Mode: "batch", Purpose: "p"}, time.Now().Add(-7*24*time.Hour))
@@ -164,7 +164,7 @@ func TestDepartmentReport(t *testing.T) {
 		e := api.CatalogEntry{Resource: r, Name: r, Code: r, Format: "table", Department: "市公安局", Fields: []api.CatalogField{{Name: "姓名", Type: "string"}},
 			Category: api.ShareConditional, LegalBasis: "x", Frequency: "daily", Modes: []string{"batch"}}
 		st.SubmitCatalog(ctx, "gaj", e, time.Now())
-		st.ReviewCatalog(ctx, r, true, "", "operator")
+		st.ReviewCatalog(ctx, r, 1, true, "", "operator")
 	}
 	a, _ := st.SubmitApplication(ctx, "mzj", api.ApplicationRequest{Resource: "gaj.hukou", Fields: []string{"姓名"}, Mode: "batch", Purpose: "p"}, time.Now())
 	st.DecideApplication(ctx, a.ID, "operator", true, api.Decision{Approve: true}, time.Now(), 0)

@@ -48,7 +48,8 @@ func TestCatalogReview(t *testing.T) {
 		t.Fatalf("a pending entry is visible:\n%s", s)
 	}
 	expectFail(t, "qz-central", []string{"catalog", "reject", "gaj.hukou", "--config", h.cfg}, "--reason")
-	if s := h.central("catalog", "approve", "gaj.hukou"); !strings.Contains(s, "version 1: approved") {
+	expectFail(t, "qz-central", []string{"catalog", "approve", "gaj.hukou", "--config", h.cfg}, "--version N")
+	if s := h.central("catalog", "approve", "gaj.hukou", "--version", "1"); !strings.Contains(s, "version 1: approved") {
 		t.Fatalf("approve: %s", s)
 	}
 	s := search("户籍", "身份证号")
@@ -70,7 +71,7 @@ func TestCatalogReview(t *testing.T) {
 	if s := search("迁入"); !strings.Contains(s, "no approved catalog entry") {
 		t.Fatalf("version 2 is visible before review:\n%s", s)
 	}
-	h.central("catalog", "reject", "gaj.hukou", "--reason", "名称与编码不符")
+	h.central("catalog", "reject", "gaj.hukou", "--version", "2", "--reason", "名称与编码不符")
 	if s := h.central("catalog", "show", "gaj.hukou"); !strings.Contains(s, "名称与编码不符") || !strings.Contains(s, `"status": "approved"`) {
 		t.Fatalf("versions:\n%s", s)
 	}
@@ -108,7 +109,7 @@ func TestApplicationWorkflow(t *testing.T) {
 	prov.start()
 	cons.start()
 	waitFor(t, 15*time.Second, "the catalog entry", func() bool { return strings.Contains(h.central("catalog", "list"), "gaj.hukou") })
-	h.central("catalog", "approve", "gaj.hukou")
+	h.central("catalog", "approve", "gaj.hukou", "--version", "1")
 	agent := func(n *node, args ...string) []string { return append(args, "--config", n.cfg) }
 
 	// Mistakes first.

@@ -63,7 +63,7 @@ func TestMaskedGrantAtTheSource(t *testing.T) {
 	prov.start()
 	cons.start()
 	waitFor(t, 15*time.Second, "the catalog entry", func() bool { return strings.Contains(h.central("catalog", "list"), "mzj.dibao") })
-	h.central("catalog", "approve", "mzj.dibao")
+	h.central("catalog", "approve", "mzj.dibao", "--version", "1")
 	out := mustRun(t, "qz-agent", "apply", "mzj.dibao", "--fields", "身份证号,姓名,住址", "--purpose", "就业补贴核对", "--config", cons.cfg)
 	id := strings.Fields(strings.Split(out, "\n")[1])[0]
 	h.central("application", "approve", id)

@@ -67,7 +67,7 @@ RSJ="--config $DEMO/rsj/agent.yaml"
 
 say "1. the provider's catalog entry waits for the hub's review"
 show $C catalog list
-show $C catalog approve mzj.dibao
+show $C catalog approve mzj.dibao --version 1
 
 say "2. another department finds it"
 show $A catalog search 低保 收入 $RSJ

@@ -60,38 +60,13 @@ func (s *SQLite) SubmitApplication(ctx context.Context, consumer string, req api
 	a := api.Application{ID: newID("a-"), Resource: req.Resource, Consumer: consumer, Fields: req.Fields, Mode: req.Mode,
 		Purpose: req.Purpose, Scenario: req.Scenario, Created: s.now().UTC()}
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		vs, err := s.catalog(ctx, tx, `WHERE resource = ? AND status = ? ORDER BY version DESC LIMIT 1`, req.Resource, CatalogApproved)
+		e, provider, err := s.checkRequest(ctx, tx, consumer, req)
 		if err != nil {
 			return err
 		}
-		if len(vs) == 0 {
-			return fmt.Errorf("resource %s is not in the catalog (or its entry is not approved yet): search with 'qz-agent catalog search': %w", req.Resource, ErrInvalid)
-		}
-		e, provider := vs[0].Entry, vs[0].Provider
 		a.Provider = provider
-		switch {
-		case e.Category == api.ShareNone:
-			return fmt.Errorf("resource %s is not shared (不予共享) under %s: it cannot be applied for: %w", req.Resource, e.LegalBasis, ErrInvalid)
-		case consumer == provider:
-			return fmt.Errorf("node %s provides %s itself: %w", consumer, req.Resource, ErrInvalid)
-		case !slices.Contains(e.Modes, req.Mode):
-			return fmt.Errorf("resource %s is not offered in mode %q (it offers: %s): %w", req.Resource, req.Mode, strings.Join(e.Modes, ", "), ErrInvalid)
-		case len(req.Fields) == 0:
-			return fmt.Errorf("name the fields you need with --fields (the entry lists: %s): %w", fieldNames(e), ErrInvalid)
-		case strings.TrimSpace(req.Purpose) == "":
-			return fmt.Errorf("state the purpose (用途) with --purpose: %w", ErrInvalid)
-		}
-		for _, f := range req.Fields {
-			if !e.HasField(f) {
-				return fmt.Errorf("field %q is not in the catalog entry of %s (it lists: %s): %w", f, req.Resource, fieldNames(e), ErrInvalid)
-			}
-		}
-		var kind string
-		if err := tx.QueryRowContext(ctx, `SELECT kind FROM resources WHERE id = ?`, req.Resource).Scan(&kind); err != nil {
+		if err := s.oneGrant(ctx, tx, req.Resource, consumer); err != nil {
 			return err
-		}
-		if kind == "file" && len(req.Fields) < len(e.Fields) {
-			return fmt.Errorf("resource %s is a folder: its files travel whole, so apply for all its fields (%s): %w", req.Resource, fieldNames(e), ErrInvalid)
 		}
 		fields, _ := json.Marshal(req.Fields)
 		a.State, a.Deadline = api.AppHubReview, hubDeadline
@@ -119,6 +94,64 @@ func (s *SQLite) SubmitApplication(ctx context.Context, consumer string, req api
 	return a, err
 }
 
+// oneGrant refuses a second active grant of a resource to one consumer:
+// its copy lives in one place, and the end of one grant (destruction
+// included) must not touch what another delivers.
+func (s *SQLite) oneGrant(ctx context.Context, tx *sql.Tx, resource, consumer string) error {
+	var held string
+	err := tx.QueryRowContext(ctx, `SELECT id FROM grants WHERE resource = ? AND consumer = ? AND status = ? AND (expires = '' OR expires > ?)`,
+		resource, consumer, GrantActive, ts(s.now())).Scan(&held)
+	if err == nil {
+		return fmt.Errorf("node %s already holds grant %s for %s: it must end before another is made: %w", consumer, held, resource, ErrInvalid)
+	}
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	return err
+}
+
+// checkRequest checks a request against the resource's approved catalog
+// entry now: at submission, and again at each approval, since the entry may
+// have changed (fields removed, a mode withdrawn, the category made none).
+func (s *SQLite) checkRequest(ctx context.Context, tx *sql.Tx, consumer string, req api.ApplicationRequest) (api.CatalogEntry, string, error) {
+	vs, err := s.catalog(ctx, tx, `WHERE resource = ? AND status = ? ORDER BY version DESC LIMIT 1`, req.Resource, CatalogApproved)
+	if err != nil {
+		return api.CatalogEntry{}, "", err
+	}
+	if len(vs) == 0 {
+		return api.CatalogEntry{}, "", fmt.Errorf("resource %s is not in the catalog (or its entry is not approved yet): search with 'qz-agent catalog search': %w", req.Resource, ErrInvalid)
+	}
+	e, provider := vs[0].Entry, vs[0].Provider
+	fail := func(format string, args ...any) (api.CatalogEntry, string, error) {
+		return e, provider, fmt.Errorf(format+": %w", append(args, ErrInvalid)...)
+	}
+	switch {
+	case e.Category == api.ShareNone:
+		return fail("resource %s is not shared (不予共享) under %s: it cannot be applied for", req.Resource, e.LegalBasis)
+	case consumer == provider:
+		return fail("node %s provides %s itself", consumer, req.Resource)
+	case !slices.Contains(e.Modes, req.Mode):
+		return fail("resource %s is not offered in mode %q (it offers: %s)", req.Resource, req.Mode, strings.Join(e.Modes, ", "))
+	case len(req.Fields) == 0:
+		return fail("name the fields you need with --fields (the entry lists: %s)", fieldNames(e))
+	case strings.TrimSpace(req.Purpose) == "":
+		return fail("state the purpose (用途) with --purpose")
+	}
+	for _, f := range req.Fields {
+		if !e.HasField(f) {
+			return fail("field %q is not in the catalog entry of %s (it lists: %s)", f, req.Resource, fieldNames(e))
+		}
+	}
+	var kind string
+	if err := tx.QueryRowContext(ctx, `SELECT kind FROM resources WHERE id = ?`, req.Resource).Scan(&kind); err != nil {
+		return e, provider, err
+	}
+	if kind == "file" && len(req.Fields) < len(e.Fields) {
+		return fail("resource %s is a folder: its files travel whole, so apply for all its fields (%s)", req.Resource, fieldNames(e))
+	}
+	return e, provider, nil
+}
+
 func fieldNames(e api.CatalogEntry) string {
 	var n []string
 	for _, f := range e.Fields {
@@ -137,6 +170,9 @@ func (s *SQLite) step(ctx context.Context, tx *sql.Tx, id, state, actor, reason 
 // grantFor makes the grant of an approved application, with the masking
 // rules the provider set.
 func (s *SQLite) grantFor(ctx context.Context, tx *sql.Tx, a *api.Application, actor string, masks map[string]string) error {
+	if err := s.oneGrant(ctx, tx, a.Resource, a.Consumer); err != nil {
+		return err
+	}
 	a.Grant = newID("g-")
 	if _, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, application, masks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		a.Grant, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ","), GrantActive, ts(s.now()), a.ID, masksJSON(masks)); err != nil {
@@ -193,6 +229,12 @@ func (s *SQLite) DecideApplication(ctx context.Context, id, actor string, hub bo
 			}
 			if _, err := mask.Parse(r); err != nil {
 				return fmt.Errorf("field %s: %v: %w", f, err, ErrInvalid)
+			}
+		}
+		if d.Approve {
+			req := api.ApplicationRequest{Resource: a.Resource, Fields: a.Fields, Mode: a.Mode, Purpose: a.Purpose, Scenario: a.Scenario}
+			if _, _, err := s.checkRequest(ctx, tx, a.Consumer, req); err != nil {
+				return fmt.Errorf("the catalog changed since application %s: %w", id, err)
 			}
 		}
 		step, action := "", ""

@@ -31,7 +31,7 @@ func workflow(t *testing.T) (*SQLite, context.Context) {
 		if _, _, err := s.SubmitCatalog(ctx, "gaj", e, time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.ReviewCatalog(ctx, c.id, true, "", "operator"); err != nil {
+		if _, err := s.ReviewCatalog(ctx, c.id, 1, true, "", "operator"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -137,5 +137,33 @@ func TestApplicationPaths(t *testing.T) {
 		if _, err := s.SubmitApplication(ctx, c.by, r, time.Now()); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("want %q, got %v", c.want, err)
 		}
+	}
+}
+
+// TestApplicationRechecked: an approval checks the catalog as it is now,
+// and a consumer never holds two active grants of one resource.
+func TestApplicationRechecked(t *testing.T) {
+	s, ctx := workflow(t)
+	a, err := s.SubmitApplication(ctx, "mzj", req("gaj.hukou"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := entry("gaj.hukou")
+	e.Category, e.LegalBasis = api.ShareNone, "《保密法》"
+	s.SubmitCatalog(ctx, "gaj", e, time.Now())
+	s.ReviewCatalog(ctx, "gaj.hukou", 2, true, "", "operator")
+	if _, err := s.DecideApplication(ctx, a.ID, "operator", true, api.Decision{Approve: true}, time.Now(), 0); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "catalog changed") {
+		t.Fatalf("approval after the resource became none: %v", err)
+	}
+	b, _ := s.SubmitApplication(ctx, "mzj", req("gaj.open"), time.Now())
+	c, _ := s.SubmitApplication(ctx, "mzj", req("gaj.open"), time.Now())
+	if _, err := s.DecideApplication(ctx, b.ID, "operator", true, api.Decision{Approve: true}, time.Now(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DecideApplication(ctx, c.ID, "operator", true, api.Decision{Approve: true}, time.Now(), 0); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "already holds grant") {
+		t.Fatalf("a second grant: %v", err)
+	}
+	if _, err := s.SubmitApplication(ctx, "mzj", req("gaj.open"), time.Now()); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("applying while holding a grant: %v", err)
 	}
 }

@@ -16,6 +16,9 @@ const (
 	CatalogPending  = "pending"
 	CatalogApproved = "approved"
 	CatalogRejected = "rejected"
+	// CatalogSuperseded is a pending version replaced by a newer one
+	// before its review.
+	CatalogSuperseded = "superseded"
 )
 
 var catalogSchema = []string{
@@ -69,12 +72,15 @@ func (s *SQLite) SubmitCatalog(ctx context.Context, provider string, e api.Catal
 		}
 		changed = true
 		if lastStatus == CatalogPending {
-			version = last
-			if _, err := tx.ExecContext(ctx, `UPDATE catalog SET entry = ?, hash = ?, submitted = ? WHERE resource = ? AND version = ?`,
-				string(raw), hash, ts(s.now()), e.Resource, last); err != nil {
+			// A reviewer may be reading that version: it is never changed
+			// under them. It is set aside; the new one waits instead, with
+			// the same deadline.
+			if _, err := tx.ExecContext(ctx, `UPDATE catalog SET status = ? WHERE resource = ? AND version = ?`, CatalogSuperseded, e.Resource, last); err != nil {
 				return err
 			}
-			return s.audit(ctx, tx, provider, "catalog.resubmit", e.Resource, fmt.Sprintf("version=%d name=%s", last, e.Name))
+			if dl := parseTS(lastDeadline); !dl.IsZero() {
+				deadline = dl
+			}
 		}
 		version = last + 1
 		if _, err := tx.ExecContext(ctx, `INSERT INTO catalog (resource, version, provider, entry, hash, status, submitted, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -87,20 +93,24 @@ func (s *SQLite) SubmitCatalog(ctx context.Context, provider string, e api.Catal
 }
 
 // ReviewCatalog approves or rejects (with a reason) the pending version of
-// a resource's entry.
-func (s *SQLite) ReviewCatalog(ctx context.Context, resource string, approve bool, reason, actor string) (api.CatalogVersion, error) {
+// a resource's entry; version must name it, so that a reviewer decides on
+// the version they read.
+func (s *SQLite) ReviewCatalog(ctx context.Context, resource string, version int, approve bool, reason, actor string) (api.CatalogVersion, error) {
 	var v api.CatalogVersion
 	if !approve && reason == "" {
 		return v, fmt.Errorf("a rejection needs a reason: %w", ErrInvalid)
 	}
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		var version int
-		err := tx.QueryRowContext(ctx, `SELECT version FROM catalog WHERE resource = ? AND status = ?`, resource, CatalogPending).Scan(&version)
+		var pending int
+		err := tx.QueryRowContext(ctx, `SELECT version FROM catalog WHERE resource = ? AND status = ?`, resource, CatalogPending).Scan(&pending)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("resource %s has no catalog entry waiting for review: %w", resource, ErrNotFound)
 		}
 		if err != nil {
 			return err
+		}
+		if version != pending {
+			return fmt.Errorf("version %d of %s is not the one waiting for review (version %d is): read it with 'qz-central catalog show %s': %w", version, resource, pending, resource, ErrConflict)
 		}
 		status, action := CatalogApproved, "catalog.approve"
 		if !approve {

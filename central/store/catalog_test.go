@@ -39,10 +39,13 @@ func TestCatalogReview(t *testing.T) {
 	if vs, _ := s.CatalogApproved(ctx); len(vs) != 0 {
 		t.Fatal("a pending entry is visible")
 	}
-	if _, err := s.ReviewCatalog(ctx, "gaj.hukou", false, "", "operator"); !errors.Is(err, ErrInvalid) {
+	if _, err := s.ReviewCatalog(ctx, "gaj.hukou", 1, false, "", "operator"); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("reject without reason: %v", err)
 	}
-	if r, err := s.ReviewCatalog(ctx, "gaj.hukou", true, "", "operator"); err != nil || r.Status != CatalogApproved {
+	if _, err := s.ReviewCatalog(ctx, "gaj.hukou", 2, true, "", "operator"); !errors.Is(err, ErrConflict) {
+		t.Fatalf("approving a version that is not the one waiting: %v", err)
+	}
+	if r, err := s.ReviewCatalog(ctx, "gaj.hukou", 1, true, "", "operator"); err != nil || r.Status != CatalogApproved {
 		t.Fatalf("approve: %+v %v", r, err)
 	}
 	if _, changed, _ := s.SubmitCatalog(ctx, "gaj", entry("户籍人口"), dl); changed {
@@ -55,14 +58,22 @@ func TestCatalogReview(t *testing.T) {
 	if len(vs) != 1 || vs[0].Version != 1 || vs[0].Entry.Name != "户籍人口" {
 		t.Fatalf("while version 2 waits, version 1 stays visible: %+v", vs)
 	}
-	if r, err := s.ReviewCatalog(ctx, "gaj.hukou", false, "字段说明不全", "operator"); err != nil || r.Status != CatalogRejected || r.Reason != "字段说明不全" {
+	// The provider changes version 2 while it waits: a new version 3
+	// waits instead, and version 2 can no longer be approved unseen.
+	if v, changed, _ := s.SubmitCatalog(ctx, "gaj", entry("户籍人口基本信息（修订）"), dl); v != 3 || !changed {
+		t.Fatalf("resubmission while pending: version %d", v)
+	}
+	if _, err := s.ReviewCatalog(ctx, "gaj.hukou", 2, true, "", "operator"); !errors.Is(err, ErrConflict) {
+		t.Fatalf("approving the superseded version: %v", err)
+	}
+	if r, err := s.ReviewCatalog(ctx, "gaj.hukou", 3, false, "字段说明不全", "operator"); err != nil || r.Status != CatalogRejected || r.Reason != "字段说明不全" {
 		t.Fatalf("reject: %+v %v", r, err)
 	}
-	if _, err := s.ReviewCatalog(ctx, "gaj.hukou", true, "", "operator"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.ReviewCatalog(ctx, "gaj.hukou", 3, true, "", "operator"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("nothing pending: %v", err)
 	}
 	all, _ := s.CatalogVersions(ctx, "gaj.hukou")
-	if len(all) != 2 || all[0].Status != CatalogRejected || all[1].Status != CatalogApproved {
+	if len(all) != 3 || all[0].Status != CatalogRejected || all[1].Status != CatalogSuperseded || all[2].Status != CatalogApproved {
 		t.Fatalf("versions: %+v", all)
 	}
 	if _, _, err := s.SubmitCatalog(ctx, "other", entry("冒名"), dl); !errors.Is(err, ErrConflict) {
@@ -75,7 +86,7 @@ func TestCatalogReview(t *testing.T) {
 			actions = append(actions, r.Action)
 		}
 	}
-	if strings.Join(actions, " ") != "catalog.submit catalog.approve catalog.submit catalog.reject" {
+	if strings.Join(actions, " ") != "catalog.submit catalog.approve catalog.submit catalog.submit catalog.reject" {
 		t.Fatalf("audited: %v", actions)
 	}
 }

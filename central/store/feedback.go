@@ -42,7 +42,8 @@ func (s *SQLite) SubmitFeedback(ctx context.Context, consumer string, req api.Fe
 			return fmt.Errorf("say what is wrong (--problem): %w", ErrInvalid)
 		}
 		var n int
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM grants WHERE resource = ? AND consumer = ? AND status = ?`, req.Resource, consumer, GrantActive).Scan(&n); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM grants WHERE resource = ? AND consumer = ? AND status = ? AND (expires = '' OR expires > ?)`,
+			req.Resource, consumer, GrantActive, ts(s.now())).Scan(&n); err != nil {
 			return err
 		}
 		if n == 0 {

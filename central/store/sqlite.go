@@ -451,6 +451,9 @@ func (s *SQLite) Resources(ctx context.Context) ([]Resource, error) {
 // AddGrant records a grant.
 func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.oneGrant(ctx, tx, g.Resource, g.Consumer); err != nil {
+			return err
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, expires, application, masks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, strings.Join(g.Fields, ","), GrantActive, ts(s.now()), ts(g.Expires), g.Application, masksJSON(g.Masks))
 		if err != nil {
@@ -519,7 +522,21 @@ func (s *SQLite) RevokeGrant(ctx context.Context, id string, destroy bool) error
 			return err
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("active grant %s: %w", id, ErrNotFound)
+			if !destroy {
+				return fmt.Errorf("active grant %s: %w", id, ErrNotFound)
+			}
+			// An ended grant can still be ordered destroyed.
+			res, err = tx.ExecContext(ctx, `UPDATE grants SET destroy = ? WHERE id = ? AND status <> ? AND NOT destroy`, true, id, GrantActive)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				return fmt.Errorf("ended grant %s not ordered destroyed yet: %w", id, ErrNotFound)
+			}
+			if err := bump(ctx, tx, "grants"); err != nil {
+				return err
+			}
+			return s.audit(ctx, tx, "operator", "grant.destroy_order", id, "")
 		}
 		if err := bump(ctx, tx, "grants"); err != nil {
 			return err

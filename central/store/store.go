@@ -171,7 +171,7 @@ type Store interface {
 	// changed anything.
 	SubmitCatalog(ctx context.Context, provider string, e api.CatalogEntry, deadline time.Time) (int, bool, error)
 	// ReviewCatalog decides the pending version; a rejection needs a reason.
-	ReviewCatalog(ctx context.Context, resource string, approve bool, reason, actor string) (api.CatalogVersion, error)
+	ReviewCatalog(ctx context.Context, resource string, version int, approve bool, reason, actor string) (api.CatalogVersion, error)
 	CatalogLatest(ctx context.Context) ([]api.CatalogVersion, error)
 	CatalogApproved(ctx context.Context) ([]api.CatalogVersion, error)
 	CatalogVersions(ctx context.Context, resource string) ([]api.CatalogVersion, error)

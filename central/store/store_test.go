@@ -109,11 +109,15 @@ func TestPendingStopsAtRevocation(t *testing.T) {
 		t.Fatalf("pending: %+v", bs)
 	}
 	// A grant with a long backlog does not hide another grant's batches.
-	s.AddGrant(ctx, Grant{ID: "h", Resource: "r", Provider: "p", Consumer: "c", Mode: "batch"})
+	s.RegisterResource(ctx, Resource{ID: "r2", Provider: "p", Kind: "file"})
+	if err := s.AddGrant(ctx, Grant{ID: "dup", Resource: "r", Provider: "p", Consumer: "c", Mode: "batch"}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a second active grant of one resource to one consumer: %v", err)
+	}
+	s.AddGrant(ctx, Grant{ID: "h", Resource: "r2", Provider: "p", Consumer: "c", Mode: "batch"})
 	for seq := uint64(4); seq <= 60; seq++ {
 		s.PutBatch(ctx, Batch{Grant: "g", Sequence: seq, Resource: "r", Provider: "p", Consumer: "c", Size: 10, Digest: "d"})
 	}
-	s.PutBatch(ctx, Batch{Grant: "h", Sequence: 1, Resource: "r", Provider: "p", Consumer: "c", Size: 10, Digest: "d"})
+	s.PutBatch(ctx, Batch{Grant: "h", Sequence: 1, Resource: "r2", Provider: "p", Consumer: "c", Size: 10, Digest: "d"})
 	bs, _ = s.Pending(ctx, "c", 20)
 	if last := bs[len(bs)-1]; last.Grant != "h" {
 		t.Errorf("grant h starved behind grant g's backlog: %d pending listed, last %s/%d", len(bs), last.Grant, last.Sequence)

@@ -97,6 +97,9 @@ func (e *CatalogEntry) Validate() error {
 		if f.Name == "" || f.Type == "" {
 			add("fields[%d]: name and type are required", i)
 		}
+		if strings.ContainsAny(f.Name, ",=\n") {
+			add("field %q: a name cannot hold a comma, '=' or a line break", f.Name)
+		}
 		if seen[f.Name] {
 			add("field %q is listed twice", f.Name)
 		}
