@@ -301,6 +301,7 @@ func (a *Agent) apply(ctx context.Context, d api.Delivery, path string, info *ba
 	}
 	defer body.Close()
 	var ch connectors.Changes
+	ch.Put(keyKind, []byte(info.Header.Kind)) // what destruction must find, should the grant end so
 	scope := "sink/" + d.Grant
 	if err := s.Apply(ctx, &info.Header, body, a.state.view(scope), &ch); err != nil {
 		return fmt.Errorf("apply: %w", err)

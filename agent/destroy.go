@@ -4,17 +4,23 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/receipt"
 )
 
 // State keys, in a grant's sink scope, of its destruction.
 const (
+	keyKind        = "kind"         // the kind of the batches applied: files or rows
 	keyDestroyed   = "destroyed"    // the signed destruction receipt (JSON)
 	keyDestroySent = "destroy_sent" // the hub has it
 )
@@ -49,6 +55,16 @@ func (a *Agent) destroyLoop(ctx context.Context) {
 	}
 }
 
+// subscribed reports whether the config has a subscription for resource.
+func (a *Agent) subscribed(resource string) bool {
+	for _, e := range a.cfg.Subscriptions {
+		if e.ID == resource {
+			return true
+		}
+	}
+	return false
+}
+
 func (a *Agent) destroyGrant(ctx context.Context, g api.GrantInfo) error {
 	scope := "sink/" + g.ID
 	v := a.state.view(scope)
@@ -62,7 +78,14 @@ func (a *Agent) destroyGrant(ctx context.Context, g api.GrantInfo) error {
 	if !done {
 		a.applyMu.Lock()
 		defer a.applyMu.Unlock()
-		s, err := a.sink(g.Resource, "files")
+		kind, _, err := v.Get(keyKind)
+		if err != nil {
+			return err
+		}
+		if string(kind) == batch.KindRows && !a.subscribed(g.Resource) {
+			return fmt.Errorf("rows of %s arrived through a subscription that is no longer in the config: restore it so they can be destroyed", g.Resource)
+		}
+		s, err := a.sink(g.Resource, batch.KindFiles)
 		if err != nil {
 			return err
 		}
@@ -74,6 +97,13 @@ func (a *Agent) destroyGrant(ctx context.Context, g api.GrantInfo) error {
 		what, err := d.Destroy(ctx, g.ID, v, &ch)
 		if err != nil {
 			return err
+		}
+		// Batches downloaded but not applied were received too.
+		parts, _ := filepath.Glob(filepath.Join(a.cfg.inboxDir(), g.ID+"-*.part"))
+		for _, p := range parts {
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
 		}
 		rc, err := receipt.SignDestruction(receipt.Destruction{Resource: g.Resource, Grant: g.ID, Provider: g.Provider,
 			Consumer: a.id.NodeID, Destroyed: time.Now(), What: what}, a.id.Seal)

@@ -20,7 +20,7 @@ import (
 
 // workflowError answers a refused workflow request with its reason, and
 // audits the refusal: bad input is recorded like any other step.
-func (h *Hub) workflowError(w http.ResponseWriter, r *http.Request, subject string, err error) {
+func (h *Hub) workflowError(w http.ResponseWriter, r *http.Request, action, subject string, err error) {
 	code := http.StatusInternalServerError
 	switch {
 	case errors.Is(err, store.ErrInvalid):
@@ -33,19 +33,20 @@ func (h *Hub) workflowError(w http.ResponseWriter, r *http.Request, subject stri
 		h.internal(w, "application", err)
 		return
 	}
-	h.store.Audit(r.Context(), nodeID(r), "application.refuse", subject, err.Error())
+	h.store.Audit(r.Context(), nodeID(r), action, subject, err.Error())
 	httpError(w, code, err.Error())
 }
 
 func (h *Hub) submitApplication(w http.ResponseWriter, r *http.Request) {
 	var req api.ApplicationRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		h.store.Audit(r.Context(), nodeID(r), "application.refuse", "", "malformed request: "+err.Error())
 		httpError(w, http.StatusBadRequest, "malformed application")
 		return
 	}
 	a, err := h.store.SubmitApplication(r.Context(), nodeID(r), req, h.cal.Deadline(h.now(), h.cfg.Deadlines.HubReview))
 	if err != nil {
-		h.workflowError(w, r, req.Resource, err)
+		h.workflowError(w, r, "application.refuse", req.Resource, err)
 		return
 	}
 	h.log.Info("application submitted", "id", a.ID, "resource", a.Resource, "consumer", a.Consumer, "state", a.State)
@@ -71,6 +72,7 @@ func (h *Hub) listApplications(w http.ResponseWriter, r *http.Request) {
 func (h *Hub) decideApplication(w http.ResponseWriter, r *http.Request) {
 	var d api.Decision
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&d); err != nil {
+		h.store.Audit(r.Context(), nodeID(r), "application.refuse", r.PathValue("id"), "malformed decision: "+err.Error())
 		httpError(w, http.StatusBadRequest, "malformed decision")
 		return
 	}
@@ -83,7 +85,7 @@ func (h *Hub) decideApplication(w http.ResponseWriter, r *http.Request) {
 		a, err = h.store.DecideApplication(r.Context(), id, nodeID(r), false, d, time.Time{}, h.late(a.Deadline))
 	}
 	if err != nil {
-		h.workflowError(w, r, id, err)
+		h.workflowError(w, r, "application.refuse", id, err)
 		return
 	}
 	writeJSON(w, a)
@@ -215,12 +217,13 @@ func reportOverdue(ctx context.Context, cfg Config, st store.Store, w io.Writer)
 func (h *Hub) submitFeedback(w http.ResponseWriter, r *http.Request) {
 	var req api.FeedbackRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		h.store.Audit(r.Context(), nodeID(r), "feedback.refuse", "", "malformed request: "+err.Error())
 		httpError(w, http.StatusBadRequest, "malformed feedback")
 		return
 	}
 	f, err := h.store.SubmitFeedback(r.Context(), nodeID(r), req, h.cal.Deadline(h.now(), h.cfg.Deadlines.Feedback))
 	if err != nil {
-		h.workflowError(w, r, req.Resource, err)
+		h.workflowError(w, r, "feedback.refuse", req.Resource, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -246,6 +249,7 @@ func (h *Hub) answerFeedback(w http.ResponseWriter, r *http.Request) {
 		Text string `json:"text"`
 	}
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&a); err != nil {
+		h.store.Audit(r.Context(), nodeID(r), "feedback.refuse", r.PathValue("id"), "malformed answer: "+err.Error())
 		httpError(w, http.StatusBadRequest, "malformed answer")
 		return
 	}
@@ -260,7 +264,7 @@ func (h *Hub) answerFeedback(w http.ResponseWriter, r *http.Request) {
 	}
 	f, err := h.store.AnswerFeedback(r.Context(), id, nodeID(r), a.Text, late)
 	if err != nil {
-		h.workflowError(w, r, id, err)
+		h.workflowError(w, r, "feedback.refuse", id, err)
 		return
 	}
 	writeJSON(w, f)
@@ -297,7 +301,7 @@ func (h *Hub) destruction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := h.store.PutDestruction(r.Context(), d.Grant, me, raw); err != nil {
-		h.workflowError(w, r, d.Grant, err)
+		h.workflowError(w, r, "destruction.reject", d.Grant, err)
 		return
 	}
 	h.log.Info("destruction receipt recorded", "grant", d.Grant, "consumer", me, "what", d.What)

@@ -400,6 +400,7 @@ func (h *Hub) registerResources(w http.ResponseWriter, r *http.Request) {
 		e := *d.Catalog
 		e.Resource = d.ID
 		if err := e.Validate(); err != nil {
+			h.store.Audit(r.Context(), nodeID(r), "catalog.refuse", d.ID, err.Error())
 			httpError(w, http.StatusBadRequest, fmt.Sprintf("resource %s: %v", d.ID, err))
 			return
 		}
