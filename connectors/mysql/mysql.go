@@ -458,21 +458,7 @@ func (Dialect) UpsertRows(ncols int) int { return max(1, min(1000, 60000/max(nco
 // OceanBase alike).
 func (d Dialect) Upsert(table string, cols []batch.Column, key []string, rows int) string {
 	var b strings.Builder
-	b.WriteString("INSERT INTO " + d.Quote(table) + " (")
-	for i, c := range cols {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(d.Quote(c.Name))
-	}
-	b.WriteString(") VALUES ")
-	one := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", ") + ")"
-	for i := range rows {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(one)
-	}
+	b.WriteString(sqltable.InsertValues(d, table, cols, rows))
 	b.WriteString(" ON DUPLICATE KEY UPDATE ")
 	n := 0
 	for _, c := range cols {

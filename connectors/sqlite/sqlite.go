@@ -635,21 +635,7 @@ func (Dialect) UpsertRows(ncols int) int { return max(1, min(500, 32000/max(ncol
 // UPDATE (SQLite 3.24 and later).
 func (d Dialect) Upsert(table string, cols []batch.Column, key []string, rows int) string {
 	var b strings.Builder
-	b.WriteString("INSERT INTO " + d.Quote(table) + " (")
-	for i, c := range cols {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(d.Quote(c.Name))
-	}
-	b.WriteString(") VALUES ")
-	one := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", ") + ")"
-	for i := range rows {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(one)
-	}
+	b.WriteString(sqltable.InsertValues(d, table, cols, rows))
 	var k []string
 	for _, n := range key {
 		k = append(k, d.Quote(n))

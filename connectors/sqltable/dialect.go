@@ -120,3 +120,33 @@ func CreateTableSQL(d Dialect, table string, s *batch.Schema, colType ColumnType
 	defs = append(defs, "PRIMARY KEY ("+strings.Join(key, ", ")+")")
 	return "CREATE TABLE " + d.Quote(table) + " (\n  " + strings.Join(defs, ",\n  ") + "\n)" + suffix, nil
 }
+
+// InsertValues is "INSERT INTO table (cols) VALUES (…), (…)" with rows
+// groups of placeholders, the start of a multi-row upsert.
+func InsertValues(d Dialect, table string, cols []batch.Column, rows int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO " + d.Quote(table) + " (")
+	for i, c := range cols {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(d.Quote(c.Name))
+	}
+	b.WriteString(") VALUES ")
+	n := 0
+	for i := range rows {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(")
+		for j := range cols {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			n++
+			b.WriteString(d.Param(n))
+		}
+		b.WriteString(")")
+	}
+	return b.String()
+}
