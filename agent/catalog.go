@@ -35,9 +35,7 @@ func SearchCatalog(ctx context.Context, cfg Config, words []string) ([]api.Catal
 
 func printCatalog(w io.Writer, vs []api.CatalogVersion, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(vs)
+		return printJSON(w, vs)
 	}
 	if len(vs) == 0 {
 		fmt.Fprintln(w, "no approved catalog entry matches")
@@ -79,9 +77,7 @@ func Decide(ctx context.Context, cfg Config, id string, d api.Decision) (api.App
 
 func printApplications(w io.Writer, as []api.Application, me string, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(as)
+		return printJSON(w, as)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tROLE\tSTATE\tDUE\tRESOURCE\tCONSUMER\tMODE\tFIELDS\tPURPOSE\tGRANT")
@@ -132,4 +128,11 @@ func printFeedback(w io.Writer, fs []api.Feedback, me string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.ID, role, f.Resource, f.Record, f.Field, f.Problem, f.Deadline.In(calendar.CST).Format("2006-01-02 15:04"), ans)
 	}
 	return tw.Flush()
+}
+
+// printJSON writes v as indented JSON, for --json.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

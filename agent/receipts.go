@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -141,9 +140,7 @@ func fetchSealKey(ctx context.Context, hub *transport.Client, node, keyID string
 
 func printReceipts(w io.Writer, ls []ReceiptLine, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(ls)
+		return printJSON(w, ls)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "GRANT\tRESOURCE\tCONSUMER\tBATCH\tBYTES\tAPPLIED\tRECEIPT")
