@@ -44,7 +44,7 @@ func (h *Hub) submitApplication(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "malformed application")
 		return
 	}
-	a, err := h.store.SubmitApplication(r.Context(), nodeID(r), req, h.cal.Deadline(h.now(), h.cfg.Deadlines.HubReview))
+	a, err := h.store.SubmitApplication(r.Context(), nodeID(r), req, h.calendar().Deadline(h.now(), h.cfg.Deadlines.HubReview))
 	if err != nil {
 		h.workflowError(w, r, "application.refuse", req.Resource, err)
 		return
@@ -96,7 +96,7 @@ func (h *Hub) late(deadline time.Time) int {
 	if deadline.IsZero() {
 		return 0
 	}
-	return h.cal.WorkdaysLate(deadline, h.now())
+	return h.calendar().WorkdaysLate(deadline, h.now())
 }
 
 // applicationCommand runs the operator's application commands: the hub's
@@ -169,6 +169,15 @@ func reportOverdue(ctx context.Context, cfg Config, st store.Store, w io.Writer)
 	now := time.Now()
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "KIND\tID\tSTEP\tWHO\tDUE\tWORKING DAYS LATE")
+	uncovered := false
+	due := func(t time.Time) string {
+		s := t.In(calendar.CST).Format(time.DateTime)
+		if !cal.Covered(t.In(calendar.CST).Year()) {
+			uncovered = true
+			s += " *"
+		}
+		return s
+	}
 	n := 0
 	as, err := st.Applications(ctx, "", api.AppHubReview, api.AppProviderReview)
 	if err != nil {
@@ -182,7 +191,7 @@ func reportOverdue(ctx context.Context, cfg Config, st store.Store, w io.Writer)
 		if a.State == api.AppProviderReview {
 			who = a.Provider
 		}
-		fmt.Fprintf(tw, "application\t%s\t%s\t%s\t%s\t%d\n", a.ID, a.State, who, a.Deadline.In(calendar.CST).Format(time.DateTime), cal.WorkdaysLate(a.Deadline, now))
+		fmt.Fprintf(tw, "application\t%s\t%s\t%s\t%s\t%d\n", a.ID, a.State, who, due(a.Deadline), cal.WorkdaysLate(a.Deadline, now))
 		n++
 	}
 	fs, err := st.Feedback(ctx, "", true)
@@ -193,7 +202,7 @@ func reportOverdue(ctx context.Context, cfg Config, st store.Store, w io.Writer)
 		if now.Before(f.Deadline) {
 			continue
 		}
-		fmt.Fprintf(tw, "feedback\t%s\tanswer\t%s\t%s\t%d\n", f.ID, f.Provider, f.Deadline.In(calendar.CST).Format(time.DateTime), cal.WorkdaysLate(f.Deadline, now))
+		fmt.Fprintf(tw, "feedback\t%s\tanswer\t%s\t%s\t%d\n", f.ID, f.Provider, due(f.Deadline), cal.WorkdaysLate(f.Deadline, now))
 		n++
 	}
 	vs, err := st.CatalogLatest(ctx)
@@ -204,13 +213,16 @@ func reportOverdue(ctx context.Context, cfg Config, st store.Store, w io.Writer)
 		if v.Status != store.CatalogPending || now.Before(v.Deadline) {
 			continue
 		}
-		fmt.Fprintf(tw, "catalog\t%s v%d\tcatalog_review\thub\t%s\t%d\n", v.Entry.Resource, v.Version, v.Deadline.In(calendar.CST).Format(time.DateTime), cal.WorkdaysLate(v.Deadline, now))
+		fmt.Fprintf(tw, "catalog\t%s v%d\tcatalog_review\thub\t%s\t%d\n", v.Entry.Resource, v.Version, due(v.Deadline), cal.WorkdaysLate(v.Deadline, now))
 		n++
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "%d overdue\n", n)
+	if uncovered {
+		fmt.Fprintf(w, "* counted without an official holiday calendar for that year (plain weekends): add it to %s\n", cfg.HolidaysDir)
+	}
 	return nil
 }
 
@@ -221,7 +233,7 @@ func (h *Hub) submitFeedback(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "malformed feedback")
 		return
 	}
-	f, err := h.store.SubmitFeedback(r.Context(), nodeID(r), req, h.cal.Deadline(h.now(), h.cfg.Deadlines.Feedback))
+	f, err := h.store.SubmitFeedback(r.Context(), nodeID(r), req, h.calendar().Deadline(h.now(), h.cfg.Deadlines.Feedback))
 	if err != nil {
 		h.workflowError(w, r, "feedback.refuse", req.Resource, err)
 		return

@@ -42,7 +42,8 @@ type Hub struct {
 	tls   *tls.Config
 	log   *slog.Logger
 	now   func() time.Time
-	cal   *calendar.Calendar
+	cal   *calendar.Calendar // see calendar()
+	calAt time.Time          // modification time of HolidaysDir when cal was loaded
 
 	mu        sync.Mutex
 	waiters   map[string]chan struct{} // consumer node → wake-up
@@ -51,6 +52,44 @@ type Hub struct {
 	lastRefusal time.Time          // last audited enrolment refusal
 	refusals    int                // refusals since, not yet audited
 	uploads     map[string]*upload // grant/seq → the upload writing it
+}
+
+// calendar returns the working-day calendar, loading it again when the
+// holidays folder changed: an operator adds next year's file without a
+// restart. A file that does not load keeps the calendar as it was (and the
+// error is logged; qz-central config check names it).
+func (h *Hub) calendar() *calendar.Calendar {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	changed := newestChange(h.cfg.HolidaysDir)
+	if !changed.After(h.calAt) {
+		return h.cal
+	}
+	h.calAt = changed
+	cal, err := h.cfg.Calendar()
+	if err != nil {
+		h.log.Error("holiday calendar not reloaded", "err", err)
+		return h.cal
+	}
+	h.cal = cal
+	h.log.Info("holiday calendar reloaded", "years", cal.Years())
+	return h.cal
+}
+
+// newestChange is the latest modification time of a folder and its files
+// (zero if it does not exist).
+func newestChange(dir string) time.Time {
+	var t time.Time
+	if fi, err := os.Stat(dir); err == nil {
+		t = fi.ModTime()
+	}
+	es, _ := os.ReadDir(dir)
+	for _, e := range es {
+		if fi, err := e.Info(); err == nil && fi.ModTime().After(t) {
+			t = fi.ModTime()
+		}
+	}
+	return t
 }
 
 // ErrNotInitialised means qz-central init has not run for this state dir.
@@ -84,7 +123,7 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 			return nil, fmt.Errorf("prepare payload folder: %w", err)
 		}
 	}
-	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now, cal: cal,
+	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now, cal: cal, calAt: time.Now(),
 		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{}}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
@@ -404,7 +443,7 @@ func (h *Hub) registerResources(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusBadRequest, fmt.Sprintf("resource %s: %v", d.ID, err))
 			return
 		}
-		deadline := h.cal.Deadline(h.now(), h.cfg.Deadlines.CatalogReview)
+		deadline := h.calendar().Deadline(h.now(), h.cfg.Deadlines.CatalogReview)
 		version, changed, err := h.store.SubmitCatalog(r.Context(), nodeID(r), e, deadline)
 		if err != nil {
 			h.internal(w, "submit catalog entry", err)

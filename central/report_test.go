@@ -6,6 +6,8 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/qianzhi/qianzhi/central/store"
 	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/calendar"
 )
 
 // TestAuditExport writes the records of a period as JSON lines and as
@@ -128,12 +131,19 @@ func TestReportOverdue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	old, err := st.SubmitFeedback(ctx, "mzj", api.FeedbackRequest{Resource: "gaj.hukou", Record: "id=2", Field: "姓名", Problem: "错字"}, time.Date(2025, 12, 30, 16, 0, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
 	if err := reportOverdue(ctx, cfg, st, &out); err != nil {
 		t.Fatal(err)
 	}
 	s := out.String()
-	if !strings.Contains(s, a.ID) || !strings.Contains(s, "gaj.late v1") || !strings.Contains(s, fb.ID) || !strings.Contains(s, "3 overdue") {
+	if !strings.Contains(s, old.ID) || !strings.Contains(s, "2025-12-31 00:00:00 *") || !strings.Contains(s, "without an official holiday calendar") {
+		t.Fatalf("a deadline in a year without a calendar is not flagged:\n%s", s)
+	}
+	if !strings.Contains(s, a.ID) || !strings.Contains(s, "gaj.late v1") || !strings.Contains(s, fb.ID) || !strings.Contains(s, "4 overdue") {
 		t.Fatalf("overdue report:\n%s", s)
 	}
 	// A week late is at least 4 working days late, whatever the holidays.
@@ -193,5 +203,26 @@ func TestDepartmentReport(t *testing.T) {
 	var out bytes.Buffer
 	if err := reportDepartments(ctx, st, "csv", &out); err != nil || !strings.Contains(out.String(), "gaj,市公安局,2,2,gaj.old,3,30,3000,1,1,1,1,0,0,0,1,0,0") {
 		t.Fatalf("csv: %v\n%s", err, out.String())
+	}
+}
+
+// TestCalendarReload: a year's file added while the hub runs is used for
+// the next deadline, without a restart.
+func TestCalendarReload(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.HolidaysDir = dir
+	cal, err := cfg.Calendar()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Hub{cfg: cfg, cal: cal, calAt: time.Now().Add(-time.Minute), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	newYear := time.Date(2026, 12, 31, 10, 0, 0, 0, calendar.CST) // Thursday
+	if got := h.calendar().Deadline(newYear, 1); !got.Equal(time.Date(2027, 1, 2, 0, 0, 0, 0, calendar.CST)) {
+		t.Fatalf("without 2027's file, Jan 1 is a working day: %s", got)
+	}
+	os.WriteFile(filepath.Join(dir, "2027.yaml"), []byte("year: 2027\nholidays:\n  - name: 元旦\n    off: [2027-01-01, 2027-01-03]\n"), 0o644)
+	if got := h.calendar().Deadline(newYear, 1); !got.Equal(time.Date(2027, 1, 5, 0, 0, 0, 0, calendar.CST)) {
+		t.Fatalf("with 2027's file, the deadline passes New Year: %s", got)
 	}
 }
