@@ -144,9 +144,9 @@ func applicationCommand(ctx context.Context, cfg Config, st store.Store, cmd str
 		late = cal.WorkdaysLate(a.Deadline, now)
 	}
 	d := api.Decision{Approve: cmd == "application approve", Reason: reason}
-	a, err = st.DecideApplication(ctx, a.ID, "operator", true, d, cal.Deadline(now, cfg.Deadlines.ProviderReview), late)
+	a, err = st.DecideApplication(ctx, a.ID, store.Actor(ctx), true, d, cal.Deadline(now, cfg.Deadlines.ProviderReview), late)
 	if err != nil {
-		st.Audit(ctx, "operator", "application.refuse", pos[0], err.Error())
+		st.Audit(ctx, store.Actor(ctx), "application.refuse", pos[0], err.Error())
 		return err
 	}
 	switch a.State {

@@ -53,16 +53,16 @@ func catalogCommand(ctx context.Context, st store.Store, cmd string, pos []strin
 		return enc.Encode(vs)
 	case "catalog reject":
 		if strings.TrimSpace(reason) == "" {
-			st.Audit(ctx, "operator", "catalog.refuse", pos[0], "rejection without a reason")
+			st.Audit(ctx, store.Actor(ctx), "catalog.refuse", pos[0], "rejection without a reason")
 			return cli.Usagef("a rejection needs --reason: the provider must know what to change")
 		}
 	}
 	if version < 1 {
 		return cli.Usagef("name the version you reviewed: qz-central %s %s --version N (see qz-central catalog list)", cmd, pos[0])
 	}
-	v, err := st.ReviewCatalog(ctx, pos[0], version, cmd == "catalog approve", reason, "operator")
+	v, err := st.ReviewCatalog(ctx, pos[0], version, cmd == "catalog approve", reason, store.Actor(ctx))
 	if err != nil {
-		st.Audit(ctx, "operator", "catalog.refuse", pos[0], err.Error())
+		st.Audit(ctx, store.Actor(ctx), "catalog.refuse", pos[0], err.Error())
 	}
 	if err != nil {
 		return err

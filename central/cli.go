@@ -70,28 +70,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
-	cmd, rest := args[0], args[1:]
-	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch" || cmd == "catalog" || cmd == "application" || cmd == "report") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
-		cmd, rest = cmd+" "+rest[0], rest[1:]
-	}
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	cfgPath := fs.String("config", "", "configuration file")
-	name := fs.String("name", "", "node display name")
-	resource := fs.String("resource", "", "resource ID")
-	consumer := fs.String("consumer", "", "consumer node ID")
-	grantID := fs.String("grant", "", "only this grant")
-	expires := fs.Duration("expires", 0, "grant lifetime (0: no end)")
-	from := fs.String("from", "", "first day, 2006-01-02 (China time)")
-	to := fs.String("to", "", "last day, 2006-01-02 (China time)")
-	format := fs.String("format", "", "output format: jsonl or csv (audit export), table or csv (report departments)")
-	reason := fs.String("reason", "", "why (required to reject)")
-	state := fs.String("state", "", "only applications in these states")
-	destroy := fs.Bool("destroy", false, "the consumer must destroy what it received under the grant")
-	catVersion := fs.Int("version", 0, "the catalog entry version reviewed")
-	fields := fs.String("fields", "", "comma-separated fields the grant lets through (default all)")
-	masks := cli.Pairs{}
-	fs.Var(masks, "mask", "FIELD=RULE masking rule (repeatable)")
-	pos, err := cli.Parse(fs, rest)
+	cmd, rest := splitCommand(args)
+	o, pos, err := parseFlags(cmd, rest)
 	if err != nil {
 		return err
 	}
@@ -99,7 +79,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, version.String("qz-central"))
 		return nil
 	}
-	path := *cfgPath
+	path := o.config
 	if path == "" {
 		if _, err := os.Stat(DefaultConfigPath); err == nil {
 			path = DefaultConfigPath
@@ -129,17 +109,69 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer h.Close()
 		return h.Serve(ctx, nil)
 	}
+	// With the hub running, its admin socket carries the command: the hub
+	// runs it on its own store and records who asked.
+	if handled, err := viaSocket(ctx, cfg, args, stdout, stderr); handled {
+		return err
+	}
 	st, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	return admin(store.WithActor(ctx, localActor()), cfg, st, cmd, pos, o, stdout, stderr)
+}
+
+// opts are the admin commands' flags.
+type opts struct {
+	config, name, resource, consumer, grantID, from, to, format, reason, state, fields string
+	expires                                                                            time.Duration
+	destroy                                                                            bool
+	version                                                                            int
+	masks                                                                              cli.Pairs
+}
+
+// splitCommand takes the command words (one or two) off args.
+func splitCommand(args []string) (string, []string) {
+	cmd, rest := args[0], args[1:]
+	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch" || cmd == "catalog" || cmd == "application" || cmd == "report") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		cmd, rest = cmd+" "+rest[0], rest[1:]
+	}
+	return cmd, rest
+}
+
+// parseFlags reads the flags of a command.
+func parseFlags(cmd string, rest []string) (*opts, []string, error) {
+	o := &opts{masks: cli.Pairs{}}
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.StringVar(&o.config, "config", "", "configuration file")
+	fs.StringVar(&o.name, "name", "", "node display name")
+	fs.StringVar(&o.resource, "resource", "", "resource ID")
+	fs.StringVar(&o.consumer, "consumer", "", "consumer node ID")
+	fs.StringVar(&o.grantID, "grant", "", "only this grant")
+	fs.DurationVar(&o.expires, "expires", 0, "grant lifetime (0: no end)")
+	fs.StringVar(&o.from, "from", "", "first day, 2006-01-02 (China time)")
+	fs.StringVar(&o.to, "to", "", "last day, 2006-01-02 (China time)")
+	fs.StringVar(&o.format, "format", "", "output format: jsonl or csv (audit export), table or csv (report departments)")
+	fs.StringVar(&o.reason, "reason", "", "why (required to reject)")
+	fs.StringVar(&o.state, "state", "", "only applications in these states")
+	fs.BoolVar(&o.destroy, "destroy", false, "the consumer must destroy what it received under the grant")
+	fs.IntVar(&o.version, "version", 0, "the catalog entry version reviewed")
+	fs.StringVar(&o.fields, "fields", "", "comma-separated fields the grant lets through (default all)")
+	fs.Var(o.masks, "mask", "FIELD=RULE masking rule (repeatable)")
+	pos, err := cli.Parse(fs, rest)
+	return o, pos, err
+}
+
+// admin runs an admin command on the hub's store; the actor in ctx is who
+// the audit log names.
+func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []string, o *opts, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "node add":
 		if err := cli.Want(pos, 1, "qz-central node add NODE_ID --name NAME"); err != nil {
 			return err
 		}
-		if *name == "" {
+		if o.name == "" {
 			return cli.Usagef("--name is required: the department's name, e.g. --name \"市人社局\"")
 		}
 		if err := validID(pos[0]); err != nil {
@@ -149,7 +181,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := st.AddNode(ctx, pos[0], *name, tok.Hash(), time.Now().Add(cfg.TokenTTL)); err != nil {
+		if err := st.AddNode(ctx, pos[0], o.name, tok.Hash(), time.Now().Add(cfg.TokenTTL)); err != nil {
 			if errors.Is(err, store.ErrExists) {
 				return fmt.Errorf("%w; use 'qz-central node token %s' for a new token", err, pos[0])
 			}
@@ -192,17 +224,17 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return tw.Flush()
 	case "grant add":
-		if *resource == "" || *consumer == "" {
+		if o.resource == "" || o.consumer == "" {
 			return cli.Usagef("qz-central grant add --resource RESOURCE --consumer NODE_ID")
 		}
-		r, err := st.Resource(ctx, *resource)
+		r, err := st.Resource(ctx, o.resource)
 		if errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("resource %s is not known: its provider's agent registers it when it starts with the resource in its config", *resource)
+			return fmt.Errorf("resource %s is not known: its provider's agent registers it when it starts with the resource in its config", o.resource)
 		}
 		if err != nil {
 			return err
 		}
-		c, err := st.Node(ctx, *consumer)
+		c, err := st.Node(ctx, o.consumer)
 		if err != nil {
 			return fmt.Errorf("consumer: %w; add it with 'qz-central node add'", err)
 		}
@@ -212,17 +244,17 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if c.ID == r.Provider {
 			return fmt.Errorf("node %s provides %s itself; a grant needs another consumer", c.ID, r.ID)
 		}
-		g := store.Grant{ID: "g-" + randHex(6), Resource: r.ID, Provider: r.Provider, Consumer: c.ID, Mode: "batch", Fields: cli.List(*fields)}
-		for f, rule := range masks {
+		g := store.Grant{ID: "g-" + randHex(6), Resource: r.ID, Provider: r.Provider, Consumer: c.ID, Mode: "batch", Fields: cli.List(o.fields)}
+		for f, rule := range o.masks {
 			if _, err := mask.Parse(rule); err != nil {
 				return fmt.Errorf("--mask %s: %w", f, err)
 			}
 		}
-		if len(masks) > 0 {
-			g.Masks = masks
+		if len(o.masks) > 0 {
+			g.Masks = o.masks
 		}
-		if *expires > 0 {
-			g.Expires = time.Now().Add(*expires)
+		if o.expires > 0 {
+			g.Expires = time.Now().Add(o.expires)
 		}
 		if err := st.AddGrant(ctx, g); err != nil {
 			return err
@@ -233,11 +265,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := cli.Want(pos, 1, "qz-central grant revoke GRANT_ID [--destroy]"); err != nil {
 			return err
 		}
-		if err := st.RevokeGrant(ctx, pos[0], *destroy); err != nil {
+		if err := st.RevokeGrant(ctx, pos[0], o.destroy); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "grant %s revoked: nothing more is delivered under it\n", pos[0])
-		if *destroy {
+		if o.destroy {
 			fmt.Fprintln(stdout, "the consumer destroys what it received and sends a signed destruction receipt (see grant list)")
 		}
 		return nil
@@ -260,7 +292,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return tw.Flush()
 	case "batch list":
-		bs, err := st.Batches(ctx, *grantID)
+		bs, err := st.Batches(ctx, o.grantID)
 		if err != nil {
 			return err
 		}
@@ -289,23 +321,23 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return tw.Flush()
 	case "catalog list", "catalog show", "catalog approve", "catalog reject":
-		return catalogCommand(ctx, st, cmd, pos, *catVersion, *reason, stdout)
+		return catalogCommand(ctx, st, cmd, pos, o.version, o.reason, stdout)
 	case "application list", "application show", "application approve", "application reject":
-		if cmd == "application reject" && strings.TrimSpace(*reason) == "" {
-			st.Audit(ctx, "operator", "application.refuse", strings.Join(pos, " "), "rejection without a reason")
+		if cmd == "application reject" && strings.TrimSpace(o.reason) == "" {
+			st.Audit(ctx, store.Actor(ctx), "application.refuse", strings.Join(pos, " "), "rejection without a reason")
 			return cli.Usagef("a rejection needs --reason: the consumer must know why")
 		}
-		return applicationCommand(ctx, cfg, st, cmd, pos, *state, *reason, stdout)
+		return applicationCommand(ctx, cfg, st, cmd, pos, o.state, o.reason, stdout)
 	case "report overdue":
 		return reportOverdue(ctx, cfg, st, stdout)
 	case "report departments":
-		return reportDepartments(ctx, st, *format, stdout)
+		return reportDepartments(ctx, st, o.format, stdout)
 	case "audit export":
 		recs, err := st.AuditLog(ctx)
 		if err != nil {
 			return err
 		}
-		return exportAudit(recs, *from, *to, *format, stdout)
+		return exportAudit(recs, o.from, o.to, o.format, stdout)
 	case "audit verify":
 		recs, err := st.AuditLog(ctx)
 		if err != nil {
@@ -317,7 +349,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "audit log intact: %d records\n", len(recs))
 		return nil
 	}
-	return cli.Usagef("unknown command %q; run 'qz-central help'", strings.Join(args, " "))
+	return cli.Usagef("unknown command %q; run 'qz-central help'", strings.Join(append([]string{cmd}, pos...), " "))
 }
 
 // VerifyAudit checks the hash chain: a changed, removed or reordered record

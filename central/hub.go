@@ -190,6 +190,11 @@ func (h *Hub) Serve(ctx context.Context, ready func(quicAddr, tcpAddr string)) e
 	}
 	go h.janitor(ctx)
 	go h.watchGrants(ctx)
+	go func() {
+		if err := h.serveAdmin(ctx); err != nil {
+			h.log.Error("admin socket stopped; qz-central commands on this host open the database directly", "err", err)
+		}
+	}()
 	return srv.Serve(ctx)
 }
 

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -80,6 +81,16 @@ func TestCatalogReview(t *testing.T) {
 		if !strings.Contains(audit, a) {
 			t.Errorf("audit log lacks %s", a)
 		}
+	}
+	// The commands went through the running hub's admin socket, which
+	// names the user who ran them.
+	me, _ := user.Current()
+	if !strings.Contains(audit, "local:"+me.Username+"  catalog.approve") {
+		t.Errorf("the approval is not recorded as local:%s:\n%s", me.Username, audit)
+	}
+	fi, err := os.Stat(filepath.Join(h.dir, "state", "admin.sock"))
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("admin socket: %v %v", fi, err)
 	}
 }
 

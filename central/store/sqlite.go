@@ -241,7 +241,7 @@ func (s *SQLite) AddNode(ctx context.Context, id, name, tokenHash string, tokenE
 		if _, err := tx.ExecContext(ctx, `INSERT INTO tokens (hash, node_id, expires) VALUES (?, ?, ?)`, tokenHash, id, ts(tokenExpiry)); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "operator", "node.add", id, "name="+name)
+		return s.audit(ctx, tx, Actor(ctx), "node.add", id, "name="+name)
 	})
 }
 
@@ -261,7 +261,7 @@ func (s *SQLite) NewToken(ctx context.Context, nodeID, tokenHash string, expiry 
 		if _, err := tx.ExecContext(ctx, `INSERT INTO tokens (hash, node_id, expires) VALUES (?, ?, ?)`, tokenHash, nodeID, ts(expiry)); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "operator", "node.token", nodeID, "")
+		return s.audit(ctx, tx, Actor(ctx), "node.token", nodeID, "")
 	})
 }
 
@@ -349,7 +349,7 @@ func (s *SQLite) RevokeNode(ctx context.Context, id string) error {
 		if err := bump(ctx, tx, "grants"); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "operator", "node.revoke", id, "")
+		return s.audit(ctx, tx, Actor(ctx), "node.revoke", id, "")
 	})
 }
 
@@ -462,7 +462,7 @@ func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
 		if err := bump(ctx, tx, "grants"); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "operator", "grant.add", g.ID, fmt.Sprintf("resource=%s provider=%s consumer=%s mode=%s", g.Resource, g.Provider, g.Consumer, g.Mode))
+		return s.audit(ctx, tx, Actor(ctx), "grant.add", g.ID, fmt.Sprintf("resource=%s provider=%s consumer=%s mode=%s", g.Resource, g.Provider, g.Consumer, g.Mode))
 	})
 }
 
@@ -536,7 +536,7 @@ func (s *SQLite) RevokeGrant(ctx context.Context, id string, destroy bool) error
 			if err := bump(ctx, tx, "grants"); err != nil {
 				return err
 			}
-			return s.audit(ctx, tx, "operator", "grant.destroy_order", id, "")
+			return s.audit(ctx, tx, Actor(ctx), "grant.destroy_order", id, "")
 		}
 		if err := bump(ctx, tx, "grants"); err != nil {
 			return err
@@ -547,11 +547,11 @@ func (s *SQLite) RevokeGrant(ctx context.Context, id string, destroy bool) error
 			if _, err := tx.ExecContext(ctx, `UPDATE applications SET state = ? WHERE id = ?`, api.AppRevoked, app); err != nil {
 				return err
 			}
-			if err := s.step(ctx, tx, app, api.AppRevoked, "operator", "grant "+id+" revoked", 0); err != nil {
+			if err := s.step(ctx, tx, app, api.AppRevoked, Actor(ctx), "grant "+id+" revoked", 0); err != nil {
 				return err
 			}
 		}
-		return s.audit(ctx, tx, "operator", "grant.revoke", id, fmt.Sprintf("application=%s destroy=%t", app, destroy))
+		return s.audit(ctx, tx, Actor(ctx), "grant.revoke", id, fmt.Sprintf("application=%s destroy=%t", app, destroy))
 	})
 }
 

@@ -28,6 +28,23 @@ var (
 	ErrInvalid = errors.New("invalid request")
 )
 
+type actorKey struct{}
+
+// WithActor names who acts in the audit records of the store calls made
+// with ctx: "local:USER" for a command on the hub host, "operator:NAME" for
+// a remote operator.
+func WithActor(ctx context.Context, who string) context.Context {
+	return context.WithValue(ctx, actorKey{}, who)
+}
+
+// Actor is the actor WithActor put in ctx, or "operator".
+func Actor(ctx context.Context) string {
+	if who, ok := ctx.Value(actorKey{}).(string); ok && who != "" {
+		return who
+	}
+	return "operator"
+}
+
 // Node statuses.
 const (
 	NodePending = "pending" // added, not yet enrolled
@@ -104,7 +121,7 @@ type Batch struct {
 type AuditRecord struct {
 	Seq     int64
 	At      time.Time
-	Actor   string // node ID, "operator" or "hub"
+	Actor   string // node ID, "local:USER" or "operator:NAME" (see WithActor), or "hub"
 	Action  string
 	Subject string
 	Detail  string
