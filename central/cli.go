@@ -58,9 +58,16 @@ Usage:
   qz-central report departments [--format table|csv]
                                       each department's evaluation (考核): resources, freshness,
                                       data provided and used, decisions and answers on time
+  qz-central operator add NAME --role operator|reviewer --out DIR
+                                      on the hub host: a certificate for a person who runs
+                                      commands from elsewhere (--remote HOST:PORT --operator DIR)
+  qz-central operator revoke NAME | operator list
   qz-central version
 
-Every command takes --config FILE (default ` + DefaultConfigPath + ` when present).
+Every command takes --config FILE (default ` + DefaultConfigPath + ` when present). On the hub
+host, while the hub runs, commands go through its admin socket and the audit log names the user.
+From elsewhere: --remote HOST:PORT --operator DIR; the reviewer role may approve and reject catalog
+entries and applications, the operator role manage nodes and grants, both may list and report.
 `
 
 // Run is qz-central's main; it returns the error to print.
@@ -78,6 +85,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cmd == "version" {
 		fmt.Fprintln(stdout, version.String("qz-central"))
 		return nil
+	}
+	if o.remote != "" {
+		return viaRemote(ctx, o, args, stdout, stderr)
 	}
 	path := o.config
 	if path == "" {
@@ -100,6 +110,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return printCalendar(cfg, pos, stdout)
 	case "init":
 		return initHub(cfg, stdout)
+	case "operator add":
+		return operatorAdd(store.WithActor(ctx, localActor()), cfg, pos, o, stdout)
 	case "run":
 		log := logging.New(stderr, cfg.LogLevel, "")
 		h, err := Open(cfg, log)
@@ -125,6 +137,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // opts are the admin commands' flags.
 type opts struct {
 	config, name, resource, consumer, grantID, from, to, format, reason, state, fields string
+	remote, operator, role, out                                                        string
 	expires                                                                            time.Duration
 	destroy                                                                            bool
 	version                                                                            int
@@ -134,7 +147,7 @@ type opts struct {
 // splitCommand takes the command words (one or two) off args.
 func splitCommand(args []string) (string, []string) {
 	cmd, rest := args[0], args[1:]
-	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch" || cmd == "catalog" || cmd == "application" || cmd == "report") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch" || cmd == "catalog" || cmd == "application" || cmd == "report" || cmd == "operator") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	return cmd, rest
@@ -159,6 +172,10 @@ func parseFlags(cmd string, rest []string) (*opts, []string, error) {
 	fs.IntVar(&o.version, "version", 0, "the catalog entry version reviewed")
 	fs.StringVar(&o.fields, "fields", "", "comma-separated fields the grant lets through (default all)")
 	fs.Var(o.masks, "mask", "FIELD=RULE masking rule (repeatable)")
+	fs.StringVar(&o.remote, "remote", "", "run the command on the hub at HOST:PORT, as the operator of --operator")
+	fs.StringVar(&o.operator, "operator", "", "folder with an operator's certificate (qz-central operator add)")
+	fs.StringVar(&o.role, "role", "", "operator or reviewer")
+	fs.StringVar(&o.out, "out", "", "folder to write the operator's key and certificate to")
 	pos, err := cli.Parse(fs, rest)
 	return o, pos, err
 }
@@ -167,6 +184,30 @@ func parseFlags(cmd string, rest []string) (*opts, []string, error) {
 // the audit log names.
 func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []string, o *opts, stdout, stderr io.Writer) error {
 	switch cmd {
+	case "operator revoke":
+		if err := cli.Want(pos, 1, "qz-central operator revoke NAME"); err != nil {
+			return err
+		}
+		if err := st.RevokeOperator(ctx, pos[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "operator %s revoked: refused at the next handshake\n", pos[0])
+		return nil
+	case "operator list":
+		ops, err := st.Operators(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tROLE\tADDED\tREVOKED")
+		for _, op := range ops {
+			rev := "-"
+			if !op.Revoked.IsZero() {
+				rev = op.Revoked.In(calendar.CST).Format(time.DateTime)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", op.Name, op.Role, op.Added.In(calendar.CST).Format(time.DateTime), rev)
+		}
+		return tw.Flush()
 	case "node add":
 		if err := cli.Want(pos, 1, "qz-central node add NODE_ID --name NAME"); err != nil {
 			return err

@@ -150,6 +150,13 @@ func (h *Hub) verifyConnection(cs tls.ConnectionState) error {
 		return nil // enrolment or ping only; handlers require a node
 	}
 	c := cs.PeerCertificates[0]
+	if pki.IsOperator(c) {
+		if _, err := h.store.OperatorFor(context.Background(), c.Subject.CommonName, c.SerialNumber.Text(16)); err != nil {
+			h.log.Warn("handshake refused: unknown or revoked operator", "operator", c.Subject.CommonName)
+			return fmt.Errorf("operator %q is unknown or revoked", c.Subject.CommonName)
+		}
+		return nil
+	}
 	n, err := h.store.Node(context.Background(), c.Subject.CommonName)
 	if err != nil {
 		h.log.Warn("handshake refused: unknown node", "node", c.Subject.CommonName)
@@ -276,6 +283,7 @@ func (h *Hub) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("POST /v1/enroll", h.enroll)
+	mux.HandleFunc("POST /admin/v1/run", h.remoteAdmin)
 	mux.Handle("POST /v1/resources", h.node(h.registerResources))
 	mux.Handle("GET /v1/catalog", h.node(h.catalog))
 	mux.Handle("POST /v1/applications", h.node(h.submitApplication))
@@ -310,7 +318,7 @@ func (h *Hub) node(fn http.HandlerFunc) http.Handler {
 		// check again on every request so a revocation cuts it off now.
 		c := r.TLS.PeerCertificates[0]
 		n, err := h.store.Node(r.Context(), c.Subject.CommonName)
-		if err != nil || n.Status != store.NodeActive || n.CertSerial != c.SerialNumber.Text(16) {
+		if pki.IsOperator(c) || err != nil || n.Status != store.NodeActive || n.CertSerial != c.SerialNumber.Text(16) {
 			httpError(w, http.StatusForbidden, "this node's certificate is revoked or superseded")
 			return
 		}

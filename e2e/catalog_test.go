@@ -243,3 +243,43 @@ func TestRevokeWithDestruction(t *testing.T) {
 		t.Fatal("the consumer did not log the destruction")
 	}
 }
+
+// TestOperatorRoles: people run admin commands from elsewhere with operator
+// certificates; a reviewer reviews, an operator manages nodes and grants,
+// neither may do the other's work, and every action names the person.
+func TestOperatorRoles(t *testing.T) {
+	h := newHub(t, hubOpts{})
+	h.start()
+	out := t.TempDir()
+	prov := newNode(t, h, "gaj", nodeOpts{resources: fileResource("gaj.hukou", out, hukouCatalog)})
+	prov.start()
+	waitFor(t, 15*time.Second, "the catalog entry", func() bool { return strings.Contains(h.central("catalog", "list"), "pending") })
+	dir := t.TempDir()
+	alice, bob := filepath.Join(dir, "alice"), filepath.Join(dir, "bob")
+	h.central("operator", "add", "alice", "--role", "reviewer", "--out", alice)
+	h.central("operator", "add", "bob", "--role", "operator", "--out", bob)
+	expectFail(t, "qz-central", []string{"operator", "add", "eve", "--role", "admin", "--out", filepath.Join(dir, "eve"), "--config", h.cfg}, "use operator")
+	as := func(who string, args ...string) []string {
+		return append([]string{"--remote", h.addr, "--operator", who}, args...)
+	}
+
+	if s := mustRun(t, "qz-central", as(alice, "catalog", "approve", "gaj.hukou", "--version", "1")...); !strings.Contains(s, "approved") {
+		t.Fatalf("the reviewer's approval: %s", s)
+	}
+	expectFail(t, "qz-central", as(alice, "node", "add", "x", "--name", "某局"), "role reviewer may not run", "ask a hub operator")
+	expectFail(t, "qz-central", as(bob, "catalog", "reject", "gaj.hukou", "--version", "1", "--reason", "x"), "role operator may not run", "ask a hub reviewer")
+	if s := mustRun(t, "qz-central", as(bob, "node", "list")...); !strings.Contains(s, "gaj") {
+		t.Fatalf("the operator's node list: %s", s)
+	}
+	expectFail(t, "qz-central", as(bob, "init"), "runs on the hub host")
+	audit := h.central("audit", "list")
+	for _, want := range []string{"operator:alice  catalog.approve", "operator:alice  admin.refuse", "operator:bob    admin.refuse", "operator.add"} {
+		if !strings.Contains(audit, want) {
+			t.Errorf("audit log lacks %q:\n%s", want, audit)
+		}
+	}
+	h.central("operator", "revoke", "alice")
+	expectFail(t, "qz-central", as(alice, "catalog", "list"), "that operator alice is not revoked")
+	// A node's certificate is no operator's, and an operator's no node's.
+	expectFail(t, "qz-central", []string{"--remote", h.addr, "--operator", filepath.Join(prov.state, "identity"), "node", "list"}, "operator folder")
+}

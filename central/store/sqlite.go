@@ -111,7 +111,7 @@ var _ Store = (*SQLite)(nil)
 
 // OpenSQLite opens or creates the hub database at path.
 func OpenSQLite(path string) (*SQLite, error) {
-	db, err := sqlitedb.Open(path, slices.Concat(schema, catalogSchema, applicationSchema, feedbackSchema))
+	db, err := sqlitedb.Open(path, slices.Concat(schema, catalogSchema, applicationSchema, feedbackSchema, operatorSchema))
 	if err != nil {
 		return nil, err
 	}

@@ -207,6 +207,11 @@ type Store interface {
 	AnswerFeedback(ctx context.Context, id, provider, answer string, late int) (api.Feedback, error)
 	Feedback(ctx context.Context, node string, open bool) ([]api.Feedback, error)
 
+	AddOperator(ctx context.Context, name, role, serial string) error
+	RevokeOperator(ctx context.Context, name string) error
+	Operators(ctx context.Context) ([]Operator, error)
+	OperatorFor(ctx context.Context, name, serial string) (Operator, error)
+
 	Audit(ctx context.Context, actor, action, subject, detail string) error
 	AuditLog(ctx context.Context) ([]AuditRecord, error)
 	Close() error

@@ -23,6 +23,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -126,6 +127,36 @@ func (ca *CA) IssueNode(csr *x509.CertificateRequest, nodeID string, validity ti
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
 	return ca.sign(tmpl, csr.PublicKey)
+}
+
+// OperatorOU marks an operator's certificate, OperatorRolePrefix its role.
+const (
+	OperatorOU         = "qianzhi-operator"
+	OperatorRolePrefix = "role:"
+)
+
+// IssueOperator certifies a hub operator's key: the name, and the role
+// (operator or reviewer) in the subject.
+func (ca *CA) IssueOperator(pub crypto.PublicKey, name, role string, validity time.Duration) (*x509.Certificate, error) {
+	sn, err := serial()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: sn,
+		Subject:      pkix.Name{CommonName: name, OrganizationalUnit: []string{OperatorOU, OperatorRolePrefix + role}, Organization: []string{"Qianzhi"}},
+		NotBefore:    now.Add(-5 * time.Minute),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	return ca.sign(tmpl, pub)
+}
+
+// IsOperator reports whether a certificate is an operator's.
+func IsOperator(c *x509.Certificate) bool {
+	return slices.Contains(c.Subject.OrganizationalUnit, OperatorOU)
 }
 
 func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Certificate, error) {
