@@ -35,7 +35,8 @@ Usage:
   qz-agent apply RESOURCE --fields F,F --mode batch --purpose TEXT [--scenario TEXT]
                                                   apply for a resource (共享申请)
   qz-agent applications [--json]                  applications this node made, and those it must decide
-  qz-agent approve ID [--mask FIELD=RULE]…        the provider's approval, with masking (脱敏) for the grant
+  qz-agent approve ID [--mask FIELD=RULE]… [--days N] [--destroy]
+                                                  the provider's approval: masking (脱敏), term, destruction at the end
   qz-agent reject ID --reason TEXT                the provider's refusal
   qz-agent feedback report RESOURCE --record KEY --field F --problem TEXT [--suggestion TEXT]
                                                   report an error in a record (纠错)
@@ -77,6 +78,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	problem := fs.String("problem", "", "what is wrong")
 	suggestion := fs.String("suggestion", "", "what it should be")
 	text := fs.String("text", "", "the answer")
+	days := fs.Int("days", 0, "the grant's term in days (0: no end)")
+	destroy := fs.Bool("destroy", false, "the consumer destroys what it received once the grant ends")
 	masks := cli.Pairs{}
 	fs.Var(masks, "mask", "FIELD=RULE masking rule for the grant (repeatable): keep(A,B), idcard, phone, name, truncate(N), hash, null")
 	pos, err := cli.Parse(fs, rest)
@@ -157,7 +160,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		// A rejection without a reason goes to the hub too: it refuses it
 		// and records the attempt.
-		d := api.Decision{Approve: cmd == "approve", Reason: *reason}
+		d := api.Decision{Approve: cmd == "approve", Reason: *reason, Days: *days, Destroy: *destroy}
 		if len(masks) > 0 {
 			d.Masks = masks
 		}

@@ -37,7 +37,7 @@ Usage:
   qz-central node token ID            print a new enrolment token for a node
   qz-central node revoke ID           refuse the node's certificate from now on
   qz-central node list
-  qz-central grant add --resource R --consumer NODE [--expires 720h] [--fields F,F] [--mask FIELD=RULE]…
+  qz-central grant add --resource R --consumer NODE [--expires 720h] [--fields F,F] [--mask FIELD=RULE]… [--destroy]
   qz-central grant revoke GRANT_ID [--destroy]
   qz-central grant list
   qz-central batch list [--grant G]   stored batches: size, receipt, purge
@@ -285,7 +285,7 @@ func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []st
 		if c.ID == r.Provider {
 			return fmt.Errorf("node %s provides %s itself; a grant needs another consumer", c.ID, r.ID)
 		}
-		g := store.Grant{ID: "g-" + randHex(6), Resource: r.ID, Provider: r.Provider, Consumer: c.ID, Mode: "batch", Fields: cli.List(o.fields)}
+		g := store.Grant{ID: "g-" + randHex(6), Resource: r.ID, Provider: r.Provider, Consumer: c.ID, Mode: "batch", Fields: cli.List(o.fields), Destroy: o.destroy}
 		for f, rule := range o.masks {
 			if _, err := mask.Parse(rule); err != nil {
 				return fmt.Errorf("--mask %s: %w", f, err)

@@ -556,19 +556,26 @@ func (h *Hub) grantsChanged() <-chan struct{} {
 }
 
 // watchGrants notices grant changes, including those the admin CLI makes
-// directly in the database, and wakes the long polls waiting for them.
+// directly in the database and grants reaching the end of their term, and
+// wakes the long polls waiting for them.
 func (h *Hub) watchGrants(ctx context.Context) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	last, _ := h.store.GrantsVersion(ctx)
+	checked := h.now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		// A grant whose term just ended changes what agents must do
+		// (stop, or destroy) as much as a new version does.
+		now := h.now()
+		expired, _ := h.store.GrantsExpiring(ctx, checked, now)
+		checked = now
 		v, err := h.store.GrantsVersion(ctx)
-		if err != nil || v == last {
+		if err != nil || v == last && expired == 0 {
 			continue
 		}
 		last = v

@@ -283,3 +283,29 @@ func TestOperatorRoles(t *testing.T) {
 	// A node's certificate is no operator's, and an operator's no node's.
 	expectFail(t, "qz-central", []string{"--remote", h.addr, "--operator", filepath.Join(prov.state, "identity"), "node", "list"}, "operator folder")
 }
+
+// TestExpiryWithDestruction: a grant that says so is destroyed at the
+// consumer when its term ends, not only when it is revoked.
+func TestExpiryWithDestruction(t *testing.T) {
+	h := newHub(t, hubOpts{})
+	h.start()
+	out, in := t.TempDir(), t.TempDir()
+	sums := writeFiles(t, out, []fileSpec{{"a.csv", 1000}, {"b/c.csv", 2000}})
+	prov := newNode(t, h, "gaj", nodeOpts{resources: fileResource("gaj.files", out, "")})
+	cons := newNode(t, h, "mzj", nodeOpts{subs: fileSub("gaj.files", in)})
+	prov.start()
+	cons.start()
+	waitFor(t, 15*time.Second, "the resource", func() bool {
+		_, _, err := run("qz-central", "grant", "add", "--resource", "gaj.files", "--consumer", "mzj", "--expires", "6s", "--destroy", "--config", h.cfg)
+		return err == nil
+	})
+	waitArrived(t, in, sums, 20*time.Second)
+	waitFor(t, 30*time.Second, "the destruction receipt after expiry", func() bool {
+		return strings.Contains(h.central("grant", "list"), "(signed receipt)")
+	})
+	for rel := range sums {
+		if _, err := os.Stat(filepath.Join(in, rel)); err == nil {
+			t.Errorf("%s survived the grant's end", rel)
+		}
+	}
+}

@@ -87,7 +87,7 @@ func (s *SQLite) SubmitApplication(ctx context.Context, consumer string, req api
 			if err := s.step(ctx, tx, a.ID, api.AppApproved, "hub", "dedicated share (专用)", 0); err != nil {
 				return err
 			}
-			return s.grantFor(ctx, tx, &a, "hub", nil)
+			return s.grantFor(ctx, tx, &a, "hub", api.Decision{})
 		}
 		return s.step(ctx, tx, a.ID, api.AppHubReview, "hub", "", 0)
 	})
@@ -169,15 +169,23 @@ func (s *SQLite) step(ctx context.Context, tx *sql.Tx, id, state, actor, reason 
 
 // grantFor makes the grant of an approved application, with the masking
 // rules the provider set.
-func (s *SQLite) grantFor(ctx context.Context, tx *sql.Tx, a *api.Application, actor string, masks map[string]string) error {
+func (s *SQLite) grantFor(ctx context.Context, tx *sql.Tx, a *api.Application, actor string, d api.Decision) error {
 	if err := s.oneGrant(ctx, tx, a.Resource, a.Consumer); err != nil {
 		return err
 	}
+	if d.Days < 0 || d.Days > 3660 {
+		return fmt.Errorf("a grant lasts 1 to 3660 days (or without end): %w", ErrInvalid)
+	}
+	var expires time.Time
+	if d.Days > 0 {
+		expires = s.now().AddDate(0, 0, d.Days)
+	}
 	a.Grant = newID("g-")
-	if _, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, application, masks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		a.Grant, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ","), GrantActive, ts(s.now()), a.ID, masksJSON(masks)); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, application, masks, expires, destroy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		a.Grant, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ","), GrantActive, ts(s.now()), a.ID, masksJSON(d.Masks), ts(expires), d.Destroy); err != nil {
 		return err
 	}
+	masks := d.Masks
 	if _, err := tx.ExecContext(ctx, `UPDATE applications SET state = ?, deadline = '', grant_id = ? WHERE id = ?`, api.AppApproved, a.Grant, a.ID); err != nil {
 		return err
 	}
@@ -213,8 +221,8 @@ func (s *SQLite) DecideApplication(ctx context.Context, id, actor string, hub bo
 			return fmt.Errorf("application %s is %s, not waiting for %s: %w", id, a.State, map[bool]string{true: "the hub", false: "its provider"}[hub], ErrConflict)
 		case !hub && actor != a.Provider:
 			return fmt.Errorf("node %s is not the provider of %s (%s is): %w", actor, a.Resource, a.Provider, ErrInvalid)
-		case hub && len(d.Masks) > 0:
-			return fmt.Errorf("masking rules are the provider's to set, in its approval: %w", ErrInvalid)
+		case hub && (len(d.Masks) > 0 || d.Days != 0 || d.Destroy):
+			return fmt.Errorf("masking, a term and destruction are the provider's to set, in its approval: %w", ErrInvalid)
 		}
 		if len(d.Masks) > 0 {
 			var kind string
@@ -263,7 +271,7 @@ func (s *SQLite) DecideApplication(ctx context.Context, id, actor string, hub bo
 		}
 		switch a.State {
 		case api.AppApproved:
-			return s.grantFor(ctx, tx, &a, actor, d.Masks)
+			return s.grantFor(ctx, tx, &a, actor, d)
 		case api.AppProviderReview:
 			a.Deadline = providerDeadline
 		default:
@@ -278,7 +286,8 @@ func (s *SQLite) DecideApplication(ctx context.Context, id, actor string, hub bo
 	return a, err
 }
 
-const appCols = `id, resource, provider, consumer, fields, mode, purpose, scenario, state, reason, created, deadline, grant_id`
+const appCols = `id, resource, provider, consumer, fields, mode, purpose, scenario, state, reason, created, deadline, grant_id,
+	COALESCE((SELECT expires FROM grants g WHERE g.id = applications.grant_id), '')`
 
 func (s *SQLite) application(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
@@ -292,8 +301,11 @@ func (s *SQLite) application(ctx context.Context, q interface {
 
 func scanApplication(sc interface{ Scan(...any) error }) (api.Application, error) {
 	var a api.Application
-	var fields, created, deadline string
-	err := sc.Scan(&a.ID, &a.Resource, &a.Provider, &a.Consumer, &fields, &a.Mode, &a.Purpose, &a.Scenario, &a.State, &a.Reason, &created, &deadline, &a.Grant)
+	var fields, created, deadline, grantExpires string
+	err := sc.Scan(&a.ID, &a.Resource, &a.Provider, &a.Consumer, &fields, &a.Mode, &a.Purpose, &a.Scenario, &a.State, &a.Reason, &created, &deadline, &a.Grant, &grantExpires)
+	if a.State == api.AppApproved && grantExpires != "" && !time.Now().Before(parseTS(grantExpires)) {
+		a.State = api.AppExpired // its grant ran out
+	}
 	if err == nil {
 		err = json.Unmarshal([]byte(fields), &a.Fields)
 	}

@@ -167,3 +167,29 @@ func TestApplicationRechecked(t *testing.T) {
 		t.Fatalf("applying while holding a grant: %v", err)
 	}
 }
+
+// TestApplicationTerm: the provider's approval sets the grant's term and
+// its destruction; an application whose grant ran out shows as expired.
+func TestApplicationTerm(t *testing.T) {
+	s, ctx := workflow(t)
+	a, _ := s.SubmitApplication(ctx, "mzj", req("gaj.hukou"), time.Now())
+	if _, err := s.DecideApplication(ctx, a.ID, "operator", true, api.Decision{Approve: true, Days: 30}, time.Now(), 0); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("the hub set a term: %v", err)
+	}
+	s.DecideApplication(ctx, a.ID, "operator", true, api.Decision{Approve: true}, time.Now(), 0)
+	a, err := s.DecideApplication(ctx, a.ID, "gaj", false, api.Decision{Approve: true, Days: 30, Destroy: true}, time.Time{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := s.Grant(ctx, a.Grant)
+	if !g.Destroy || time.Until(g.Expires) < 29*24*time.Hour || time.Until(g.Expires) > 31*24*time.Hour {
+		t.Fatalf("grant: destroy %v expires %s", g.Destroy, g.Expires)
+	}
+	if a.State != api.AppApproved {
+		t.Fatalf("state %s", a.State)
+	}
+	s.db.Exec(`UPDATE grants SET expires = ? WHERE id = ?`, ts(time.Now().Add(-time.Minute)), a.Grant)
+	if a, _ = s.Application(ctx, a.ID); a.State != api.AppExpired {
+		t.Fatalf("after the term: %s", a.State)
+	}
+}

@@ -428,6 +428,14 @@ func (s *SQLite) Resource(ctx context.Context, id string) (Resource, error) {
 	return r, err
 }
 
+// GrantsExpiring counts the active grants whose term ends in (after, upTo].
+func (s *SQLite) GrantsExpiring(ctx context.Context, after, upTo time.Time) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM grants WHERE status = ? AND expires <> '' AND expires > ? AND expires <= ?`,
+		GrantActive, ts(after), ts(upTo)).Scan(&n)
+	return n, err
+}
+
 // Resources lists every registered resource.
 func (s *SQLite) Resources(ctx context.Context) ([]Resource, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, provider, kind, updated FROM resources ORDER BY id`)
@@ -454,8 +462,8 @@ func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
 		if err := s.oneGrant(ctx, tx, g.Resource, g.Consumer); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, expires, application, masks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, strings.Join(g.Fields, ","), GrantActive, ts(s.now()), ts(g.Expires), g.Application, masksJSON(g.Masks))
+		_, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, expires, application, masks, destroy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, strings.Join(g.Fields, ","), GrantActive, ts(s.now()), ts(g.Expires), g.Application, masksJSON(g.Masks), g.Destroy)
 		if err != nil {
 			return err
 		}

@@ -155,6 +155,8 @@ type Store interface {
 	RevokeGrant(ctx context.Context, id string, destroy bool) error
 	// Resources lists every registered resource.
 	Resources(ctx context.Context) ([]Resource, error)
+	// GrantsExpiring counts the active grants whose term ends in (after, upTo].
+	GrantsExpiring(ctx context.Context, after, upTo time.Time) (int, error)
 	// PutDestruction records a consumer's signed destruction receipt.
 	PutDestruction(ctx context.Context, grant, consumer string, receipt []byte) error
 	// Destruction returns a grant's destruction receipt, if any.

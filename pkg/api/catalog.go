@@ -235,6 +235,11 @@ type Decision struct {
 	// Masks, in a provider's approval, are masking rules by field that
 	// the grant will carry (see pkg/mask).
 	Masks map[string]string `json:"masks,omitempty"`
+	// Days, in a provider's approval, limits the grant's life (0: no end).
+	Days int `json:"days,omitempty"`
+	// Destroy, in a provider's approval, makes the consumer destroy what
+	// it received once the grant ends, by expiry or revocation.
+	Destroy bool `json:"destroy,omitempty"`
 }
 
 // FeedbackRequest is a consumer's report of an error in a record (纠错).
