@@ -49,7 +49,7 @@ func TestGovernanceWalkthrough(t *testing.T) {
 	}
 	s := string(out)
 	for _, want := range []string{"pending", "mzj.dibao version 1: approved", "最低生活保障对象信息", "hub_review",
-		"passed to the provider mzj", "provider: decide", "g-", "张**", "北京市海淀区", "已核实并更正", "0 overdue", "audit log intact", "(signed receipt)", "grant.destroy", "department report as of", "市民政局"} {
+		"passed to the provider mzj", "provider: decide", "g-", "张**", "北京市海淀区", "已核实并更正", "0 overdue", "audit log intact", "(signed receipt)", "grant.destroy", "department report as of", "市民政局", `role reviewer may not run "grant revoke"`} {
 		if !strings.Contains(s, want) {
 			t.Errorf("walkthrough output lacks %q", want)
 		}

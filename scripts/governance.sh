@@ -101,7 +101,12 @@ until_ok 30 bash -c "$C grant list | grep -q 'signed receipt'"
 show $C grant list
 show $DB show "$DEMO/db/rsj.db" 低保对象
 
-say "9. nothing is overdue; the departments' figures; the audit log is intact"
+say "9. a reviewer works from another machine, with an operator certificate"
+show $C operator add wang --role reviewer --out "$DEMO/wang"
+show $BIN/qz-central --remote "$HUB" --operator "$DEMO/wang" application list
+show $BIN/qz-central --remote "$HUB" --operator "$DEMO/wang" grant revoke "$g" || true
+
+say "10. nothing is overdue; the departments' figures; the audit log is intact"
 show $C report overdue
 show $C report departments
 show $C audit verify
