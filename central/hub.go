@@ -873,7 +873,38 @@ func (h *Hub) download(w http.ResponseWriter, r *http.Request) {
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", "application/vnd.qianzhi.batch")
-	http.ServeContent(w, r, "", b.Stored, f)
+	cw := &countingWriter{ResponseWriter: w}
+	http.ServeContent(cw, r, "", b.Stored, f)
+	// Delivered once its last byte went out (a resumed download counts
+	// from its Range start); the first delivery is audited.
+	var start int64
+	fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &start)
+	if r.Method == http.MethodGet && cw.status/100 == 2 && start+cw.n == b.Size {
+		if err := h.store.MarkDelivered(r.Context(), g.ID, seq); err != nil {
+			h.log.Error("record delivery", "grant", g.ID, "seq", seq, "err", err)
+		}
+	}
+}
+
+// countingWriter counts the body bytes written and keeps the status.
+type countingWriter struct {
+	http.ResponseWriter
+	n      int64
+	status int
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	c.status = code
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (h *Hub) receipt(w http.ResponseWriter, r *http.Request) {

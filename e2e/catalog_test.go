@@ -158,7 +158,7 @@ func TestApplicationWorkflow(t *testing.T) {
 		}
 	}
 	audit := h.central("audit", "list")
-	for _, a := range []string{"application.submit", "application.hub_approve", "application.provider_approve", "grant.add", "application.refuse"} {
+	for _, a := range []string{"application.submit", "application.hub_approve", "application.provider_approve", "grant.add", "application.refuse", "batch.store", "batch.deliver", "batch.receipt"} {
 		if !strings.Contains(audit, a) {
 			t.Errorf("audit lacks %s", a)
 		}

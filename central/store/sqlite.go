@@ -84,6 +84,7 @@ var schema = []string{
 		receipt BLOB,
 		purged TEXT NOT NULL DEFAULT '',
 		rows INTEGER NOT NULL DEFAULT 0,
+		delivered TEXT NOT NULL DEFAULT '',
 		PRIMARY KEY (grant_id, seq)
 	)`,
 	`CREATE INDEX IF NOT EXISTS batches_pending ON batches(consumer, receipted, grant_id, seq)`,
@@ -116,7 +117,7 @@ func OpenSQLite(path string) (*SQLite, error) {
 		return nil, err
 	}
 	for _, c := range [][3]string{{"grants", "masks", `TEXT NOT NULL DEFAULT ''`}, {"grants", "destroy", `BOOLEAN NOT NULL DEFAULT FALSE`},
-		{"batches", "rows", `INTEGER NOT NULL DEFAULT 0`}} {
+		{"batches", "rows", `INTEGER NOT NULL DEFAULT 0`}, {"batches", "delivered", `TEXT NOT NULL DEFAULT ''`}} {
 		if err := addColumn(db, c[0], c[1], c[2]); err != nil {
 			db.Close()
 			return nil, err
@@ -426,6 +427,23 @@ func (s *SQLite) Resource(ctx context.Context, id string) (Resource, error) {
 	}
 	r.Updated = parseTS(up)
 	return r, err
+}
+
+// MarkDelivered records the first complete delivery of a batch to its
+// consumer, and audits it; later downloads change nothing.
+func (s *SQLite) MarkDelivered(ctx context.Context, grant string, seq uint64) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var consumer string
+		err := tx.QueryRowContext(ctx, `UPDATE batches SET delivered = ? WHERE grant_id = ? AND seq = ? AND delivered = '' RETURNING consumer`,
+			ts(s.now()), grant, seq).Scan(&consumer)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, consumer, "batch.deliver", fmt.Sprintf("%s/%d", grant, seq), "")
+	})
 }
 
 // GrantsExpiring counts the active grants whose term ends in (after, upTo].

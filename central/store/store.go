@@ -180,6 +180,8 @@ type Store interface {
 	// Batches lists a grant's batch records in sequence order ("" for all).
 	Batches(ctx context.Context, grant string) ([]Batch, error)
 	PutReceipt(ctx context.Context, grant string, seq uint64, receipt []byte, at time.Time) error
+	// MarkDelivered records a batch's first complete delivery (audited).
+	MarkDelivered(ctx context.Context, grant string, seq uint64) error
 	// Purgeable lists batches whose payload may go: receipted before the
 	// cutoff, or stored before it under a grant that ended.
 	Purgeable(ctx context.Context, cutoff time.Time) ([]Batch, error)
