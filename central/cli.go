@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -183,6 +184,12 @@ func parseFlags(cmd string, rest []string) (*opts, []string, error) {
 // admin runs an admin command on the hub's store; the actor in ctx is who
 // the audit log names.
 func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []string, o *opts, stdout, stderr io.Writer) error {
+	if slices.Contains(viewOnly, cmd) {
+		// Reading is an action too: who looked at what is on record.
+		if err := st.Audit(ctx, store.Actor(ctx), "admin.view", cmd, strings.Join(pos, " ")); err != nil {
+			return err
+		}
+	}
 	switch cmd {
 	case "operator revoke":
 		if err := cli.Want(pos, 1, "qz-central operator revoke NAME"); err != nil {
