@@ -30,14 +30,26 @@ func (a *Agent) produceLoop(ctx context.Context, resource string, src connectors
 	log := a.log.With("resource", resource)
 	retry := time.NewTicker(a.cfg.Poll)
 	defer retry.Stop()
+	failing := map[string]int{} // grant → failed attempts in a row
 	for {
 		grants, gen := a.providerGrants(resource)
 		for _, g := range grants {
-			if err := a.produceGrant(ctx, src, resource, g); err != nil {
-				if ctx.Err() != nil {
-					return
+			err := a.produceGrant(ctx, src, resource, g)
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err != nil:
+				// Shown in qz-agent status until it passes; logged on the
+				// first failure and then now and then, not every poll.
+				if failing[g.ID]%60 == 0 {
+					log.Error("extraction failed; will retry", "grant", g.ID, "err", err)
+					a.state.setStopped(g.ID, "extract", err.Error())
 				}
-				log.Error("extraction failed; will retry", "grant", g.ID, "err", err)
+				failing[g.ID]++
+			case failing[g.ID] > 0:
+				delete(failing, g.ID)
+				a.state.clearStopped(g.ID, "extract")
+				log.Info("extraction resumed", "grant", g.ID)
 			}
 		}
 		select {

@@ -116,3 +116,38 @@ func TestMaskedGrantAtTheSource(t *testing.T) {
 		}
 	}
 }
+
+// TestExtractionFailureShows: a grant the source cannot honour (a lossy
+// mask on the key) stops that grant's extraction, and qz-agent status says
+// why.
+func TestExtractionFailureShows(t *testing.T) {
+	dir := t.TempDir()
+	srcPath := filepath.Join(dir, "src.db")
+	db, err := sql.Open("sqlite", srcPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`CREATE TABLE citizens (身份证号 VARCHAR(18) PRIMARY KEY, 姓名 VARCHAR(20), updated_at DATETIME(3) NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(`INSERT INTO citizens VALUES ('110101199003078515', '张三丰', '2026-01-01 00:00:00.000')`)
+	h := newHub(t, hubOpts{})
+	h.start()
+	res := fmt.Sprintf("  - id: mzj.x\n    kind: sqlite\n    dsn: %s\n    table: citizens\n    watermark: updated_at\n    lag: 0s\n    poll: 200ms\n", srcPath)
+	prov := newNode(t, h, "mzj", nodeOpts{resources: res})
+	newNode(t, h, "rsj", nodeOpts{})
+	prov.start()
+	waitFor(t, 15*time.Second, "the resource", func() bool {
+		_, _, err := run("qz-central", "grant", "add", "--resource", "mzj.x", "--consumer", "rsj", "--mask", "身份证号=idcard", "--config", h.cfg)
+		return err == nil
+	})
+	waitFor(t, 15*time.Second, "status to show why extraction stopped", func() bool {
+		for _, l := range prov.status().Stopped {
+			if l.Side == "extract" && strings.Contains(l.Reason, "only hash keeps keys apart") {
+				return true
+			}
+		}
+		return false
+	})
+}
