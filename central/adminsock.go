@@ -31,7 +31,7 @@ import (
 // who asked, so the audit log records "local:USER" rather than a shared
 // "operator".
 
-func (c *Config) adminSock() string { return filepath.Join(c.StateDir, "admin.sock") }
+func (c *Config) adminSock() string { return filepath.Join(c.StateDir, "admin", "admin.sock") }
 
 type adminRequest struct {
 	Args []string `json:"args"`
@@ -51,7 +51,19 @@ func viaSocket(ctx context.Context, cfg Config, args []string, stdout, stderr io
 	if _, err := os.Stat(sock); err != nil {
 		return false, nil
 	}
-	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	conn, err := net.Dial("unix", sock)
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+		return false, nil // a socket left by a hub that stopped
+	}
+	if err != nil {
+		return true, fmt.Errorf("admin socket %s: %w (run qz-central as the hub's user, or as root)", sock, err)
+	}
+	used := false
+	c := &http.Client{Timeout: 10 * time.Minute, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		if !used {
+			used = true
+			return conn, nil
+		}
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
 	}}}
@@ -73,11 +85,8 @@ func viaSocket(ctx context.Context, cfg Config, args []string, stdout, stderr io
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) {
-			return false, nil // a stale socket: no hub runs
-		}
-		return true, err
+		// Not run again directly: the hub may have done it already.
+		return true, fmt.Errorf("admin socket %s: %w", sock, err)
 	}
 	defer resp.Body.Close()
 	var out adminResponse
@@ -112,7 +121,17 @@ type connKey struct{}
 // serveAdmin answers commands on the admin socket until ctx ends.
 func (h *Hub) serveAdmin(ctx context.Context) error {
 	sock := h.cfg.adminSock()
-	os.Remove(sock) // a socket left by a hub that died
+	// The folder, not just the socket, keeps others out: the socket file
+	// exists, with the umask's mode, before it can be chmod'ed.
+	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
+		return err
+	}
+	if err := os.Chmod(filepath.Dir(sock), 0o700); err != nil {
+		return err
+	}
+	if fi, err := os.Lstat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		os.Remove(sock) // a socket left by a hub that died
+	}
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		return fmt.Errorf("admin socket: %w", err)
@@ -136,33 +155,18 @@ func (h *Hub) serveAdmin(ctx context.Context) error {
 	return nil
 }
 
-// peerUser names the user at the other end of a Unix socket connection.
-func peerUser(c net.Conn) string {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return "unknown"
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return "unknown"
-	}
-	who := "unknown"
-	raw.Control(func(fd uintptr) {
-		if cred, err := syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED); err == nil {
-			who = userName(int(cred.Uid))
-		}
-	})
-	return who
-}
-
 func (h *Hub) adminRun(w http.ResponseWriter, r *http.Request) {
 	var req adminRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || len(req.Args) == 0 {
 		httpError(w, http.StatusBadRequest, "malformed admin request")
 		return
 	}
-	actor := "local:" + peerUser(r.Context().Value(connKey{}).(net.Conn))
-	writeJSON(w, h.adminExec(r.Context(), actor, "", req.Args))
+	who, err := peerUser(r.Context().Value(connKey{}).(net.Conn))
+	if err != nil {
+		httpError(w, http.StatusForbidden, "cannot tell who is asking: "+err.Error())
+		return
+	}
+	writeJSON(w, h.adminExec(r.Context(), "local:"+who, roleHost, req.Args))
 }
 
 // remoteAdmin runs a command for an operator holding an operator
@@ -194,11 +198,21 @@ var (
 		"audit list", "audit verify", "audit export", "grant list", "batch list", "node list", "operator list"}
 )
 
-// allowed reports whether a role may run a command ("" is the hub host's
-// own user, who may run any).
+// roleHost is the hub host's own user, at the admin socket: every command.
+const roleHost = "host"
+
+// hostOnly are commands only the hub host's user may run: operators are
+// managed where their certificates are made.
+var hostOnly = []string{"operator revoke"}
+
+// allowed reports whether a role may run a command.
 func allowed(role, cmd string) bool {
 	switch {
-	case role == "" || slices.Contains(viewOnly, cmd):
+	case role == roleHost:
+		return true
+	case role != store.RoleOperator && role != store.RoleReviewer, slices.Contains(hostOnly, cmd):
+		return false
+	case slices.Contains(viewOnly, cmd):
 		return true
 	case slices.Contains(reviewOnly, cmd):
 		return role == store.RoleReviewer
@@ -217,7 +231,11 @@ func (h *Hub) adminExec(ctx context.Context, actor, role string, args []string) 
 		case slices.Contains([]string{"init", "run", "config check", "calendar", "version", "operator add"}, cmd):
 			err = cli.Usagef("%s runs on the hub host on its own, not through the hub", cmd)
 		case !allowed(role, cmd):
-			err = fmt.Errorf("role %s may not run %q: ask a hub %s", role, cmd, map[bool]string{true: store.RoleReviewer, false: store.RoleOperator}[slices.Contains(reviewOnly, cmd)])
+			who := map[bool]string{true: "hub " + store.RoleReviewer, false: "hub " + store.RoleOperator}[slices.Contains(reviewOnly, cmd)]
+			if slices.Contains(hostOnly, cmd) {
+				who = "the hub host's administrator"
+			}
+			err = fmt.Errorf("role %s may not run %q: ask a %s", role, cmd, who)
 			h.store.Audit(ctx, actor, "admin.refuse", cmd, err.Error())
 		default:
 			err = admin(store.WithActor(ctx, actor), h.cfg, h.store, cmd, pos, o, &stdout, &stderr)
@@ -260,6 +278,20 @@ func operatorAdd(ctx context.Context, cfg Config, pos []string, o *opts, stdout 
 	if err != nil {
 		return fmt.Errorf("load the hub's CA (run this on the hub host): %w", err)
 	}
+	st, err := openStore(cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ops, err := st.Operators(ctx)
+	if err != nil {
+		return err
+	}
+	for _, op := range ops {
+		if op.Name == pos[0] && !o.replace {
+			return cli.Usagef("operator %s exists already (role %s): give --replace to issue a new certificate, which ends the old one", op.Name, op.Role)
+		}
+	}
 	key, err := pki.NewKey()
 	if err != nil {
 		return err
@@ -280,11 +312,6 @@ func operatorAdd(ctx context.Context, cfg Config, pos []string, o *opts, stdout 
 	if err := pki.SaveCert(filepath.Join(o.out, fileOperatorCA), ca.Cert); err != nil {
 		return err
 	}
-	st, err := openStore(cfg)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 	if err := st.AddOperator(ctx, pos[0], o.role, cert.SerialNumber.Text(16)); err != nil {
 		return err
 	}

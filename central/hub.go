@@ -318,7 +318,11 @@ func (h *Hub) node(fn http.HandlerFunc) http.Handler {
 		// check again on every request so a revocation cuts it off now.
 		c := r.TLS.PeerCertificates[0]
 		n, err := h.store.Node(r.Context(), c.Subject.CommonName)
-		if pki.IsOperator(c) || err != nil || n.Status != store.NodeActive || n.CertSerial != c.SerialNumber.Text(16) {
+		if pki.IsOperator(c) {
+			httpError(w, http.StatusForbidden, "an operator certificate is for qz-central --remote only, not for node routes")
+			return
+		}
+		if err != nil || n.Status != store.NodeActive || n.CertSerial != c.SerialNumber.Text(16) {
 			httpError(w, http.StatusForbidden, "this node's certificate is revoked or superseded")
 			return
 		}

@@ -88,9 +88,12 @@ func TestCatalogReview(t *testing.T) {
 	if !strings.Contains(audit, "local:"+me.Username+"  catalog.approve") {
 		t.Errorf("the approval is not recorded as local:%s:\n%s", me.Username, audit)
 	}
-	fi, err := os.Stat(filepath.Join(h.dir, "state", "admin.sock"))
+	fi, err := os.Stat(filepath.Join(h.dir, "state", "admin", "admin.sock"))
 	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
 		t.Errorf("admin socket: %v %v", fi, err)
+	}
+	if fi, err := os.Stat(filepath.Join(h.dir, "state", "admin")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("admin socket folder: %v %v", fi, err)
 	}
 }
 
@@ -280,8 +283,19 @@ func TestOperatorRoles(t *testing.T) {
 	}
 	h.central("operator", "revoke", "alice")
 	expectFail(t, "qz-central", as(alice, "catalog", "list"), "that operator alice is not revoked")
-	// A node's certificate is no operator's, and an operator's no node's.
-	expectFail(t, "qz-central", []string{"--remote", h.addr, "--operator", filepath.Join(prov.state, "identity"), "node", "list"}, "operator folder")
+	expectFail(t, "qz-central", as(bob, "operator", "revoke", "alice"), "the hub host's administrator")
+	// A node's certificate is no operator's: the hub refuses it.
+	nodeAsOperator := filepath.Join(dir, "node")
+	os.Mkdir(nodeAsOperator, 0o700)
+	for from, to := range map[string]string{"node.key": "operator.key", "node.crt": "operator.crt", "ca.crt": "ca.crt"} {
+		b, err := os.ReadFile(filepath.Join(prov.state, "identity", from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(nodeAsOperator, to), b, 0o600)
+	}
+	expectFail(t, "qz-central", as(nodeAsOperator, "node", "list"), "an operator certificate is required")
+	expectFail(t, "qz-central", []string{"operator", "add", "bob", "--role", "reviewer", "--out", filepath.Join(dir, "bob2"), "--config", h.cfg}, "already", "--replace")
 }
 
 // TestExpiryWithDestruction: a grant that says so is destroyed at the
