@@ -26,7 +26,7 @@ import (
 )
 
 // The admin socket: while the hub runs, qz-central commands on the hub host
-// are carried to it over a Unix socket in the state folder (mode 0600), and
+// are carried to it over a Unix socket in the state folder (admin/, 0700), and
 // the hub runs them on its own store. The socket's peer credentials name
 // who asked, so the audit log records "local:USER" rather than a shared
 // "operator".
