@@ -390,13 +390,7 @@ func (Dialect) Snapshot(ctx context.Context, db *sql.DB, _ string) (sqltable.Sna
 // byte-wise (utf8mb4_bin), as Oracle and most sources do, so keys that
 // differ only in case stay distinct.
 func (d Dialect) CreateTable(table string, s *batch.Schema) (string, error) {
-	return sqltable.CreateTableSQL(d, table, s, func(c batch.Column, _ bool) (string, error) {
-		t, err := nativeType(c)
-		if err == nil && !c.Nullable {
-			t += " NOT NULL"
-		}
-		return t, err
-	}, " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin")
+	return sqltable.CreateTableSQL(d, table, s, sqltable.NotNullUnlessNullable(nativeType), " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin")
 }
 
 func nativeType(c batch.Column) (string, error) {

@@ -571,13 +571,7 @@ func (Dialect) Snapshot(ctx context.Context, db *sql.DB, _ string) (sqltable.Sna
 //	             NUMERIC affinity, which leaves their text, never a
 //	             number, as it is
 func (d Dialect) CreateTable(table string, s *batch.Schema) (string, error) {
-	return sqltable.CreateTableSQL(d, table, s, func(c batch.Column, _ bool) (string, error) {
-		t, err := nativeType(c)
-		if err == nil && !c.Nullable {
-			t += " NOT NULL"
-		}
-		return t, err
-	}, "")
+	return sqltable.CreateTableSQL(d, table, s, sqltable.NotNullUnlessNullable(nativeType), "")
 }
 
 func nativeType(c batch.Column) (string, error) {

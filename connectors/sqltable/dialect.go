@@ -102,6 +102,18 @@ type Dialect interface {
 // type and, where wanted, " NOT NULL".
 type ColumnType func(c batch.Column, key bool) (string, error)
 
+// NotNullUnlessNullable makes a ColumnType from a dialect's type mapping,
+// adding " NOT NULL" to the columns that are not nullable.
+func NotNullUnlessNullable(native func(batch.Column) (string, error)) ColumnType {
+	return func(c batch.Column, _ bool) (string, error) {
+		t, err := native(c)
+		if err == nil && !c.Nullable {
+			t += " NOT NULL"
+		}
+		return t, err
+	}
+}
+
 // CreateTableSQL builds CREATE TABLE for a schema from a dialect's column
 // types, with the key as primary key and suffix (table options) at the end.
 func CreateTableSQL(d Dialect, table string, s *batch.Schema, colType ColumnType, suffix string) (string, error) {
