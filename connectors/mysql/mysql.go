@@ -73,24 +73,11 @@ func (Dialect) Open(ctx context.Context, dsn string) (*sql.DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := sql.OpenDB(c)
-	db.SetMaxIdleConns(4)
-	db.SetConnMaxIdleTime(5 * time.Minute)
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		return nil, err
-	}
-	return db, nil
+	return sqltable.ReadyPool(ctx, sql.OpenDB(c))
 }
 
 // Quote implements sqltable.Dialect.
-func (Dialect) Quote(ident string) string {
-	parts := strings.Split(ident, ".")
-	for i, p := range parts {
-		parts[i] = "`" + strings.ReplaceAll(p, "`", "``") + "`"
-	}
-	return strings.Join(parts, ".")
-}
+func (Dialect) Quote(ident string) string { return sqltable.QuoteDotted(ident, "`") }
 
 // Param implements sqltable.Dialect.
 func (Dialect) Param(int) string { return "?" }
@@ -356,34 +343,12 @@ func (Dialect) Now(ctx context.Context, q sqltable.Querier, c batch.Column, lag 
 	return v.String, nil
 }
 
-type snapshot struct{ conn *sql.Conn }
-
-func (s snapshot) Q() sqltable.Querier      { return s.conn }
-func (s snapshot) From(table string) string { return table }
-func (s snapshot) Token() string            { return "" }
-func (s snapshot) Close() error {
-	s.conn.ExecContext(context.Background(), "ROLLBACK")
-	return s.conn.Close()
-}
-
 // Snapshot implements sqltable.Dialect with a consistent-snapshot
-// transaction (InnoDB); it cannot outlive the connection, so a resumed
-// snapshot is a new one.
+// transaction (InnoDB).
 func (Dialect) Snapshot(ctx context.Context, db *sql.DB, _ string) (sqltable.Snapshot, error) {
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, q := range []string{
+	return sqltable.BeginConnSnapshot(ctx, db,
 		"SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-		"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
-	} {
-		if _, err := conn.ExecContext(ctx, q); err != nil {
-			conn.Close()
-			return nil, err
-		}
-	}
-	return snapshot{conn}, nil
+		"START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
 }
 
 // CreateTable implements sqltable.Dialect. Text keys are compared

@@ -174,14 +174,7 @@ func (Dialect) Open(ctx context.Context, dsn string) (*sql.DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := sql.OpenDB(&connector{inner: go_ora.NewConnector(norm)})
-	db.SetMaxIdleConns(4)
-	db.SetConnMaxIdleTime(5 * time.Minute)
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		return nil, err
-	}
-	return db, nil
+	return sqltable.ReadyPool(ctx, sql.OpenDB(&connector{inner: go_ora.NewConnector(norm)}))
 }
 
 // connector sets every connection's session up before database/sql uses
@@ -246,13 +239,7 @@ func bindArg(v any) any {
 
 // Quote implements sqltable.Dialect. Names keep their case: see the
 // package comment.
-func (Dialect) Quote(ident string) string {
-	parts := strings.Split(ident, ".")
-	for i, p := range parts {
-		parts[i] = `"` + strings.ReplaceAll(p, `"`, `""`) + `"`
-	}
-	return strings.Join(parts, ".")
-}
+func (Dialect) Quote(ident string) string { return sqltable.QuoteDotted(ident, `"`) }
 
 // Param implements sqltable.Dialect. go-ora binds numbered placeholders by
 // position.

@@ -85,10 +85,7 @@ func (Dialect) Open(ctx context.Context, dsn string) (*sql.DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db.SetMaxIdleConns(4)
-	db.SetConnMaxIdleTime(5 * time.Minute)
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
+	if db, err = sqltable.ReadyPool(ctx, db); err != nil {
 		return nil, fmt.Errorf("open database file %s: %w", path, err)
 	}
 	return db, nil
@@ -101,13 +98,7 @@ func uriPath(p string) string {
 }
 
 // Quote implements sqltable.Dialect.
-func (Dialect) Quote(ident string) string {
-	parts := strings.Split(ident, ".")
-	for i, p := range parts {
-		parts[i] = `"` + strings.ReplaceAll(p, `"`, `""`) + `"`
-	}
-	return strings.Join(parts, ".")
-}
+func (Dialect) Quote(ident string) string { return sqltable.QuoteDotted(ident, `"`) }
 
 // Param implements sqltable.Dialect.
 func (Dialect) Param(int) string { return "?" }
@@ -519,16 +510,6 @@ func zoneOffset(zone string, t time.Time) (int, error) {
 	return off, nil
 }
 
-type snapshot struct{ conn *sql.Conn }
-
-func (s snapshot) Q() sqltable.Querier      { return s.conn }
-func (s snapshot) From(table string) string { return table }
-func (s snapshot) Token() string            { return "" }
-func (s snapshot) Close() error {
-	s.conn.ExecContext(context.Background(), "ROLLBACK")
-	return s.conn.Close()
-}
-
 // Snapshot implements sqltable.Dialect with a DEFERRED transaction on a
 // connection of its own, pinned by a first read: in WAL mode it then sees
 // the database as of that read, while the application goes on writing. It
@@ -536,21 +517,16 @@ func (s snapshot) Close() error {
 // past it, so the -wal file grows with the application's writes. It cannot
 // outlive the connection, so a resumed snapshot is a new one.
 func (Dialect) Snapshot(ctx context.Context, db *sql.DB, _ string) (sqltable.Snapshot, error) {
-	conn, err := db.Conn(ctx)
+	sn, err := sqltable.BeginConnSnapshot(ctx, db, "BEGIN DEFERRED")
 	if err != nil {
 		return nil, err
 	}
-	if _, err := conn.ExecContext(ctx, "BEGIN DEFERRED"); err != nil {
-		conn.Close()
-		return nil, err
-	}
 	var n int
-	if err := conn.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master").Scan(&n); err != nil {
-		s := snapshot{conn}
-		s.Close()
+	if err := sn.Conn.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master").Scan(&n); err != nil {
+		sn.Close()
 		return nil, err
 	}
-	return snapshot{conn}, nil
+	return sn, nil
 }
 
 // CreateTable implements sqltable.Dialect, with declared types that
