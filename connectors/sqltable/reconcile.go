@@ -72,7 +72,7 @@ func (s *source) scan(ctx context.Context, sh *shape, fn func(text [][]byte) err
 	}
 	defer rows.Close()
 	return scanRows(rows, sh.cols, func(text [][]byte) error {
-		if sh.soft >= 0 && text[sh.soft] != nil && string(text[sh.soft]) == s.cfg.SoftDelete.Value {
+		if s.deleted(sh, text) {
 			return nil
 		}
 		return fn(text)

@@ -162,6 +162,37 @@ type shape struct {
 	from   string         // table reference or (query) alias
 }
 
+// describe returns the table's (or query's) columns and keys as they are
+// now. It asks the database on every pass, though that is a query per
+// batch and per idle poll: a shape remembered for even a few seconds would
+// let rows changed just after an ALTER travel without the new column, and
+// the watermark would move past them.
+func (s *source) describe(ctx context.Context) (*Table, error) {
+	var t *Table
+	c := s.cfg
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("resource %s: "+format, append([]any{c.ID}, args...)...)
+	}
+	if c.Query != "" {
+		cols, nat, err := s.d.DescribeQuery(ctx, s.db, c.Query)
+		if err != nil {
+			return nil, fail("query: %v", err)
+		}
+		t = &Table{Name: "query", Columns: cols, Native: nat}
+	} else {
+		var err error
+		t, err = s.d.Describe(ctx, s.db, c.Table)
+		if errors.Is(err, ErrNoTable) {
+			return nil, fail("table %s does not exist (check table: and the database named in the dsn)", c.Table)
+		}
+		if err != nil {
+			return nil, fail("describe table %s: %v", c.Table, err)
+		}
+		t.Name = c.Table
+	}
+	return t, nil
+}
+
 // schema describes the table now and builds what is read from it. Every
 // problem names the resource and what to change.
 func (s *source) schema(ctx context.Context, proj *connectors.Projection) (*shape, error) {
@@ -169,27 +200,11 @@ func (s *source) schema(ctx context.Context, proj *connectors.Projection) (*shap
 	fail := func(format string, args ...any) error {
 		return fmt.Errorf("resource %s: "+format, append([]any{c.ID}, args...)...)
 	}
-	var all []batch.Column
-	var native map[string]string
-	var key []string
-	var unique [][]string
-	name := c.Table
-	if c.Query != "" {
-		cols, nat, err := s.d.DescribeQuery(ctx, s.db, c.Query)
-		if err != nil {
-			return nil, fail("query: %v", err)
-		}
-		all, native, name = cols, nat, "query"
-	} else {
-		t, err := s.d.Describe(ctx, s.db, c.Table)
-		if errors.Is(err, ErrNoTable) {
-			return nil, fail("table %s does not exist (check table: and the database named in the dsn)", c.Table)
-		}
-		if err != nil {
-			return nil, fail("describe table %s: %v", c.Table, err)
-		}
-		all, native, key, unique = t.Columns, t.Native, t.Key, t.Unique
+	t, err := s.describe(ctx)
+	if err != nil {
+		return nil, err
 	}
+	all, native, key, unique, name := t.Columns, t.Native, t.Key, t.Unique, t.Name
 	byName := map[string]batch.Column{}
 	var names []string
 	for _, col := range all {
@@ -288,7 +303,6 @@ func (s *source) schema(ctx context.Context, proj *connectors.Projection) (*shap
 		sh.cols = append(sh.cols, col)
 		return len(sh.cols) - 1, nil
 	}
-	var err error
 	if c.Strategy == StrategyIncremental {
 		if sh.mark, err = extra(c.Watermark, "watermark"); err != nil {
 			return nil, err
@@ -750,26 +764,10 @@ func (s *source) read(ctx context.Context, q Querier, query string, args []any, 
 	}
 	defer rows.Close()
 	var pub [][]byte
-	vals := make([]any, len(sh.cols))
-	ptrs := make([]any, len(sh.cols))
-	for i := range vals {
-		ptrs[i] = &vals[i]
-	}
-	text := make([][]byte, len(sh.cols))
 	var n int
 	var lastKey [][]byte
 	var lastMark string
-	for rows.Next() {
-		if err := rows.Scan(ptrs...); err != nil {
-			return n, lastKey, lastMark, err
-		}
-		for i := range sh.cols {
-			t, err := ToText(&sh.cols[i], vals[i])
-			if err != nil {
-				return n, lastKey, lastMark, err
-			}
-			text[i] = t
-		}
+	err = scanRows(rows, sh.cols, func(text [][]byte) error {
 		n++
 		lastKey = lastKey[:0:0]
 		for _, i := range sh.key {
@@ -778,17 +776,29 @@ func (s *source) read(ctx context.Context, q Querier, query string, args []any, 
 		if withMark {
 			lastMark = string(text[sh.mark])
 		}
-		if sh.soft >= 0 && text[sh.soft] != nil && string(text[sh.soft]) == s.cfg.SoftDelete.Value {
+		if s.deleted(sh, text) {
 			w.Delete(sh.publishedKey(text))
 		} else {
 			pub = sh.publish(text, pub)
 			w.Upsert(pub)
 		}
 		if int64(w.Len()) >= limit {
-			break
+			return errBatchFull
 		}
+		return nil
+	})
+	if errors.Is(err, errBatchFull) {
+		err = nil
 	}
-	return n, lastKey, lastMark, s.classify(rows.Err())
+	return n, lastKey, lastMark, s.classify(err)
+}
+
+// errBatchFull stops a page read once the batch is full.
+var errBatchFull = errors.New("batch full")
+
+// deleted reports whether a row is marked deleted (soft_delete).
+func (s *source) deleted(sh *shape, text [][]byte) bool {
+	return sh.soft >= 0 && text[sh.soft] != nil && string(text[sh.soft]) == s.cfg.SoftDelete.Value
 }
 
 func (s *source) classify(err error) error {
