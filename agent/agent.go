@@ -43,6 +43,10 @@ type Agent struct {
 	uploadKick chan struct{}
 	maskKey    []byte     // this node's masking secret (see pkg/mask)
 	applyMu    sync.Mutex // one apply or destruction at a time
+	copyMu     sync.Mutex // read-modify-write of a grant's copy record
+
+	limits      map[string]*limiters // by resource
+	agentLimits *limiters
 }
 
 // New opens the agent's state and identity. Sources start watching now;
@@ -71,6 +75,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		sources: map[string]connectors.Source{}, sinks: map[string]connectors.Sink{},
 		sealKeys: map[string]seal.PublicKey{}, fresh: map[string]bool{}, grantsGen: make(chan struct{}),
 		uploadKick: make(chan struct{}, 1),
+		limits: map[string]*limiters{}, agentLimits: newLimiters(&cfg.Limits),
+	}
+	for _, r := range cfg.Resources {
+		a.limits[r.ID] = newLimiters(r.Limits)
 	}
 	a.hub = &transport.Client{Hub: cfg.Hub, TLS: id.ClientTLS(cfg.Hub), Mode: cfg.Transport, Logger: a.log, RetryQUIC: cfg.RetryQUIC,
 		OnConnect: func(m string) {
@@ -151,6 +159,7 @@ func (a *Agent) Serve(ctx context.Context) error {
 	run("consume", a.consumeLoop)
 	run("reconcile", a.reconcileLoop)
 	run("destroy", a.destroyLoop)
+	run("copy", a.copyLoop)
 	<-ctx.Done()
 	wg.Wait()
 	a.log.Info("agent stopped")

@@ -43,6 +43,9 @@ Usage:
   qz-agent feedback list                          reports this node made, and those it must answer
   qz-agent feedback answer ID --text TEXT         the provider's answer
   qz-agent reconcile RESOURCE                     compare a table with its consumers' copies; resend what differs
+  qz-agent copy RESOURCE --to NODE [--detach]     a full copy (批量复制) under NODE's grant, with progress; resumes after any interruption
+  qz-agent copy status [--json]                   each copy: state, rows, files, bytes, batches
+  qz-agent verify RESOURCE --with NODE            compare a table with NODE's copy, bucket by bucket; a difference exits non-zero
   qz-agent receipts [--grant G] [--json]          batches provided, and the consumers' receipts checked
   qz-agent batch inspect FILE [--seal-key KEY]    print a batch's header and check its seal
   qz-agent version
@@ -58,7 +61,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	if (cmd == "config" || cmd == "batch" || cmd == "catalog" || cmd == "feedback") && len(rest) > 0 {
+	if (cmd == "config" || cmd == "batch" || cmd == "catalog" || cmd == "feedback") && len(rest) > 0 || cmd == "copy" && len(rest) > 0 && rest[0] == "status" {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
@@ -80,6 +83,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	text := fs.String("text", "", "the answer")
 	days := fs.Int("days", 0, "the grant's term in days (0: no end)")
 	destroy := fs.Bool("destroy", false, "the consumer destroys what it received once the grant ends")
+	to := fs.String("to", "", "the consumer's node ID")
+	with := fs.String("with", "", "the consumer's node ID")
+	timeout := fs.Duration("timeout", 10*time.Minute, "how long to wait for the verdict")
+	detach := fs.Bool("detach", false, "start the copy and return without following it")
 	masks := cli.Pairs{}
 	fs.Var(masks, "mask", "FIELD=RULE masking rule for the grant (repeatable): keep(A,B), idcard, phone, name, truncate(N), hash, null")
 	pos, err := cli.Parse(fs, rest)
@@ -212,6 +219,43 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		printReconcile(stdout, pos[0], gs)
 		return nil
+	case "copy":
+		if err := cli.Want(pos, 1, "qz-agent copy RESOURCE --to NODE"); err != nil {
+			return err
+		}
+		if *to == "" {
+			return cli.Usagef("--to NODE is required: the consumer's node ID")
+		}
+		req, err := StartCopy(ctx, cfg, pos[0], *to)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "copy %s of %s to %s asked for (grant %s)\n", req.ID, req.Resource, req.Consumer, req.Grant)
+		if *detach {
+			return nil
+		}
+		return followCopy(ctx, cfg, req, stdout, isTerminal(stdout))
+	case "verify":
+		if err := cli.Want(pos, 1, "qz-agent verify RESOURCE --with NODE"); err != nil {
+			return err
+		}
+		if *with == "" {
+			return cli.Usagef("--with NODE is required: the consumer's node ID")
+		}
+		v, err := StartVerify(ctx, cfg, pos[0], *with)
+		if err != nil {
+			return err
+		}
+		return waitVerify(ctx, cfg, v, *timeout, stdout)
+	case "copy status":
+		cs, err := Copies(cfg)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(stdout, cs)
+		}
+		return printCopies(stdout, cs)
 	case "receipts":
 		ls, err := ListReceipts(ctx, cfg, *grantID)
 		if err != nil {

@@ -22,6 +22,7 @@ import (
 	_ "github.com/qianzhi/qianzhi/connectors/sqlite" // registers the sqlite kind
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/config"
+	"github.com/qianzhi/qianzhi/pkg/throttle"
 	"github.com/qianzhi/qianzhi/transport"
 )
 
@@ -50,6 +51,9 @@ type Config struct {
 		// Compression is off, fastest, default, better or best (zstd).
 		Compression string `yaml:"compression"`
 	} `yaml:"batch"`
+	// Limits bound the whole agent: bytes uploaded and rows extracted per
+	// second over all resources, and when full copies may run.
+	Limits throttle.Limits `yaml:"limits"`
 	// Poll is the retry interval while the hub cannot be reached; grant
 	// changes themselves arrive at once through a long poll.
 	Poll time.Duration `yaml:"poll"`
@@ -152,6 +156,15 @@ func (e *Entry) decode(file, where string, source bool) []error {
 	} else {
 		verr = e.Sink.Validate()
 	}
+	if !source && (e.Copy != nil || e.Limits != nil) {
+		verr = errors.Join(verr, errors.New("copy and limits belong with the resource that provides the data, not a subscription"))
+	}
+	if e.Copy != nil && e.Copy.Every < time.Hour {
+		verr = errors.Join(verr, fmt.Errorf("copy.every %s is too short: at least 1h (e.g. 24h; leave copy out for one-off copies with qz-agent copy)", e.Copy.Every))
+	}
+	if e.Limits != nil {
+		verr = errors.Join(verr, e.Limits.Validate())
+	}
 	if c := e.Catalog; c != nil {
 		if !source {
 			verr = errors.Join(verr, errors.New("catalog belongs with the resource that provides the data, not a subscription"))
@@ -193,7 +206,10 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("batch.max_bytes %s is out of range: 64KiB to 64MiB", c.Batch.MaxBytes))
 	}
 	if _, ok := compressionLevels[c.Batch.Compression]; !ok {
-		errs = append(errs, fmt.Errorf("batch.compression %q: use off, fastest, default, better or best", c.Batch.Compression))
+		errs = append(errs, fmt.Errorf("batch.compression %q: use off, fast, default, better or best", c.Batch.Compression))
+	}
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Poll < 100*time.Millisecond {
 		errs = append(errs, errors.New("poll must be at least 100ms"))
@@ -221,7 +237,7 @@ func (c *Config) Validate() error {
 }
 
 // compressionLevels maps config names to zstd levels (0: off).
-var compressionLevels = map[string]int{"off": 0, "fastest": 1, "default": 2, "better": 3, "best": 4}
+var compressionLevels = map[string]int{"off": 0, "fast": 1, "fastest": 1, "default": 2, "better": 3, "best": 4}
 
 func (c *Config) spoolDir() string {
 	if c.Spool.Dir != "" {

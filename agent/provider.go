@@ -18,6 +18,7 @@ import (
 	"github.com/qianzhi/qianzhi/pkg/fsutil"
 	"github.com/qianzhi/qianzhi/pkg/mask"
 	"github.com/qianzhi/qianzhi/pkg/seal"
+	"github.com/qianzhi/qianzhi/pkg/throttle"
 	"github.com/qianzhi/qianzhi/transport"
 )
 
@@ -69,6 +70,9 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 		if _, ok := a.grantActive(g.ID); !ok {
 			return nil
 		}
+		if wait, err := a.copyBefore(ctx, src, resource, g); err != nil || wait {
+			return err
+		}
 		proj, err := a.projection(g)
 		if err != nil {
 			return err
@@ -76,7 +80,7 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 		out := connectors.Output{Limit: int64(a.cfg.Batch.MaxBytes), Project: proj}
 		err = src.Next(ctx, a.state.view(scope), &out)
 		if errors.Is(err, connectors.ErrIdle) {
-			return nil
+			return a.copyExtracted(ctx, src, g, true)
 		}
 		if err != nil {
 			return err
@@ -85,7 +89,14 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 			if err := a.state.commitChanges(ctx, scope, &out.Changes); err != nil {
 				return err
 			}
+			if err := a.copyExtracted(ctx, src, g, false); err != nil {
+				return err
+			}
 			continue
+		}
+		res, ag := a.limitsOf(resource)
+		if err := throttle.WaitAll(ctx, out.Rows, res.rows, ag.rows); err != nil {
+			return err
 		}
 		reserved := int64(len(out.Body)) + batchOverhead
 		if !a.spool.tryReserve(reserved) {
@@ -103,6 +114,9 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 			return err
 		}
 		a.spool.release(reserved - size)
+		if err := a.copyExtracted(ctx, src, g, false); err != nil {
+			return err
+		}
 		select {
 		case a.uploadKick <- struct{}{}:
 		default:
@@ -148,10 +162,23 @@ func (a *Agent) seal(ctx context.Context, resource string, g api.GrantInfo, out 
 		return 0, fmt.Errorf("seal batch %s: %w", name, err)
 	}
 	if out.Schema != nil && out.Schema.Phase == batch.PhaseDigest {
-		// Wait for this digest's receipt, which names the buckets to resend.
-		out.Changes.Put(sqltable.KeyReconcileWait, []byte(strconv.FormatUint(seq, 10)))
+		if out.Schema.Reconcile.Verify {
+			if err := verifySealed(a.state.view("src/"+g.ID), seq, out); err != nil {
+				os.Remove(a.spoolPath(name))
+				return 0, err
+			}
+		} else {
+			// Wait for this digest's receipt, which names the buckets to resend.
+			out.Changes.Put(sqltable.KeyReconcileWait, []byte(strconv.FormatUint(seq, 10)))
+		}
 	}
 	e := spoolEntry{Grant: g.ID, Seq: seq, Resource: resource, File: name, Size: size}
+	a.copyMu.Lock()
+	defer a.copyMu.Unlock()
+	if err := a.copySealed(g, seq, size, out); err != nil {
+		os.Remove(a.spoolPath(name))
+		return 0, err
+	}
 	a.markFresh(name) // before the commit, so the uploader cannot see it first
 	if err := a.state.commitSealed(ctx, e, &out.Changes); err != nil {
 		a.takeFresh(name)
@@ -260,7 +287,9 @@ func (a *Agent) upload(ctx context.Context, e spoolEntry) error {
 	if err := a.state.Add(CounterUploadAttempted, e.Size-off); err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, io.NewSectionReader(f, off, e.Size-off))
+	res, ag := a.limitsOf(e.Resource)
+	body := throttle.Reader(ctx, io.NewSectionReader(f, off, e.Size-off), res.bytes, ag.bytes)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, body)
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,7 @@ Usage:
   qz-central grant revoke GRANT_ID [--destroy]
   qz-central grant list
   qz-central batch list [--grant G]   stored batches: size, receipt, purge
+  qz-central copy list                full copies (批量复制) the providers reported: state, rows, files, bytes
   qz-central audit verify             check the audit log's hash chain
   qz-central audit list
   qz-central audit export [--from DATE] [--to DATE] [--format jsonl|csv]
@@ -150,7 +151,7 @@ type opts struct {
 // splitCommand takes the command words (one or two) off args.
 func splitCommand(args []string) (string, []string) {
 	cmd, rest := args[0], args[1:]
-	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch" || cmd == "catalog" || cmd == "application" || cmd == "report" || cmd == "operator") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+	if (cmd == "node" || cmd == "grant" || cmd == "audit" || cmd == "config" || cmd == "batch" || cmd == "copy" || cmd == "catalog" || cmd == "application" || cmd == "report" || cmd == "operator") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	return cmd, rest
@@ -360,6 +361,22 @@ func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []st
 				payload = "purged"
 			}
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s → %s\t%d\t%s\t%s\t%s\n", b.Grant, b.Sequence, b.Resource, b.Provider, b.Consumer, b.Size, b.Stored.Local().Format(time.DateTime), rc, payload)
+		}
+		return tw.Flush()
+	case "copy list":
+		cs, err := st.Copies(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "COPY	RESOURCE	PROVIDER → CONSUMER	STATE	ROWS	FILES	BYTES	BATCHES	UPDATED	NOTE")
+		for _, c := range cs {
+			note := c.Reason
+			if note == "" {
+				note = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s → %s\t%s\t%d/%d\t%d/%d\t%d/%d\t%d\t%s\t%s\n", c.ID, c.Resource, c.Provider, c.Consumer, c.State,
+				c.Rows, c.TotalRows, c.Files, c.TotalFiles, c.Bytes, c.TotalBytes, c.Batches, c.Updated.Local().Format(time.DateTime), note)
 		}
 		return tw.Flush()
 	case "audit list":

@@ -302,6 +302,7 @@ func (h *Hub) Handler() http.Handler {
 	mux.Handle("POST /v1/receipts", h.node(h.receipt))
 	mux.Handle("GET /v1/receipts", h.node(h.listReceipts))
 	mux.Handle("POST /v1/rejections", h.node(h.rejection))
+	mux.Handle("POST /v1/copies", h.node(h.copyProgress))
 	return mux
 }
 
@@ -970,6 +971,41 @@ func (h *Hub) rejection(w http.ResponseWriter, r *http.Request) {
 	if err := h.store.Audit(r.Context(), me, "delivery.reject", fmt.Sprintf("%s/%d", rj.Grant, rj.Sequence), rj.Reason); err != nil {
 		h.internal(w, "audit", err)
 		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// copyProgress records a provider's report on a full copy; its start and
+// its end are audited.
+func (h *Hub) copyProgress(w http.ResponseWriter, r *http.Request) {
+	var c api.Copy
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&c); err != nil || c.ID == "" || c.Updated.IsZero() {
+		httpError(w, http.StatusBadRequest, "malformed copy report")
+		return
+	}
+	me := nodeID(r)
+	g, err := h.store.Grant(r.Context(), c.Grant)
+	if err != nil || g.Provider != me || g.Resource != c.Resource || g.Consumer != c.Consumer {
+		httpError(w, http.StatusForbidden, "only the grant's provider reports its copies")
+		return
+	}
+	c.Provider = me
+	prev, err := h.store.PutCopy(r.Context(), c)
+	if err != nil {
+		h.internal(w, "record copy", err)
+		return
+	}
+	detail := fmt.Sprintf("%s → %s: %d rows, %d files, %d bytes in %d batches", c.Resource, c.Consumer, c.Rows, c.Files, c.Bytes, c.Batches)
+	for _, step := range []struct {
+		action string
+		now    bool
+	}{{"copy.start", prev == ""}, {"copy.done", c.State == api.CopyDone && prev != api.CopyDone}, {"copy.stop", c.State == api.CopyStopped && prev != api.CopyStopped}} {
+		if step.now {
+			if err := h.store.Audit(r.Context(), me, step.action, c.ID, detail); err != nil {
+				h.internal(w, "audit", err)
+				return
+			}
+		}
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -18,10 +18,12 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/mask"
+	"github.com/qianzhi/qianzhi/pkg/throttle"
 )
 
 // Common holds the keys every resource and subscription entry has.
@@ -33,6 +35,18 @@ type Common struct {
 	// Catalog is a provider's catalog entry for the resource (数据资源目录);
 	// the hub reviews it before other departments see it.
 	Catalog *api.CatalogEntry `yaml:"catalog"`
+	// Copy schedules full copies (批量复制) of a resource to each of its
+	// consumers; resources only.
+	Copy *CopySchedule `yaml:"copy"`
+	// Limits bound how fast a resource's batches are extracted and
+	// uploaded, and when its full copies may run; resources only.
+	Limits *throttle.Limits `yaml:"limits"`
+}
+
+// CopySchedule repeats full copies: a copy to each consumer starts when the
+// last one finished Every ago (or never ran), inside the limits' window.
+type CopySchedule struct {
+	Every time.Duration `yaml:"every"`
 }
 
 // State is a connector's key-value state for one grant, as of the last
@@ -152,6 +166,24 @@ type Source interface {
 type Sink interface {
 	Apply(ctx context.Context, h *batch.Header, body io.Reader, st State, ch *Changes) error
 	Close() error
+}
+
+// Copier is a source that can start a full copy (批量复制) of a grant over
+// again: StartCopy stages, in ch, the state changes after which Next sends
+// everything from the start, and returns an estimate of what that is.
+// Copying reports whether the copy's extraction is still under way; the
+// agent ends a copy when Copying turns false or Next is idle.
+type Copier interface {
+	StartCopy(ctx context.Context, st State, ch *Changes) (Size, error)
+	Copying(st State) (bool, error)
+}
+
+// Size is how much a full copy moves: rows (tables) or files, and bytes
+// (0 when unknown).
+type Size struct {
+	Rows  int64 `json:"rows,omitempty"`
+	Files int64 `json:"files,omitempty"`
+	Bytes int64 `json:"bytes,omitempty"`
 }
 
 // Destroyer is a sink that can destroy what it received under a grant, when

@@ -112,7 +112,7 @@ var _ Store = (*SQLite)(nil)
 
 // OpenSQLite opens or creates the hub database at path.
 func OpenSQLite(path string) (*SQLite, error) {
-	db, err := sqlitedb.Open(path, slices.Concat(schema, catalogSchema, applicationSchema, feedbackSchema, operatorSchema))
+	db, err := sqlitedb.Open(path, slices.Concat(schema, catalogSchema, applicationSchema, feedbackSchema, operatorSchema, copiesSchema))
 	if err != nil {
 		return nil, err
 	}

@@ -210,6 +210,10 @@ type Store interface {
 	// AnswerFeedback records the provider's answer.
 	AnswerFeedback(ctx context.Context, id, provider, answer string, late int) (api.Feedback, error)
 	Feedback(ctx context.Context, node string, open bool) ([]api.Feedback, error)
+	// PutCopy records a copy's progress report and returns its previous
+	// state ("" when new); Copies lists them, newest first.
+	PutCopy(ctx context.Context, c api.Copy) (string, error)
+	Copies(ctx context.Context) ([]api.Copy, error)
 
 	AddOperator(ctx context.Context, name, role, serial string) error
 	RevokeOperator(ctx context.Context, name string) error

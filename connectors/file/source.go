@@ -60,6 +60,7 @@ type plan struct {
 const (
 	keyPlan = "plan"
 	keySent = "f/"
+	keyCopy = "copy" // present while a full copy has files left to send
 )
 
 // NewSource watches cfg.Path.
@@ -408,10 +409,44 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 			return err
 		}
 	}
+	if !full && !stopped && unsettled == 0 {
+		if _, copying, err := st.Get(keyCopy); err != nil {
+			return err
+		} else if copying {
+			out.Changes.Delete(keyCopy)
+		}
+	}
 	if out.Empty() && out.Changes.Len() == 0 {
 		return connectors.ErrIdle
 	}
 	return nil
+}
+
+// StartCopy makes the grant's next batches send every file again (a full
+// copy, 批量复制), whatever was sent before.
+func (s *Source) StartCopy(ctx context.Context, st connectors.State, ch *connectors.Changes) (connectors.Size, error) {
+	files, _, err := s.list()
+	if err != nil {
+		return connectors.Size{}, fmt.Errorf("scan %s: %w", s.cfg.Path, err)
+	}
+	var size connectors.Size
+	for _, f := range files {
+		size.Files++
+		size.Bytes += f.size
+	}
+	ch.Delete(keyPlan)
+	err = st.Scan(keySent, func(key string, _ []byte) error {
+		ch.Delete(key)
+		return nil
+	})
+	ch.Put(keyCopy, []byte("1"))
+	return size, err
+}
+
+// Copying reports whether a full copy has files left to send.
+func (s *Source) Copying(st connectors.State) (bool, error) {
+	_, ok, err := st.Get(keyCopy)
+	return ok, err
 }
 
 // unreadable logs a file that cannot be read (permissions, say) once per

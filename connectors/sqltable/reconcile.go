@@ -36,6 +36,9 @@ const (
 	KeyReconcileWait    = "rc_wait" // the digest batch's sequence, until its receipt arrives
 	KeyReconcileDiff    = "rc_diff" // JSON []int: buckets still to send
 	keyReconcilePlan    = "rc_plan" // JSON plan: bucket count and buckets per batch
+	// KeyVerifyRequest, set by qz-agent verify, asks for a digest that the
+	// consumer only compares (batch.Reconcile.Verify).
+	KeyVerifyRequest = "vf_req"
 )
 
 type plan struct {
@@ -53,13 +56,18 @@ func (s *source) reconcileStep(ctx context.Context, st connectors.State, sh *sha
 	if ok {
 		return true, s.replace(ctx, st, sh, diff, out)
 	}
+	if _, ok, err := st.Get(KeyVerifyRequest); err != nil {
+		return false, err
+	} else if ok {
+		return true, s.digest(ctx, sh, out, true)
+	}
 	if _, ok, err := st.Get(KeyReconcileRequest); err != nil || !ok {
 		return false, err
 	}
 	if _, waiting, err := st.Get(KeyReconcileWait); err != nil || waiting {
 		return false, err
 	}
-	return true, s.digest(ctx, sh, out)
+	return true, s.digest(ctx, sh, out, false)
 }
 
 // scan reads every row of the table (without order), calling fn with the
@@ -156,7 +164,7 @@ func (d *digester) hexSums() []string {
 }
 
 // digest sends the provider's count and sum of every bucket.
-func (s *source) digest(ctx context.Context, sh *shape, out *connectors.Output) error {
+func (s *source) digest(ctx context.Context, sh *shape, out *connectors.Output, verify bool) error {
 	var n int64
 	if err := s.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+sh.from).Scan(&n); err != nil {
 		return fmt.Errorf("resource %s: reconcile: count rows: %w", s.cfg.ID, err)
@@ -182,13 +190,18 @@ func (s *source) digest(ctx context.Context, sh *shape, out *connectors.Output) 
 	if bytes > 0 {
 		group = int(max(1, perBatch*int64(buckets)/bytes))
 	}
+	sch := *sh.schema
+	sch.Phase = batch.PhaseDigest
+	sch.Reconcile = &batch.Reconcile{Buckets: buckets, Counts: d.counts, Sums: d.hexSums(), Verify: verify}
+	out.Kind, out.Schema = batch.KindRows, &sch
+	if verify {
+		out.Changes.Delete(KeyVerifyRequest)
+		s.log.Info("verify: digest of the table sent; waiting for the consumer's comparison", "rows", n, "buckets", buckets)
+		return nil
+	}
 	raw, _ := json.Marshal(plan{Buckets: buckets, Group: group})
 	out.Changes.Put(keyReconcilePlan, raw)
 	out.Changes.Delete(KeyReconcileRequest)
-	sch := *sh.schema
-	sch.Phase = batch.PhaseDigest
-	sch.Reconcile = &batch.Reconcile{Buckets: buckets, Counts: d.counts, Sums: d.hexSums()}
-	out.Kind, out.Schema = batch.KindRows, &sch
 	s.log.Info("reconcile: digest of the table sent; waiting for the consumer's comparison", "rows", n, "buckets", buckets)
 	return nil
 }

@@ -129,3 +129,51 @@ func ValidID(what, id string) error {
 	}
 	return nil
 }
+
+// Copy is the progress of a full copy (批量复制) of one resource to one
+// consumer, as the provider's agent keeps it and reports it to the hub.
+type Copy struct {
+	ID       string `json:"id"`
+	Grant    string `json:"grant"`
+	Resource string `json:"resource"`
+	Provider string `json:"provider,omitempty"`
+	Consumer string `json:"consumer"`
+	// State is requested, running, waiting (outside the copy window),
+	// sent (every batch sealed; the consumer has yet to apply the last),
+	// done, or stopped (the grant ended).
+	State     string `json:"state"`
+	Reason    string `json:"reason,omitempty"`
+	Scheduled bool   `json:"scheduled,omitempty"`
+	// Total is what the copy moves, estimated when it starts.
+	TotalRows  int64 `json:"total_rows,omitempty"`
+	TotalFiles int64 `json:"total_files,omitempty"`
+	TotalBytes int64 `json:"total_bytes,omitempty"`
+	// Rows, Files and Bytes (before compression) were sealed so far, in
+	// Batches batches numbered FirstSeq to LastSeq; Sent is what those
+	// batches weigh on the wire.
+	Rows     int64     `json:"rows"`
+	Files    int64     `json:"files"`
+	Bytes    int64     `json:"bytes"`
+	Sent     int64     `json:"sent_bytes"`
+	Batches  int64     `json:"batches"`
+	FirstSeq uint64    `json:"first_seq,omitempty"`
+	LastSeq  uint64    `json:"last_seq,omitempty"`
+	Started  time.Time `json:"started,omitzero"`
+	Updated  time.Time `json:"updated,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+}
+
+// Copy states.
+const (
+	CopyRequested = "requested"
+	CopyRunning   = "running"
+	CopyWaiting   = "waiting"
+	CopySent      = "sent"
+	CopyDone      = "done"
+	CopyStopped   = "stopped"
+)
+
+// Active reports whether the copy still has batches to seal.
+func (c *Copy) Active() bool {
+	return c.State == CopyRunning || c.State == CopyWaiting
+}

@@ -88,6 +88,9 @@ type Reconcile struct {
 	Sums   []string `json:"sums,omitempty"`
 	// Replace (replace phase) lists the buckets this batch carries whole.
 	Replace []int `json:"replace,omitempty"`
+	// Verify marks a digest sent only to compare (qz-agent verify): the
+	// consumer answers as for any digest, and nothing is resent.
+	Verify bool `json:"verify,omitempty"`
 }
 
 // Column is one column of a row schema.
