@@ -150,7 +150,7 @@ type tableSetup struct {
 	next       int
 }
 
-func newTableSetup(t *testing.T, rows int, maxBytes string) *tableSetup {
+func newTableSetup(t *testing.T, rows int, maxBytes string, resourceExtra ...string) *tableSetup {
 	srv := mariadbtest.Get(t)
 	a, b := srv.NewDatabase(t), srv.NewDatabase(t)
 	s := &tableSetup{src: srv.Open(t, a), dst: srv.Open(t, b), next: rows}
@@ -160,7 +160,7 @@ func newTableSetup(t *testing.T, rows int, maxBytes string) *tableSetup {
 	fillPeople(t, s.src, 1, rows)
 	s.h = newHub(t, hubOpts{})
 	s.h.start()
-	s.prov = newNode(t, s.h, "dept-a", nodeOpts{resources: mysqlResource("dept-a.people", srv.DSN(a), ""), maxBytes: maxBytes})
+	s.prov = newNode(t, s.h, "dept-a", nodeOpts{resources: mysqlResource("dept-a.people", srv.DSN(a), strings.Join(resourceExtra, "")), maxBytes: maxBytes})
 	s.cons = newNode(t, s.h, "dept-b", nodeOpts{subs: mysqlSub("dept-a.people", srv.DSN(b))})
 	return s
 }
