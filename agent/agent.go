@@ -75,7 +75,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		sources: map[string]connectors.Source{}, sinks: map[string]connectors.Sink{},
 		sealKeys: map[string]seal.PublicKey{}, fresh: map[string]bool{}, grantsGen: make(chan struct{}),
 		uploadKick: make(chan struct{}, 1),
-		limits: map[string]*limiters{}, agentLimits: newLimiters(&cfg.Limits),
+		limits:     map[string]*limiters{}, agentLimits: newLimiters(&cfg.Limits),
 	}
 	for _, r := range cfg.Resources {
 		a.limits[r.ID] = newLimiters(r.Limits)
