@@ -48,7 +48,7 @@ type Config struct {
 	Batch struct {
 		// MaxBytes is the target body size of one batch.
 		MaxBytes config.Size `yaml:"max_bytes"`
-		// Compression is off, fastest, default, better or best (zstd).
+		// Compression is off, fast (fastest), default, better or best (zstd).
 		Compression string `yaml:"compression"`
 	} `yaml:"batch"`
 	// Limits bound the whole agent: bytes uploaded and rows extracted per
@@ -89,7 +89,7 @@ func DefaultConfig() Config {
 	c.StateDir = "/var/lib/qianzhi/agent"
 	c.Spool.Quota = 1 << 30
 	c.Batch.MaxBytes = 4 << 20
-	c.Batch.Compression = "fastest"
+	c.Batch.Compression = "fast"
 	c.Poll = 5 * time.Second
 	c.LogLevel = "info"
 	return c

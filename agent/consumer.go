@@ -309,7 +309,7 @@ func (a *Agent) apply(ctx context.Context, d api.Delivery, path string, info *ba
 	rc, err := receipt.Sign(receipt.Receipt{
 		Version: 1, Resource: d.Resource, Grant: d.Grant, Sequence: d.Sequence, Provider: d.Provider,
 		Consumer: a.id.NodeID, BatchDigest: hex.EncodeToString(info.Digest), Applied: time.Now().UTC(),
-		Mismatch: ch.Mismatch,
+		Mismatch: ch.Mismatch, MismatchFiles: ch.MismatchFiles,
 	}, a.id.Seal)
 	if err != nil {
 		return err

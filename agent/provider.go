@@ -161,7 +161,12 @@ func (a *Agent) seal(ctx context.Context, resource string, g api.GrantInfo, out 
 		os.Remove(a.spoolPath(name))
 		return 0, fmt.Errorf("seal batch %s: %w", name, err)
 	}
-	if out.Schema != nil && out.Schema.Phase == batch.PhaseDigest {
+	if len(out.Files) == 1 && out.Files[0].Op == batch.OpVerify {
+		if err := verifySealed(a.state.view("src/"+g.ID), seq, out); err != nil {
+			os.Remove(a.spoolPath(name))
+			return 0, err
+		}
+	} else if out.Schema != nil && out.Schema.Phase == batch.PhaseDigest {
 		if out.Schema.Reconcile.Verify {
 			if err := verifySealed(a.state.view("src/"+g.ID), seq, out); err != nil {
 				os.Remove(a.spoolPath(name))

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/qianzhi/qianzhi/connectors"
-	"github.com/qianzhi/qianzhi/connectors/sqltable"
 )
 
 // Verification (比对) proves that a consumer's copy equals what left: the
@@ -30,11 +29,15 @@ type Verification struct {
 	State   string `json:"state"`
 	Seq     uint64 `json:"seq,omitempty"`
 	Rows    int64  `json:"rows"`
+	Files   int64  `json:"files,omitempty"`
 	Buckets int    `json:"buckets,omitempty"`
 	// Differ lists the differing buckets, with the provider's row count
 	// of each in DifferRows.
 	Differ     []int     `json:"differ,omitempty"`
 	DifferRows []int64   `json:"differ_rows,omitempty"`
+	// DifferFiles lists, for a folder, the files that differ, are missing
+	// or are extra at the consumer.
+	DifferFiles []string `json:"differ_files,omitempty"`
 	Requested  time.Time `json:"requested"`
 	Compared   time.Time `json:"compared,omitzero"`
 	// Counts holds the provider's row count of every bucket until the
@@ -61,10 +64,15 @@ func verifySealed(st connectors.State, seq uint64, out *connectors.Output) error
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return err
 	}
-	rc := out.Schema.Reconcile
-	v.State, v.Seq, v.Buckets, v.Rows, v.Counts = verifyWaiting, seq, rc.Buckets, 0, rc.Counts
-	for _, n := range rc.Counts {
-		v.Rows += n
+	v.State, v.Seq = verifyWaiting, seq
+	if out.Schema != nil {
+		rc := out.Schema.Reconcile
+		v.Buckets, v.Rows, v.Counts = rc.Buckets, 0, rc.Counts
+		for _, n := range rc.Counts {
+			v.Rows += n
+		}
+	} else {
+		v.Files = out.Files[0].Size
 	}
 	raw, _ = json.Marshal(v)
 	out.Changes.Put(keyVerify, raw)
@@ -85,9 +93,9 @@ func (a *Agent) verifyCheck(ctx context.Context, scope string, raw []byte) error
 	if err != nil || rc == nil {
 		return err
 	}
-	v.Differ, v.Compared = rc.Mismatch, time.Now().UTC()
+	v.Differ, v.DifferFiles, v.Compared = rc.Mismatch, rc.MismatchFiles, time.Now().UTC()
 	v.State = verifyIdentical
-	if len(v.Differ) > 0 {
+	if len(v.Differ) > 0 || len(v.DifferFiles) > 0 {
 		v.State = verifyDifferent
 	}
 	v.DifferRows = make([]int64, len(v.Differ))
@@ -107,12 +115,9 @@ func (a *Agent) verifyCheck(ctx context.Context, scope string, raw []byte) error
 // StartVerify asks the agent to compare a table resource with a consumer's
 // copy, through the hub, and returns the request.
 func StartVerify(ctx context.Context, cfg Config, resource, node string) (*Verification, error) {
-	entry, err := publishedEntry(cfg, resource, "a verification")
+	_, err := publishedEntry(cfg, resource, "a verification")
 	if err != nil {
 		return nil, err
-	}
-	if _, ok := entry.Source.(*sqltable.SourceConfig); !ok {
-		return nil, fmt.Errorf("resource %s is a %s resource: verify compares tables by key buckets; a folder's files are each checked against their SHA-256 on arrival", resource, entry.Kind)
 	}
 	g, err := batchGrant(ctx, cfg, resource, node)
 	if err != nil {
@@ -127,7 +132,7 @@ func StartVerify(ctx context.Context, cfg Config, resource, node string) (*Verif
 	raw, _ := json.Marshal(v)
 	var ch connectors.Changes
 	ch.Put(keyVerify, raw)
-	ch.Put(sqltable.KeyVerifyRequest, []byte(v.ID))
+	ch.Put(connectors.KeyVerifyRequest, []byte(v.ID))
 	return v, st.commitChanges(ctx, "src/"+g.ID, &ch)
 }
 
@@ -158,9 +163,20 @@ func waitVerify(ctx context.Context, cfg Config, req *Verification, timeout time
 		}
 		switch v.State {
 		case verifyIdentical:
+			if v.Buckets == 0 {
+				fmt.Fprintf(w, "identical: %s holds the same %d files of %s as this node sent (each compared by SHA-256, signed receipt for batch %d)\n", v.Consumer, v.Files, v.Resource, v.Seq)
+				return nil
+			}
 			fmt.Fprintf(w, "identical: %s holds the same %d rows of %s as this node (%d key buckets compared, signed receipt for batch %d)\n", v.Consumer, v.Rows, v.Resource, v.Buckets, v.Seq)
 			return nil
 		case verifyDifferent:
+			if v.Buckets == 0 {
+				fmt.Fprintf(w, "DIFFERENT: %s's copy of %s differs from the %d files this node sent:\n", v.Consumer, v.Resource, v.Files)
+				for _, f := range v.DifferFiles {
+					fmt.Fprintf(w, "  %s\n", f)
+				}
+				return fmt.Errorf("%s differs at %s: 'qz-agent copy %s --to %s' sends every file again", v.Resource, v.Consumer, v.Resource, v.Consumer)
+			}
 			fmt.Fprintf(w, "DIFFERENT: %d of %d key buckets of %s differ at %s (this node has %d rows):\n", len(v.Differ), v.Buckets, v.Resource, v.Consumer, v.Rows)
 			for i, b := range v.Differ[:min(len(v.Differ), 20)] {
 				if i < len(v.DifferRows) {
@@ -174,6 +190,10 @@ func waitVerify(ctx context.Context, cfg Config, req *Verification, timeout time
 			}
 			return fmt.Errorf("%s differs at %s: run 'qz-agent reconcile %s' to resend the differing buckets", v.Resource, v.Consumer, v.Resource)
 		case verifyWaiting:
+			if !told && v.Buckets == 0 {
+				fmt.Fprintf(w, "manifest of %d files sealed as batch %d; waiting for %s to compare its folder after the batches before it\n", v.Files, v.Seq, v.Consumer)
+				told = true
+			}
 			if !told {
 				fmt.Fprintf(w, "digest of %d rows sealed as batch %d; waiting for %s to compare it after the batches before it\n", v.Rows, v.Seq, v.Consumer)
 				told = true

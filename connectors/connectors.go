@@ -68,7 +68,14 @@ type Changes struct {
 	// buckets in which the consumer's rows differ from the provider's; the
 	// agent reports them in the batch's signed receipt.
 	Mismatch []int
+	// MismatchFiles, set by a sink applying a folder's verify batch, lists
+	// the files that differ, as receipt.Receipt.MismatchFiles.
+	MismatchFiles []string
 }
+
+// KeyVerifyRequest, set in a grant's source state by qz-agent verify, asks
+// the source for a batch that the consumer only compares with its copy.
+const KeyVerifyRequest = "vf_req"
 
 type change struct {
 	key string

@@ -158,7 +158,7 @@ func TestCopyThrottled(t *testing.T) {
 func TestCopyWindow(t *testing.T) {
 	opens := time.Now().Add(12 * time.Second).Truncate(time.Second)
 	win := opens.Format("15:04:05") + "-" + opens.Add(time.Hour).Format("15:04:05")
-	_, prov, _, _, _ := filePair(t, "    limits: {window: \""+win+"\"}\n", []fileSpec{{"x.bin", 100 << 10}, {"y/z.bin", 10 << 10}})
+	_, prov, _, dst, _ := filePair(t, "    limits: {window: \""+win+"\"}\n", []fileSpec{{"x.bin", 100 << 10}, {"y/z.bin", 10 << 10}})
 	if time.Now().After(opens.Add(-3 * time.Second)) {
 		t.Skip("the setup took too long to ask for the copy before its window opens; nothing is shown")
 	}
@@ -179,6 +179,22 @@ func TestCopyWindow(t *testing.T) {
 	if !strings.Contains(out, id) || !strings.Contains(out, "done") {
 		t.Fatalf("copy status:\n%s", out)
 	}
+
+	// The folder verifies file by file; a changed, a missing and an extra
+	// file at the consumer each show.
+	out = mustRun(t, "qz-agent", "verify", "dept-a.files", "--with", "dept-b", "--config", prov.cfg)
+	if !strings.Contains(out, "identical: dept-b holds the same 2 files of dept-a.files") {
+		t.Fatalf("verify after the copy:\n%s", out)
+	}
+	os.WriteFile(filepath.Join(dst, "x.bin"), []byte("changed"), 0o644)
+	os.Remove(filepath.Join(dst, "y", "z.bin"))
+	os.WriteFile(filepath.Join(dst, "stray.txt"), []byte("not sent"), 0o644)
+	out, _, err := run("qz-agent", "verify", "dept-a.files", "--with", "dept-b", "--config", prov.cfg)
+	for _, want := range []string{"DIFFERENT", "differs: x.bin", "missing: y/z.bin", "extra: stray.txt"} {
+		if err == nil || !strings.Contains(out, want) {
+			t.Fatalf("verify after changes at the consumer: err %v, want %q in:\n%s", err, want, out)
+		}
+	}
 }
 
 // TestCopyBadInput: each mistake is one clear line and a non-zero exit.
@@ -193,7 +209,8 @@ func TestCopyBadInput(t *testing.T) {
 		{[]string{"copy", "dept-a.files", "--to", "dept-x"}, "node dept-x is not enrolled at the hub"},
 		{[]string{"copy", "dept-z.other", "--to", "dept-b"}, "resource dept-z.other is not published by this agent"},
 		{[]string{"copy", "dept-a.files"}, "--to NODE is required"},
-		{[]string{"verify", "dept-a.files", "--with", "dept-b"}, "verify compares tables"},
+		{[]string{"verify", "dept-a.files", "--with", "dept-c"}, "node dept-c has no active grant for dept-a.files"},
+		{[]string{"verify", "dept-a.files"}, "--with NODE is required"},
 	} {
 		_, errOut, err := run("qz-agent", append(c.args, "--config", prov.cfg)...)
 		if err == nil || !strings.Contains(errOut, c.want) || strings.Count(strings.TrimSpace(errOut), "\n") > 1 {

@@ -251,7 +251,49 @@ func (s *Source) Next(ctx context.Context, st connectors.State, out *connectors.
 	} else if ok {
 		return s.nextChunk(&p, out)
 	}
+	if _, ok, err := st.Get(connectors.KeyVerifyRequest); err != nil {
+		return err
+	} else if ok {
+		return s.verify(st, out)
+	}
 	return s.scan(ctx, st, out)
+}
+
+// ManifestEntry is one line of a verify batch's manifest: a file as this
+// provider last sent it.
+type ManifestEntry struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// verify fills out with a verify batch: one entry (op "verify", size the
+// number of files) whose data is the manifest of every file sent under the
+// grant, as JSON lines. The consumer compares its folder with it after
+// every earlier batch is applied, and names what differs in its receipt.
+func (s *Source) verify(st connectors.State, out *connectors.Output) error {
+	var body []byte
+	var n int64
+	err := st.Scan(keySent, func(key string, raw []byte) error {
+		var f sent
+		if err := json.Unmarshal(raw, &f); err != nil {
+			return err
+		}
+		line, _ := json.Marshal(ManifestEntry{Path: strings.TrimPrefix(key, keySent), Size: f.Size, SHA256: f.SHA256})
+		body = append(append(body, line...), '\n')
+		n++
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read what was sent: %w", err)
+	}
+	sum := sha256.Sum256(body)
+	h := hex.EncodeToString(sum[:])
+	out.Files = append(out.Files, batch.FileEntry{Op: batch.OpVerify, Path: "", Size: n, Length: int64(len(body)), SHA256: h, ChunkSHA256: h, Chunks: 1})
+	out.Body = body
+	out.Changes.Delete(connectors.KeyVerifyRequest)
+	s.log.Info("verify: manifest of the folder sent; waiting for the consumer's comparison", "files", n)
+	return nil
 }
 
 func (s *Source) abs(rel string) string { return filepath.Join(s.cfg.Path, filepath.FromSlash(rel)) }

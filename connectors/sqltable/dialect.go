@@ -11,6 +11,7 @@ package sqltable
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -53,6 +54,21 @@ type Snapshot interface {
 	Token() string
 	Close() error
 }
+
+// BulkLoader is a dialect with a faster way to upsert many rows than
+// multi-row statements (MySQL: LOAD DATA LOCAL INFILE … REPLACE, about
+// 1.5 times the rows a second). The sink uses it for snapshot batches —
+// upserts and deletes of distinct keys, in any order — when the target's
+// only unique index is the key: REPLACE deletes a row colliding on any
+// unique index. next yields each row's values until io.EOF. An error
+// wrapping ErrBulkRefused means the server does not allow it.
+type BulkLoader interface {
+	BulkUpsert(ctx context.Context, tx *sql.Tx, table string, cols []batch.Column, next func() ([][]byte, error)) error
+}
+
+// ErrBulkRefused means the server refused a bulk load (MySQL's local_infile
+// is off); the sink goes back to multi-row statements.
+var ErrBulkRefused = errors.New("bulk load refused by the server")
 
 // Dialect is one database engine's SQL.
 type Dialect interface {

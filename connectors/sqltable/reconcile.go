@@ -38,7 +38,7 @@ const (
 	keyReconcilePlan    = "rc_plan" // JSON plan: bucket count and buckets per batch
 	// KeyVerifyRequest, set by qz-agent verify, asks for a digest that the
 	// consumer only compares (batch.Reconcile.Verify).
-	KeyVerifyRequest = "vf_req"
+	KeyVerifyRequest = connectors.KeyVerifyRequest
 )
 
 type plan struct {

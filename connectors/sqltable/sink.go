@@ -29,6 +29,8 @@ type sink struct {
 	mu      sync.Mutex
 	checked string // fingerprint of the last schema the target was found to accept
 	applied bool   // the applied table exists
+	bulk    bool   // the target's only unique index is the key: snapshot batches may be bulk loaded
+	refused bool   // the server refused a bulk load: use statements
 }
 
 // appliedSchema is the table recording each grant's last applied batch.
@@ -115,7 +117,19 @@ func (k *sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ con
 			return fmt.Errorf("resource %s: apply batch %d to %s: %w", h.Resource, h.Sequence, k.cfg.Table, err)
 		}
 	default:
-		if err := k.write(ctx, tx, sch, body); err != nil {
+		write := k.write
+		if bl, ok := k.d.(BulkLoader); ok && sch.Phase == "snapshot" && k.bulkAllowed() {
+			write = func(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io.Reader) error {
+				return k.writeBulk(ctx, bl, tx, sch, body)
+			}
+		}
+		if err := write(ctx, tx, sch, body); err != nil {
+			if errors.Is(err, ErrBulkRefused) {
+				k.mu.Lock()
+				k.refused = true
+				k.mu.Unlock()
+				k.log.Warn("bulk load refused or not exact; applying with INSERT statements from now on, which are slower (if local_infile is off: SET GLOBAL local_infile = 1)", "err", err)
+			}
 			return fmt.Errorf("resource %s: apply batch %d to %s: %w", h.Resource, h.Sequence, k.cfg.Table, err)
 		}
 	}
@@ -141,15 +155,16 @@ func (k *sink) prepare(ctx context.Context, resource string, sch *batch.Schema) 
 		return nil
 	}
 	if !k.applied {
-		if err := k.ensureTable(ctx, k.cfg.AppliedTable, appliedSchema, true); err != nil {
+		if _, err := k.ensureTable(ctx, k.cfg.AppliedTable, appliedSchema, true); err != nil {
 			return fmt.Errorf("resource %s: %w", resource, err)
 		}
 		k.applied = true
 	}
-	if err := k.ensureTable(ctx, k.cfg.Table, sch, k.cfg.CreateTable); err != nil {
+	bulk, err := k.ensureTable(ctx, k.cfg.Table, sch, k.cfg.CreateTable)
+	if err != nil {
 		return fmt.Errorf("resource %s: %w", resource, err)
 	}
-	k.checked = sch.Fingerprint
+	k.checked, k.bulk = sch.Fingerprint, bulk
 	return nil
 }
 
@@ -159,24 +174,26 @@ func (k *sink) forget() {
 	k.checked, k.applied = "", false
 }
 
-func (k *sink) ensureTable(ctx context.Context, table string, sch *batch.Schema, create bool) error {
+// ensureTable makes sure table exists and can take rows of sch, and
+// reports whether its only unique index is the key.
+func (k *sink) ensureTable(ctx context.Context, table string, sch *batch.Schema, create bool) (bool, error) {
 	t, err := k.d.Describe(ctx, k.db, table)
 	if errors.Is(err, ErrNoTable) {
 		if !create {
-			return fmt.Errorf("target table %s does not exist: create it, or set create_table: true in the subscription", table)
+			return false, fmt.Errorf("target table %s does not exist: create it, or set create_table: true in the subscription", table)
 		}
 		ddl, err := k.d.CreateTable(table, sch)
 		if err != nil {
-			return fmt.Errorf("create table %s: %w", table, err)
+			return false, fmt.Errorf("create table %s: %w", table, err)
 		}
 		if _, err := k.db.ExecContext(ctx, ddl); err != nil {
-			return fmt.Errorf("create table %s: %w [%s]", table, err, ddl)
+			return false, fmt.Errorf("create table %s: %w [%s]", table, err, ddl)
 		}
 		k.log.Info("created target table", "table", table)
-		return nil
+		return true, nil
 	}
 	if err != nil {
-		return fmt.Errorf("describe target table %s: %w", table, err)
+		return false, fmt.Errorf("describe target table %s: %w", table, err)
 	}
 	have := map[string]bool{}
 	for _, c := range t.Columns {
@@ -196,13 +213,13 @@ func (k *sink) ensureTable(ctx context.Context, table string, sch *batch.Schema,
 			ddl, _ := k.d.CreateTable("x", one)
 			adds = append(adds, fmt.Sprintf("column %s (%s)%s", n, c.Type, columnHint(ddl, k.d.Quote(n))))
 		}
-		return fmt.Errorf("the provider now sends %s, which target table %s lacks: add %s to %s and this line resumes by itself; nothing is dropped meanwhile",
+		return false, fmt.Errorf("the provider now sends %s, which target table %s lacks: add %s to %s and this line resumes by itself; nothing is dropped meanwhile",
 			strings.Join(adds, ", "), table, plural(len(missing), "it", "them"), table)
 	}
 	if !slices.ContainsFunc(t.Unique, func(u []string) bool { return sameSet(u, sch.Key) }) {
-		return fmt.Errorf("target table %s has no primary key or unique index on %s, so rows cannot be updated in place: add one", table, strings.Join(sch.Key, ", "))
+		return false, fmt.Errorf("target table %s has no primary key or unique index on %s, so rows cannot be updated in place: add one", table, strings.Join(sch.Key, ", "))
 	}
-	return nil
+	return len(t.Unique) == 1, nil
 }
 
 // columnHint pulls a column's definition out of a one-column CREATE TABLE,
@@ -292,6 +309,61 @@ func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io
 		rows++
 	}
 	return flush()
+}
+
+func (k *sink) bulkAllowed() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.bulk && !k.refused
+}
+
+// writeBulk applies a snapshot batch through the dialect's bulk load: the
+// upserts stream into it, and the deletes (rows soft-deleted at the
+// source) follow, which is safe because a snapshot names each key once.
+func (k *sink) writeBulk(ctx context.Context, bl BulkLoader, tx *sql.Tx, sch *batch.Schema, body io.Reader) error {
+	rr := batch.NewRowReader(body, sch)
+	keyIdx := sch.KeyIndex()
+	var dels [][]byte
+	next := func() ([][]byte, error) {
+		for {
+			r, err := rr.Next()
+			if err != nil {
+				return nil, err
+			}
+			if r.Op == batch.RowDelete {
+				for _, v := range r.Values {
+					dels = append(dels, slices.Clone(v))
+				}
+				continue
+			}
+			for i, v := range r.Values {
+				if c := &sch.Columns[i]; (c.Type == batch.TypeString || c.Type == batch.TypeText) && !utf8.Valid(v) {
+					return nil, fmt.Errorf("column %s: a value is not valid UTF-8", c.Name)
+				}
+			}
+			return r.Values, nil
+		}
+	}
+	if err := bl.BulkUpsert(ctx, tx, k.cfg.Table, sch.Columns, next); err != nil {
+		return err
+	}
+	var keyCols []batch.Column
+	for _, i := range keyIdx {
+		keyCols = append(keyCols, sch.Columns[i])
+	}
+	per := len(keyCols)
+	for len(dels) > 0 {
+		n := min(len(dels)/per, deleteKeys)
+		args := make([]any, 0, n*per)
+		for i := range n * per {
+			args = append(args, bindValue(&keyCols[i%per], dels[i]))
+		}
+		if _, err := tx.ExecContext(ctx, k.deleteSQL(keyCols, n), args...); err != nil {
+			return err
+		}
+		dels = dels[n*per:]
+	}
+	return nil
 }
 
 // bindValue is the argument for one canonical value: bytes for binary

@@ -33,6 +33,10 @@ const (
 
 	OpPut    = "put"
 	OpDelete = "delete"
+	// OpVerify carries a folder's manifest for the consumer to compare its
+	// copy with (qz-agent verify): JSON lines of path, size and sha256;
+	// Size is the number of files.
+	OpVerify = "verify"
 )
 
 // Limits a v1 reader enforces so that a hostile file cannot make it allocate
@@ -180,6 +184,15 @@ func validateFiles(files []FileEntry, bodyLen int64) []error {
 		e := &files[i]
 		add := func(format string, args ...any) {
 			errs = append(errs, fmt.Errorf("files[%d] %q: %s", i, e.Path, fmt.Sprintf(format, args...)))
+		}
+		if e.Op == OpVerify {
+			// The manifest of a folder for the consumer to compare with
+			// (qz-agent verify): alone in its batch, no path.
+			if len(files) != 1 || e.Path != "" || e.Size < 0 || e.Length < 0 || len(e.ChunkSHA256) != 64 {
+				add("a verify entry stands alone, without a path, with its manifest's length and SHA-256")
+			}
+			sum += max(e.Length, 0)
+			continue
 		}
 		if err := CheckPath(e.Path); err != nil {
 			add("%v", err)

@@ -34,7 +34,11 @@ type Receipt struct {
 	Applied     time.Time `json:"applied"`
 	// Mismatch, for a reconcile digest, lists the buckets in which the
 	// consumer's rows differ from the provider's.
-	Mismatch  []int  `json:"mismatch,omitempty"`
+	Mismatch []int `json:"mismatch,omitempty"`
+	// MismatchFiles, for a folder's verify batch, lists the files that
+	// differ ("differs: PATH"), are missing ("missing: PATH") or are
+	// present only at the consumer ("extra: PATH").
+	MismatchFiles []string `json:"mismatch_files,omitempty"`
 	SealAlg   string `json:"seal_alg"`
 	SealKeyID string `json:"seal_key_id"`
 	Signature []byte `json:"signature"` // base64 in JSON

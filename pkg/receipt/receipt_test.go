@@ -120,6 +120,8 @@ func TestAnyChangeFails(t *testing.T) {
 				*x = x.Add(time.Nanosecond)
 			case *[]int:
 				*x = append(*x, 7) // a bucket added to a reconcile answer
+			case *[]string:
+				*x = append(*x, "extra: x") // a file added to a verify answer
 			default:
 				t.Fatalf("field %s of type %s not covered by this test", f.Name, f.Type)
 			}
