@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -30,8 +31,13 @@ func TestBenchmarks(t *testing.T) {
 	runs := envInt("QZ_BENCH_RUNS", 3)
 	var r benchReport
 	r.rows, r.fileMiB, r.runs = rows, fileMiB, runs
-	t.Run("table", func(t *testing.T) { benchTable(t, &r) })
-	t.Run("files", func(t *testing.T) { benchFiles(t, &r) })
+	only := os.Getenv("QZ_BENCH_ONLY") // table or files, when measuring one
+	if only != "files" {
+		t.Run("table", func(t *testing.T) { benchTable(t, &r) })
+	}
+	if only != "table" {
+		t.Run("files", func(t *testing.T) { benchFiles(t, &r) })
+	}
 	out := os.Getenv("QZ_BENCH_OUT")
 	if out == "" {
 		out = "../docs/benchmarks.md"
@@ -56,6 +62,7 @@ type benchReport struct {
 	latency             []time.Duration
 	rss                 map[string]int64 // process → peak RSS (KiB)
 	notes               []string
+	whereText           map[string]string // what → where the consumer's time went
 }
 
 func (r *benchReport) peak(name string, p *proc) {
@@ -72,6 +79,34 @@ func (r *benchReport) peak(name string, p *proc) {
 			r.rss[name] = max(r.rss[name], kib)
 		}
 	}
+}
+
+// where sums the consumer's per-batch timings (download, verify, apply,
+// receipt) over a run, to show where its time went.
+func (r *benchReport) where(what, consumerLog string, total time.Duration) {
+	b, err := os.ReadFile(consumerLog)
+	if err != nil {
+		return
+	}
+	sums := map[string]time.Duration{}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil || rec["msg"] != "delivery timing" {
+			continue
+		}
+		n++
+		for _, k := range []string{"download", "verify", "apply", "receipt"} {
+			if v, ok := rec[k].(float64); ok {
+				sums[k] += time.Duration(v)
+			}
+		}
+	}
+	if r.whereText == nil {
+		r.whereText = map[string]string{}
+	}
+	r.whereText[what] = fmt.Sprintf("%s, last run: %.1f s in all; the consumer spent %.1f s downloading, %.1f s verifying, %.1f s applying and %.1f s sending receipts for %d batches, one after another",
+		what, total.Seconds(), sums["download"].Seconds(), sums["verify"].Seconds(), sums["apply"].Seconds(), sums["receipt"].Seconds(), n)
 }
 
 func median(ds []time.Duration) time.Duration {
@@ -158,6 +193,15 @@ func (r *benchReport) markdown() string {
 	for _, n := range r.notes {
 		fmt.Fprintf(&b, "- %s\n", n)
 	}
+	if len(r.whereText) > 0 {
+		b.WriteString("Where the time goes (from the consumer agent's per-batch timings):\n\n")
+		for _, k := range []string{"table", "files"} {
+			if w, ok := r.whereText[k]; ok {
+				fmt.Fprintf(&b, "- %s\n", w)
+			}
+		}
+		b.WriteString("\n")
+	}
 	b.WriteString(benchNotes)
 	return b.String()
 }
@@ -226,6 +270,7 @@ func benchTable(t *testing.T, r *benchReport) {
 			return len(st.Tables) == 1 && st.Tables[0].Phase == "incremental" && st.Spooled == 0 && applied >= st.Counters["batches_sealed"]
 		})
 		r.qzTable = append(r.qzTable, time.Since(t2))
+		r.where("table", cons.logPath(), time.Since(t2))
 		r.peak("provider agent", prov.p)
 		r.peak("consumer agent", cons.p)
 		r.peak("hub", h.p)
@@ -389,6 +434,7 @@ func benchFiles(t *testing.T, r *benchReport) {
 			return n == len(specs)
 		})
 		r.qzFiles = append(r.qzFiles, time.Since(t2))
+		r.where("files", cons.logPath(), time.Since(t2))
 		r.peak("provider agent", prov.p)
 		r.peak("consumer agent", cons.p)
 		r.peak("hub", h.p)
