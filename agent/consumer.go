@@ -65,10 +65,18 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 		}
 		attempt = 0
 		blocked := false
-		for _, d := range ds {
+		var next <-chan struct{} // the prefetch of ds[i], started while ds[i-1] applied
+		for i, d := range ds {
+			if next != nil {
+				<-next
+				next = nil
+			}
 			if until, ok := stopped[d.Grant]; ok && time.Now().Before(until) {
 				blocked = true
 				continue
+			}
+			if i+1 < len(ds) {
+				next = a.prefetch(ctx, ds[i+1])
 			}
 			if err := a.deliver(ctx, d); err != nil {
 				if ctx.Err() != nil {
@@ -93,6 +101,9 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 				delete(stopped, d.Grant)
 				a.state.clearStopped(d.Grant, "consumer")
 			}
+		}
+		if next != nil {
+			<-next
 		}
 		if blocked || len(ds) == 0 {
 			// Nothing we can act on now: do not spin on the same list.
@@ -160,6 +171,22 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 	err = a.sendReceipt(ctx, d.Grant, d.Sequence)
 	a.log.Debug("delivery timing", "seq", d.Sequence, "download", t1.Sub(t0), "verify", t2.Sub(t1), "apply", t3.Sub(t2), "receipt", time.Since(t3))
 	return err
+}
+
+// prefetch downloads a delivery into the inbox in the background, so that
+// the network works while the batch before it is applied; deliver then
+// finds it there (a download resumes from the bytes already fetched). The
+// channel closes when it is done; a failure is left for deliver to meet.
+func (a *Agent) prefetch(ctx context.Context, d api.Delivery) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if applied, err := a.state.applied(d.Grant); err != nil || d.Sequence <= applied {
+			return
+		}
+		a.download(ctx, d, filepath.Join(a.cfg.inboxDir(), batchName(d.Grant, d.Sequence)+".part"))
+	}()
+	return done
 }
 
 // checkDelivery makes sure the sealed header says what the hub said.

@@ -171,6 +171,21 @@ func (a *Agent) copyBefore(ctx context.Context, src connectors.Source, resource 
 	return false, nil
 }
 
+// copyAttention reports, without changing anything, whether copyBefore may
+// have something to do for a grant: a copy asked for or due, or a window
+// that is closed.
+func (a *Agent) copyAttention(resource string, g api.GrantInfo) bool {
+	v := a.state.view("src/" + g.ID)
+	if _, ok, err := v.Get(keyCopyReq); err != nil || ok {
+		return true
+	}
+	if open, _, _ := a.copyWindow(resource, time.Now()); !open {
+		return true
+	}
+	job, err := loadCopy(v, keyCopy)
+	return err != nil || a.copyDue(resource, job)
+}
+
 // copyDue reports whether a resource's schedule calls for a new copy.
 func (a *Agent) copyDue(resource string, last *api.Copy) bool {
 	var every time.Duration

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/qianzhi/qianzhi/connectors"
@@ -63,29 +66,62 @@ func (a *Agent) produceLoop(ctx context.Context, resource string, src connectors
 	}
 }
 
-// produceGrant seals batches for one grant until the source is idle.
+// produceGrant seals batches for one grant until the source is idle. It
+// is a two-stage pipeline: while one batch is compressed, hashed, written
+// and committed, the source reads the next, seeing the state the first
+// will commit (an overlay of its pending changes). Batches commit in
+// order; if one fails, the batch read after it is dropped and read again.
 func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resource string, g api.GrantInfo) error {
 	scope := "src/" + g.ID
-	for {
-		if _, ok := a.grantActive(g.ID); !ok {
+	var inflight chan error         // the seal in progress, if any
+	var pending *connectors.Changes // its state changes, until committed
+	drain := func() error {
+		if inflight == nil {
 			return nil
 		}
-		if wait, err := a.copyBefore(ctx, src, resource, g); err != nil || wait {
-			return err
+		err := <-inflight
+		inflight, pending = nil, nil
+		return err
+	}
+	defer drain()
+	for {
+		if _, ok := a.grantActive(g.ID); !ok {
+			return drain()
+		}
+		if inflight != nil && a.copyAttention(resource, g) {
+			// Copy bookkeeping reads and writes committed state.
+			if err := drain(); err != nil {
+				return err
+			}
+		}
+		if inflight == nil {
+			if wait, err := a.copyBefore(ctx, src, resource, g); err != nil || wait {
+				return err
+			}
 		}
 		proj, err := a.projection(g)
 		if err != nil {
-			return err
+			return errors.Join(err, drain())
+		}
+		var view connectors.State = a.state.view(scope)
+		if pending != nil {
+			view = overlay{base: view, pending: pending}
 		}
 		out := connectors.Output{Limit: int64(a.cfg.Batch.MaxBytes), Project: proj}
-		err = src.Next(ctx, a.state.view(scope), &out)
+		err = src.Next(ctx, view, &out)
 		if errors.Is(err, connectors.ErrIdle) {
+			if err := drain(); err != nil {
+				return err
+			}
 			return a.copyExtracted(ctx, src, g, true)
 		}
 		if err != nil {
-			return err
+			return errors.Join(err, drain())
 		}
 		if out.Empty() {
+			if err := drain(); err != nil {
+				return err
+			}
 			if err := a.state.commitChanges(ctx, scope, &out.Changes); err != nil {
 				return err
 			}
@@ -96,7 +132,7 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 		}
 		res, ag := a.limitsOf(resource)
 		if err := throttle.WaitAll(ctx, out.Rows, res.rows, ag.rows); err != nil {
-			return err
+			return errors.Join(err, drain())
 		}
 		reserved := int64(len(out.Body)) + batchOverhead
 		if !a.spool.tryReserve(reserved) {
@@ -104,24 +140,83 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 			a.log.Warn("spool full; extraction paused until uploads free space", "used", used, "quota", quota)
 			a.state.Add(CounterSpoolFullWaits, 1)
 			if err := a.spool.reserve(ctx, reserved); err != nil {
-				return err
+				return errors.Join(err, drain())
 			}
 			a.log.Info("spool has room again; extraction resumed")
 		}
-		size, err := a.seal(ctx, resource, g, &out)
-		if err != nil {
+		if err := drain(); err != nil {
 			a.spool.release(reserved)
-			return err
+			return err // this batch was read after one that failed: read it again
 		}
-		a.spool.release(reserved - size)
-		if err := a.copyExtracted(ctx, src, g, false); err != nil {
-			return err
+		done := make(chan error, 1)
+		// The source's changes as they stand: sealing adds the agent's own
+		// (the copy's progress) to out.Changes meanwhile.
+		inflight, pending = done, out.Changes.Clone()
+		go func() {
+			size, err := a.seal(ctx, resource, g, &out)
+			if err != nil {
+				a.spool.release(reserved)
+				done <- err
+				return
+			}
+			a.spool.release(reserved - size)
+			select {
+			case a.uploadKick <- struct{}{}:
+			default:
+			}
+			done <- a.copyExtracted(ctx, src, g, false)
+		}()
+	}
+}
+
+// overlay is a grant's committed state with the changes of the batch being
+// sealed laid over it: what the state will be once that batch commits.
+type overlay struct {
+	base    connectors.State
+	pending *connectors.Changes
+}
+
+func (o overlay) Scope() string { return o.base.Scope() }
+
+func (o overlay) Get(key string) ([]byte, bool, error) {
+	var val []byte
+	found, set := false, false
+	o.pending.Each(func(k string, v []byte) error {
+		if k == key {
+			found, set, val = true, v != nil, v
 		}
-		select {
-		case a.uploadKick <- struct{}{}:
-		default:
+		return nil
+	})
+	if found {
+		return val, set, nil
+	}
+	return o.base.Get(key)
+}
+
+func (o overlay) Scan(prefix string, fn func(string, []byte) error) error {
+	m := map[string][]byte{}
+	if err := o.base.Scan(prefix, func(k string, v []byte) error {
+		m[k] = v
+		return nil
+	}); err != nil {
+		return err
+	}
+	o.pending.Each(func(k string, v []byte) error {
+		if strings.HasPrefix(k, prefix) {
+			if v == nil {
+				delete(m, k)
+			} else {
+				m[k] = v
+			}
+		}
+		return nil
+	})
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if err := fn(k, m[k]); err != nil {
+			return err
 		}
 	}
+	return nil
 }
 
 // projection is what a grant lets through, with its masking rules and

@@ -33,13 +33,13 @@ type Verification struct {
 	Buckets int    `json:"buckets,omitempty"`
 	// Differ lists the differing buckets, with the provider's row count
 	// of each in DifferRows.
-	Differ     []int     `json:"differ,omitempty"`
-	DifferRows []int64   `json:"differ_rows,omitempty"`
+	Differ     []int   `json:"differ,omitempty"`
+	DifferRows []int64 `json:"differ_rows,omitempty"`
 	// DifferFiles lists, for a folder, the files that differ, are missing
 	// or are extra at the consumer.
-	DifferFiles []string `json:"differ_files,omitempty"`
-	Requested  time.Time `json:"requested"`
-	Compared   time.Time `json:"compared,omitzero"`
+	DifferFiles []string  `json:"differ_files,omitempty"`
+	Requested   time.Time `json:"requested"`
+	Compared    time.Time `json:"compared,omitzero"`
 	// Counts holds the provider's row count of every bucket until the
 	// verdict, which keeps those of the differing ones.
 	Counts []int64 `json:"counts,omitempty"`

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -87,6 +88,9 @@ func (c *Changes) Put(key string, val []byte) { c.ops = append(c.ops, change{key
 
 // Delete stages a removal.
 func (c *Changes) Delete(key string) { c.ops = append(c.ops, change{key, nil}) }
+
+// Clone returns a copy of the staged operations (and no mismatches).
+func (c *Changes) Clone() *Changes { return &Changes{ops: slices.Clone(c.ops)} }
 
 // Len is the number of staged operations.
 func (c *Changes) Len() int { return len(c.ops) }

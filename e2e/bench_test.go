@@ -48,6 +48,19 @@ func TestBenchmarks(t *testing.T) {
 	t.Logf("wrote %s:\n%s", out, r.markdown())
 }
 
+// endRun stops a run's processes: at once, or with SIGTERM when they write
+// CPU profiles (QZ_CPUPROFILE=/tmp/qz-%p.prof make bench), which they do as
+// they exit.
+func endRun(ps ...*proc) {
+	for _, p := range ps {
+		if os.Getenv("QZ_CPUPROFILE") != "" {
+			p.stop()
+		} else {
+			p.kill()
+		}
+	}
+}
+
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
 		return v
@@ -254,8 +267,8 @@ func benchTable(t *testing.T, r *benchReport) {
 		h := newHub(t, hubOpts{})
 		h.start()
 		res := fmt.Sprintf("  - id: dept-a.persons\n    kind: mysql\n    dsn: %q\n    table: persons\n    strategy: incremental\n    watermark: updated_at\n    lag: 200ms\n    poll: 100ms\n", srv.DSN(src))
-		prov := newNode(t, h, "dept-a", nodeOpts{resources: res})
-		cons := newNode(t, h, "dept-b", nodeOpts{subs: fmt.Sprintf("  - id: dept-a.persons\n    kind: mysql\n    dsn: %q\n    table: persons\n    create_table: true\n", srv.DSN(dst))})
+		prov := newNode(t, h, "dept-a", nodeOpts{resources: res, maxBytes: os.Getenv("QZ_BENCH_BATCH")})
+		cons := newNode(t, h, "dept-b", nodeOpts{subs: fmt.Sprintf("  - id: dept-a.persons\n    kind: mysql\n    dsn: %q\n    table: persons\n    create_table: true\n    parallel: %d\n", srv.DSN(dst), envInt("QZ_BENCH_PARALLEL", 2))})
 		prov.start()
 		cons.start()
 		t2 := time.Now()
@@ -283,9 +296,7 @@ func benchTable(t *testing.T, r *benchReport) {
 		if i == r.runs-1 {
 			benchLatency(t, r, sdb, ddb)
 		}
-		prov.p.kill()
-		cons.p.kill()
-		h.p.kill()
+		endRun(prov.p, cons.p, h.p)
 		ddb.Exec("DROP TABLE persons")
 	}
 }
@@ -409,8 +420,12 @@ func benchFiles(t *testing.T, r *benchReport) {
 		h := newHub(t, hubOpts{})
 		h.start()
 		dst = filepath.Join(root, fmt.Sprintf("qz-%d", i))
-		prov := newNode(t, h, "dept-a", nodeOpts{resources: fileResource("dept-a.files", src, ""), quota: "1GiB"})
-		cons := newNode(t, h, "dept-b", nodeOpts{subs: fileSub("dept-a.files", dst)})
+		chunk := ""
+		if c := os.Getenv("QZ_BENCH_CHUNK"); c != "" {
+			chunk = "    chunk_size: " + c + "\n"
+		}
+		prov := newNode(t, h, "dept-a", nodeOpts{resources: fileResource("dept-a.files", src, chunk), quota: "1GiB", transport: os.Getenv("QZ_BENCH_TRANSPORT"), maxBytes: os.Getenv("QZ_BENCH_BATCH")})
+		cons := newNode(t, h, "dept-b", nodeOpts{subs: fileSub("dept-a.files", dst), transport: os.Getenv("QZ_BENCH_TRANSPORT")})
 		prov.start()
 		cons.start()
 		t2 := time.Now()
@@ -439,9 +454,7 @@ func benchFiles(t *testing.T, r *benchReport) {
 		r.peak("consumer agent", cons.p)
 		r.peak("hub", h.p)
 		t.Logf("run %d: rsync %s, qianzhi %s", i+1, r.rsync[i].Round(100*time.Millisecond), r.qzFiles[i].Round(100*time.Millisecond))
-		prov.p.kill()
-		cons.p.kill()
-		h.p.kill()
+		endRun(prov.p, cons.p, h.p)
 		os.RemoveAll(dst)
 		os.RemoveAll(h.dir)
 		os.RemoveAll(prov.dir)

@@ -49,7 +49,8 @@ func startCopy(t *testing.T, n *node, resource, to string) string {
 }
 
 // TestCopyKillNine copies a 200,000-row table under an existing grant and
-// kills the provider's agent with SIGKILL three times during the copy:
+// kills the provider's agent with SIGKILL three times during the copy (and
+// the consumer's once):
 // every row is sealed exactly once, the bytes sent again are a couple of
 // batches per kill at most, and verify finds the consumer's table
 // identical (and, once changed behind the line, different).
@@ -74,6 +75,12 @@ func TestCopyKillNine(t *testing.T) {
 		})
 		s.prov.p.kill()
 		s.prov.start()
+		if i == 2 {
+			// The consumer too, most likely while it loads a batch in
+			// parts over two connections.
+			s.cons.p.kill()
+			s.cons.start()
+		}
 	}
 	var c *api.Copy
 	waitFor(t, 120*time.Second, "the copy to be done", func() bool {
@@ -83,6 +90,11 @@ func TestCopyKillNine(t *testing.T) {
 	waitTablesEqual(t, s.src, s.dst, 10*time.Second)
 	if c.TotalRows != rows || c.Rows != rows {
 		t.Fatalf("copy sealed %d rows of %d counted, want each of the %d rows exactly once", c.Rows, c.TotalRows, rows)
+	}
+	var parts int
+	s.dst.QueryRow(`SELECT COUNT(*) FROM qz_applied_parts`).Scan(&parts)
+	if parts != 0 {
+		t.Fatalf("%d part records left at the consumer after the copy", parts)
 	}
 	after := s.prov.status().Counters
 	resent := (after[agent.CounterUploadAttempted] - before[agent.CounterUploadAttempted]) - (after[agent.CounterUploaded] - before[agent.CounterUploaded])

@@ -1,10 +1,11 @@
 package file
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/pkg/batch"
@@ -25,6 +29,12 @@ type Sink struct {
 	root string
 	tmp  string
 	log  *slog.Logger
+
+	// dirty holds the folders whose entries changed in the batch being
+	// applied; each is synced once, before Apply returns (and so before
+	// the agent commits the batch), rather than once per file.
+	mu    sync.Mutex
+	dirty map[string]bool
 }
 
 var _ connectors.Sink = (*Sink)(nil)
@@ -95,11 +105,69 @@ func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, st co
 			return err
 		}
 	}
+	s.dirty = map[string]bool{}
+	defer func() { s.dirty = nil }()
+	if err := s.applyFiles(ctx, h, body, ch); err != nil {
+		return err
+	}
+	for d := range s.dirty {
+		if err := fsutil.SyncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// smallWorkers is how many whole small files of a batch are written (and
+// fsynced) at once: the file system commits concurrent fsyncs together.
+const smallWorkers = 8
+
+func (s *Sink) applyFiles(ctx context.Context, h *batch.Header, body io.Reader, ch *connectors.Changes) error {
+	var mu sync.Mutex // guards ch while small files are written in parallel
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(smallWorkers)
 	for i := range h.Files {
-		if err := ctx.Err(); err != nil {
+		if err := gctx.Err(); err != nil {
+			g.Wait()
 			return err
 		}
 		e := &h.Files[i]
+		if e.Op == "put" && e.Chunks == 1 {
+			// A whole file: read it here (the body is a stream), write it
+			// in a worker.
+			data := make([]byte, e.Length)
+			if _, err := io.ReadFull(body, data); err != nil {
+				g.Wait()
+				return fmt.Errorf("put %s: %w", e.Path, err)
+			}
+			g.Go(func() error {
+				var local connectors.Changes
+				if err := s.put(e, bytes.NewReader(data), &local); err != nil {
+					return fmt.Errorf("put %s: %w", e.Path, err)
+				}
+				if ch != nil {
+					mu.Lock()
+					defer mu.Unlock()
+					local.Each(func(k string, v []byte) error {
+						if v == nil {
+							ch.Delete(k)
+						} else {
+							ch.Put(k, v)
+						}
+						return nil
+					})
+					ch.Put(keyGot+e.Path, []byte(e.SHA256))
+				}
+				return nil
+			})
+			continue
+		}
+		// Anything else goes in order, after the files before it.
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		g, gctx = errgroup.WithContext(ctx)
+		g.SetLimit(smallWorkers)
 		var err error
 		switch e.Op {
 		case "put":
@@ -128,7 +196,7 @@ func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, st co
 			return fmt.Errorf("%s %s: %w", e.Op, e.Path, err)
 		}
 	}
-	return nil
+	return g.Wait()
 }
 
 // keyDone prefixes the state keys of completed files kept until their
@@ -220,9 +288,11 @@ func (s *Sink) put(e *batch.FileEntry, data io.Reader, ch *connectors.Changes) e
 	if err := f.Sync(); err != nil {
 		return err
 	}
-	sum, err := hashFile(tmp)
-	if err != nil {
-		return err
+	sum := e.ChunkSHA256 // a file in one chunk was hashed as it was written
+	if e.Chunks != 1 || e.Offset != 0 || e.Length != e.Size {
+		if sum, err = hashFile(tmp); err != nil {
+			return err
+		}
 	}
 	if sum != e.SHA256 {
 		f.Close()
@@ -283,10 +353,22 @@ func (s *Sink) place(from, dst string) error {
 	if err := os.Rename(from, dst); err != nil {
 		return err
 	}
-	if err := fsutil.SyncDir(filepath.Dir(dst)); err != nil {
-		return err
+	return s.syncDirs(filepath.Dir(dst), s.tmp)
+}
+
+// syncDirs makes folder entries durable: at the end of the batch being
+// applied, or now outside one.
+func (s *Sink) syncDirs(dirs ...string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range dirs {
+		if s.dirty != nil {
+			s.dirty[d] = true
+		} else if err := fsutil.SyncDir(d); err != nil {
+			return err
+		}
 	}
-	return fsutil.SyncDir(s.tmp)
+	return nil
 }
 
 func (s *Sink) delete(e *batch.FileEntry) error {
@@ -298,7 +380,7 @@ func (s *Sink) delete(e *batch.FileEntry) error {
 	if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return fsutil.SyncDir(filepath.Dir(dst))
+	return s.syncDirs(filepath.Dir(dst))
 }
 
 type offsetWriter struct {

@@ -33,7 +33,7 @@ func Register(d Dialect) {
 	connectors.Register(connectors.Kind{
 		Name:       d.Name(),
 		SourceConf: func() connectors.SourceConfig { return NewSourceConfig(d) },
-		SinkConf:   func() connectors.SinkConfig { return &SinkConfig{dialect: d, AppliedTable: applied} },
+		SinkConf:   func() connectors.SinkConfig { return &SinkConfig{dialect: d, AppliedTable: applied, Parallel: 2} },
 	})
 }
 
@@ -193,6 +193,9 @@ type SinkConfig struct {
 	// AppliedTable records the last applied sequence of each grant in the
 	// target database, in the same transaction as the rows.
 	AppliedTable string `yaml:"applied_table"`
+	// Parallel is how many connections load one snapshot batch at once,
+	// where the engine bulk loads (MySQL); 1 loads each in one.
+	Parallel int `yaml:"parallel"`
 
 	dialect Dialect
 }
@@ -205,6 +208,9 @@ func (c *SinkConfig) Validate() error {
 	}
 	if c.AppliedTable == "" {
 		errs = append(errs, errors.New("applied_table must not be empty"))
+	}
+	if c.Parallel < 1 || c.Parallel > 16 {
+		errs = append(errs, fmt.Errorf("parallel %d: use 1 to 16 connections", c.Parallel))
 	}
 	return errors.Join(errs...)
 }

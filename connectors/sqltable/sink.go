@@ -31,6 +31,7 @@ type sink struct {
 	applied bool   // the applied table exists
 	bulk    bool   // the target's only unique index is the key: snapshot batches may be bulk loaded
 	refused bool   // the server refused a bulk load: use statements
+	parts   bool   // the parts table exists
 }
 
 // appliedSchema is the table recording each grant's last applied batch.
@@ -72,6 +73,16 @@ func (k *sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ con
 			k.forget() // check the target again next time: it may have been changed or dropped
 		}
 	}()
+	if bl, ok := k.bulkLoader(sch); ok && k.cfg.Parallel > 1 && h.Rows >= 2*minPartRows {
+		if err := k.applyParts(ctx, bl, h, body); err != nil {
+			if errors.Is(err, ErrBulkRefused) {
+				k.refuseBulk(err)
+			}
+			return fmt.Errorf("resource %s: apply batch %d to %s: %w", h.Resource, h.Sequence, k.cfg.Table, err)
+		}
+		applied = true
+		return nil
+	}
 	tx, err := k.d.BeginApply(ctx, k.db)
 	if err != nil {
 		return err
@@ -118,17 +129,14 @@ func (k *sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, _ con
 		}
 	default:
 		write := k.write
-		if bl, ok := k.d.(BulkLoader); ok && sch.Phase == "snapshot" && k.bulkAllowed() {
+		if bl, ok := k.bulkLoader(sch); ok {
 			write = func(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io.Reader) error {
 				return k.writeBulk(ctx, bl, tx, sch, body)
 			}
 		}
 		if err := write(ctx, tx, sch, body); err != nil {
 			if errors.Is(err, ErrBulkRefused) {
-				k.mu.Lock()
-				k.refused = true
-				k.mu.Unlock()
-				k.log.Warn("bulk load refused or not exact; applying with INSERT statements from now on, which are slower (if local_infile is off: SET GLOBAL local_infile = 1)", "err", err)
+				k.refuseBulk(err)
 			}
 			return fmt.Errorf("resource %s: apply batch %d to %s: %w", h.Resource, h.Sequence, k.cfg.Table, err)
 		}
@@ -311,61 +319,6 @@ func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io
 	return flush()
 }
 
-func (k *sink) bulkAllowed() bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.bulk && !k.refused
-}
-
-// writeBulk applies a snapshot batch through the dialect's bulk load: the
-// upserts stream into it, and the deletes (rows soft-deleted at the
-// source) follow, which is safe because a snapshot names each key once.
-func (k *sink) writeBulk(ctx context.Context, bl BulkLoader, tx *sql.Tx, sch *batch.Schema, body io.Reader) error {
-	rr := batch.NewRowReader(body, sch)
-	keyIdx := sch.KeyIndex()
-	var dels [][]byte
-	next := func() ([][]byte, error) {
-		for {
-			r, err := rr.Next()
-			if err != nil {
-				return nil, err
-			}
-			if r.Op == batch.RowDelete {
-				for _, v := range r.Values {
-					dels = append(dels, slices.Clone(v))
-				}
-				continue
-			}
-			for i, v := range r.Values {
-				if c := &sch.Columns[i]; (c.Type == batch.TypeString || c.Type == batch.TypeText) && !utf8.Valid(v) {
-					return nil, fmt.Errorf("column %s: a value is not valid UTF-8", c.Name)
-				}
-			}
-			return r.Values, nil
-		}
-	}
-	if err := bl.BulkUpsert(ctx, tx, k.cfg.Table, sch.Columns, next); err != nil {
-		return err
-	}
-	var keyCols []batch.Column
-	for _, i := range keyIdx {
-		keyCols = append(keyCols, sch.Columns[i])
-	}
-	per := len(keyCols)
-	for len(dels) > 0 {
-		n := min(len(dels)/per, deleteKeys)
-		args := make([]any, 0, n*per)
-		for i := range n * per {
-			args = append(args, bindValue(&keyCols[i%per], dels[i]))
-		}
-		if _, err := tx.ExecContext(ctx, k.deleteSQL(keyCols, n), args...); err != nil {
-			return err
-		}
-		dels = dels[n*per:]
-	}
-	return nil
-}
-
 // bindValue is the argument for one canonical value: bytes for binary
 // types, text for the rest, nil for NULL.
 func bindValue(c *batch.Column, v []byte) any {
@@ -431,6 +384,11 @@ func (k *sink) Destroy(ctx context.Context, grant string, _ connectors.State, _ 
 	n, _ := res.RowsAffected()
 	if _, err := tx.ExecContext(ctx, "DELETE FROM "+k.d.Quote(k.cfg.AppliedTable)+" WHERE "+k.d.Quote("grant_id")+" = "+k.d.Param(1), grant); err != nil {
 		return "", err
+	}
+	if _, err := k.d.Describe(ctx, k.db, k.partsTable()); err == nil {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM "+k.d.Quote(k.partsTable())+" WHERE "+k.d.Quote("grant_id")+" = "+k.d.Param(1), grant); err != nil {
+			return "", err
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return "", err

@@ -39,9 +39,9 @@ type Receipt struct {
 	// differ ("differs: PATH"), are missing ("missing: PATH") or are
 	// present only at the consumer ("extra: PATH").
 	MismatchFiles []string `json:"mismatch_files,omitempty"`
-	SealAlg   string `json:"seal_alg"`
-	SealKeyID string `json:"seal_key_id"`
-	Signature []byte `json:"signature"` // base64 in JSON
+	SealAlg       string   `json:"seal_alg"`
+	SealKeyID     string   `json:"seal_key_id"`
+	Signature     []byte   `json:"signature"` // base64 in JSON
 }
 
 // For returns an unsigned receipt for the batch described by info, applied
