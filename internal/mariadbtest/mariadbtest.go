@@ -423,6 +423,16 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// bufferPool is the server's InnoDB buffer pool: 256M for tests, or
+// QZ_MARIADB_BUFFER_POOL (make bench sizes it like a department's server,
+// holding the tables it copies).
+func bufferPool() string {
+	if v := os.Getenv("QZ_MARIADB_BUFFER_POOL"); v != "" {
+		return v
+	}
+	return "256M"
+}
+
 // run starts mariadbd on port and waits until it accepts connections.
 func (s *Server) run(mariadbd string, port int, asRoot bool) error {
 	args := []string{
@@ -436,7 +446,7 @@ func (s *Server) run(mariadbd string, port int, asRoot bool) error {
 		"--bind-address=127.0.0.1",
 		"--skip-name-resolve",
 		"--skip-log-bin",
-		"--innodb-buffer-pool-size=256M",
+		"--innodb-buffer-pool-size=" + bufferPool(),
 		"--character-set-server=" + charset,
 		"--collation-server=" + collation,
 		"--max-allowed-packet=64M",
