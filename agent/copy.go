@@ -367,6 +367,21 @@ func publishedEntry(cfg Config, resource, what string) (*Entry, error) {
 	return nil, fmt.Errorf("resource %s is not published by this agent (no such entry under resources in its config): %s runs on the provider's agent", resource, what)
 }
 
+// providedTo finds the batch grant under which this agent provides a
+// resource to node, and opens the agent's state to ask the running agent
+// for something under it (the caller closes it).
+func providedTo(ctx context.Context, cfg Config, resource, node, what string) (*api.GrantInfo, *State, error) {
+	if _, err := publishedEntry(cfg, resource, what); err != nil {
+		return nil, nil, err
+	}
+	g, err := batchGrant(ctx, cfg, resource, node)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := OpenState(cfg.dbPath())
+	return g, st, err
+}
+
 // batchGrant asks the hub for the active batch grant of a resource this
 // node provides to node, explaining why there is none.
 func batchGrant(ctx context.Context, cfg Config, resource, node string) (*api.GrantInfo, error) {
@@ -402,14 +417,7 @@ func batchGrant(ctx context.Context, cfg Config, resource, node string) (*api.Gr
 // a consumer holding a batch grant for it, and returns the request. The
 // running agent starts it within a poll.
 func StartCopy(ctx context.Context, cfg Config, resource, node string) (*api.Copy, error) {
-	if _, err := publishedEntry(cfg, resource, "a copy"); err != nil {
-		return nil, err
-	}
-	g, err := batchGrant(ctx, cfg, resource, node)
-	if err != nil {
-		return nil, err
-	}
-	st, err := OpenState(cfg.dbPath())
+	g, st, err := providedTo(ctx, cfg, resource, node, "a copy")
 	if err != nil {
 		return nil, err
 	}

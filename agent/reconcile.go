@@ -3,11 +3,8 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,8 +12,6 @@ import (
 
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/connectors/sqltable"
-	"github.com/qianzhi/qianzhi/pkg/api"
-	"github.com/qianzhi/qianzhi/pkg/seal"
 )
 
 // Reconcile asks the running agent (or the next one to start) to compare a
@@ -110,17 +105,9 @@ func (a *Agent) reconcileAnswer(ctx context.Context, scope, val string) error {
 	if err != nil {
 		return err
 	}
-	var recs []api.ReceiptRecord
-	q := url.Values{"grant": {grant}, "seq": {val}}
-	if err := a.call(ctx, http.MethodGet, "/v1/receipts?"+q.Encode(), nil, &recs); err != nil {
-		return err
-	}
-	if len(recs) == 0 || len(recs[0].Receipt) == 0 || recs[0].Sequence != seq {
-		return nil // not applied yet
-	}
-	rc, err := checkReceipt(recs[0], g, a.id.NodeID, func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, g.Consumer, keyID) })
-	if err != nil {
-		return errors.Join(errors.New("receipt refused"), err)
+	rc, err := a.receiptFor(ctx, g, seq)
+	if err != nil || rc == nil {
+		return err // nil: not applied yet
 	}
 	diff := rc.Mismatch
 	if diff == nil {

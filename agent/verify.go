@@ -115,15 +115,7 @@ func (a *Agent) verifyCheck(ctx context.Context, scope string, raw []byte) error
 // StartVerify asks the agent to compare a table resource with a consumer's
 // copy, through the hub, and returns the request.
 func StartVerify(ctx context.Context, cfg Config, resource, node string) (*Verification, error) {
-	_, err := publishedEntry(cfg, resource, "a verification")
-	if err != nil {
-		return nil, err
-	}
-	g, err := batchGrant(ctx, cfg, resource, node)
-	if err != nil {
-		return nil, err
-	}
-	st, err := OpenState(cfg.dbPath())
+	g, st, err := providedTo(ctx, cfg, resource, node, "a verification")
 	if err != nil {
 		return nil, err
 	}
