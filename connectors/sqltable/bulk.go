@@ -215,10 +215,19 @@ func (k *sink) applyParts(ctx context.Context, bl BulkLoader, h *batch.Header, b
 			if ch == nil {
 				continue
 			}
+			// One allocation for the row's bytes (the reader reuses its
+			// buffer); nil stays nil, and an empty value stays empty.
+			size := 0
+			for _, v := range r.Values {
+				size += len(v)
+			}
+			buf := make([]byte, 0, size)
 			vals := make([][]byte, len(r.Values))
 			for j, v := range r.Values {
 				if v != nil {
-					vals[j] = slices.Clone(v)
+					at := len(buf)
+					buf = append(buf, v...)
+					vals[j] = buf[at:len(buf):len(buf)]
 				}
 			}
 			select {
