@@ -73,8 +73,8 @@ func (a *Agent) produceLoop(ctx context.Context, resource string, src connectors
 // order; if one fails, the batch read after it is dropped and read again.
 func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resource string, g api.GrantInfo) error {
 	scope := "src/" + g.ID
-	var inflight chan error         // the seal in progress, if any
-	var pending *connectors.Changes // its state changes, until committed
+	var inflight chan error // the seal in progress, if any
+	var pending *overlay    // the state once it commits
 	drain := func() error {
 		if inflight == nil {
 			return nil
@@ -105,7 +105,7 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 		}
 		var view connectors.State = a.state.view(scope)
 		if pending != nil {
-			view = overlay{base: view, pending: pending}
+			view = *pending
 		}
 		out := connectors.Output{Limit: int64(a.cfg.Batch.MaxBytes), Project: proj}
 		err = src.Next(ctx, view, &out)
@@ -151,7 +151,8 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 		done := make(chan error, 1)
 		// The source's changes as they stand: sealing adds the agent's own
 		// (the copy's progress) to out.Changes meanwhile.
-		inflight, pending = done, out.Changes.Clone()
+		ov := newOverlay(a.state.view(scope), &out.Changes)
+		inflight, pending = done, &ov
 		go func() {
 			size, err := a.seal(ctx, resource, g, &out)
 			if err != nil {
@@ -173,22 +174,23 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 // sealed laid over it: what the state will be once that batch commits.
 type overlay struct {
 	base    connectors.State
-	pending *connectors.Changes
+	pending map[string][]byte // the last change of each key; nil deletes
+}
+
+func newOverlay(base connectors.State, ch *connectors.Changes) overlay {
+	m := map[string][]byte{}
+	ch.Each(func(k string, v []byte) error {
+		m[k] = v
+		return nil
+	})
+	return overlay{base: base, pending: m}
 }
 
 func (o overlay) Scope() string { return o.base.Scope() }
 
 func (o overlay) Get(key string) ([]byte, bool, error) {
-	var val []byte
-	found, set := false, false
-	o.pending.Each(func(k string, v []byte) error {
-		if k == key {
-			found, set, val = true, v != nil, v
-		}
-		return nil
-	})
-	if found {
-		return val, set, nil
+	if v, ok := o.pending[key]; ok {
+		return v, v != nil, nil
 	}
 	return o.base.Get(key)
 }
@@ -201,7 +203,7 @@ func (o overlay) Scan(prefix string, fn func(string, []byte) error) error {
 	}); err != nil {
 		return err
 	}
-	o.pending.Each(func(k string, v []byte) error {
+	for k, v := range o.pending {
 		if strings.HasPrefix(k, prefix) {
 			if v == nil {
 				delete(m, k)
@@ -209,8 +211,7 @@ func (o overlay) Scan(prefix string, fn func(string, []byte) error) error {
 				m[k] = v
 			}
 		}
-		return nil
-	})
+	}
 	for _, k := range slices.Sorted(maps.Keys(m)) {
 		if err := fn(k, m[k]); err != nil {
 			return err

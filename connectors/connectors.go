@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -88,9 +87,6 @@ func (c *Changes) Put(key string, val []byte) { c.ops = append(c.ops, change{key
 
 // Delete stages a removal.
 func (c *Changes) Delete(key string) { c.ops = append(c.ops, change{key, nil}) }
-
-// Clone returns a copy of the staged operations (and no mismatches).
-func (c *Changes) Clone() *Changes { return &Changes{ops: slices.Clone(c.ops)} }
 
 // Len is the number of staged operations.
 func (c *Changes) Len() int { return len(c.ops) }

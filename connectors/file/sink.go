@@ -128,7 +128,9 @@ func (s *Sink) applyFiles(ctx context.Context, h *batch.Header, body io.Reader, 
 	g.SetLimit(smallWorkers)
 	for i := range h.Files {
 		if err := gctx.Err(); err != nil {
-			g.Wait()
+			if werr := g.Wait(); werr != nil {
+				return werr // the worker's error, not the cancellation it caused
+			}
 			return err
 		}
 		e := &h.Files[i]

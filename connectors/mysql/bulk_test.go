@@ -47,7 +47,7 @@ d')) FROM seq_1_to_10000`)
 	// The crash: part 1 (the second half of the rows) committed, part 0
 	// and the batch's record did not.
 	exec(t, p.to, `DELETE FROM qz_applied`, `DELETE FROM people WHERE id <= 5000`,
-		`INSERT INTO qz_applied_parts (grant_id, seq, part) VALUES ('g1', 1, 1)`,
+		`INSERT INTO qz_applied_parts (grant_id, seq, part) VALUES ('g1', 1, 201)`, // part 1 of 2 (2*100 + 1)
 		`UPDATE people SET name = '第二部分' WHERE id = 9000`)
 	if err := p.sink.Apply(context.Background(), h, bytes.NewReader(body), nil, &connectors.Changes{}); err != nil {
 		t.Fatal(err)
@@ -86,5 +86,24 @@ func TestBulkTooLong(t *testing.T) {
 		if n != 0 {
 			t.Fatalf("%d rows stored from a batch that failed", n)
 		}
+	}
+}
+
+// TestBulkKeepsConsumerColumns: a target with a column of its own is not
+// bulk loaded (REPLACE would reset the column); its values stay.
+func TestBulkKeepsConsumerColumns(t *testing.T) {
+	p := newPair(t, nil, func(c *sqltable.SinkConfig) { c.CreateTable = false })
+	exec(t, p.from, people, `INSERT INTO people (id, name) SELECT seq, CONCAT('张', seq) FROM seq_1_to_5000`)
+	exec(t, p.to, strings.Replace(people, "note TEXT,", "note TEXT, memo VARCHAR(10) NOT NULL DEFAULT '',", 1),
+		`INSERT INTO people (id, name, memo) VALUES (7, 'old', 'kept')`)
+	p.open(t)
+	h, body := snapshotBatch(t, p)
+	if err := p.sink.Apply(context.Background(), h, bytes.NewReader(body), nil, &connectors.Changes{}); err != nil {
+		t.Fatal(err)
+	}
+	var name, memo string
+	p.to.QueryRow(`SELECT name, memo FROM people WHERE id = 7`).Scan(&name, &memo)
+	if name != "张7" || memo != "kept" {
+		t.Fatalf("row 7 is (%q, %q), want the provider's name and the consumer's memo kept", name, memo)
 	}
 }

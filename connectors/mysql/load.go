@@ -143,3 +143,17 @@ func writeEscaped(b *bytes.Buffer, v []byte) {
 	}
 	b.Write(v[start:])
 }
+
+// BulkSafe implements sqltable.BulkLoader: REPLACE deletes and inserts a
+// row where INSERT … ON DUPLICATE KEY UPDATE changes it in place, so a
+// trigger on the table or a foreign key pointing at it (ON DELETE CASCADE)
+// would see deletes. Bulk loads are used only where there is neither.
+func (d Dialect) BulkSafe(ctx context.Context, db *sql.DB, table string) (bool, error) {
+	schema, name := split(table)
+	var n int
+	err := db.QueryRowContext(ctx, `SELECT
+		(SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND EVENT_OBJECT_TABLE = ?) +
+		(SELECT COUNT(*) FROM information_schema.KEY_COLUMN_USAGE WHERE REFERENCED_TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND REFERENCED_TABLE_NAME = ?)`,
+		schema, name, schema, name).Scan(&n)
+	return n == 0, err
+}

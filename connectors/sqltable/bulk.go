@@ -29,6 +29,9 @@ import (
 // minPartRows is the fewest rows worth a part of their own.
 const minPartRows = 2000
 
+// partBase encodes a part record: parts*partBase + part.
+const partBase = 100
+
 // partsSchema records the parts of a snapshot batch already loaded.
 var partsSchema = func() *batch.Schema {
 	s := &batch.Schema{Columns: []batch.Column{
@@ -147,19 +150,25 @@ func (k *sink) applyParts(ctx context.Context, bl BulkLoader, h *batch.Header, b
 	if err != nil {
 		return fmt.Errorf("read %s: %w", k.partsTable(), err)
 	}
+	parts := int64(min(k.cfg.Parallel, int(h.Rows/minPartRows)))
 	for rows.Next() {
 		var n int64
 		if err := rows.Scan(&n); err != nil {
 			rows.Close()
 			return err
 		}
-		done[n] = true
+		// A record is part i of parts (stored as parts*partBase + i).
+		// Records made with another part count (parallel changed before
+		// a crash) name other rows: their rows are loaded again, which
+		// REPLACE makes harmless.
+		if n/partBase == parts {
+			done[n%partBase] = true
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	parts := int64(min(k.cfg.Parallel, int(h.Rows/minPartRows)))
 	g, gctx := errgroup.WithContext(ctx)
 	chans := make([]chan row, parts)
 	for i := range parts {
@@ -188,7 +197,7 @@ func (k *sink) applyParts(ctx context.Context, bl BulkLoader, h *batch.Header, b
 			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(gctx, k.upsertSQL(k.partsTable(), partsSchema, 1), h.Grant, fmt.Sprint(h.Sequence), fmt.Sprint(i)); err != nil {
+			if _, err := tx.ExecContext(gctx, k.upsertSQL(k.partsTable(), partsSchema, 1), h.Grant, fmt.Sprint(h.Sequence), fmt.Sprint(parts*partBase+i)); err != nil {
 				return fmt.Errorf("record part %d of batch %d: %w", i, h.Sequence, err)
 			}
 			return tx.Commit()

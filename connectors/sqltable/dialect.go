@@ -64,6 +64,9 @@ type Snapshot interface {
 // wrapping ErrBulkRefused means the server does not allow it.
 type BulkLoader interface {
 	BulkUpsert(ctx context.Context, tx *sql.Tx, table string, cols []batch.Column, next func() ([][]byte, error)) error
+	// BulkSafe reports whether a bulk load into table does nothing an
+	// upsert would not (no triggers, no foreign keys pointing at it).
+	BulkSafe(ctx context.Context, db *sql.DB, table string) (bool, error)
 }
 
 // ErrBulkRefused means the server refused a bulk load (MySQL's local_infile

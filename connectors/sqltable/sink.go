@@ -227,7 +227,16 @@ func (k *sink) ensureTable(ctx context.Context, table string, sch *batch.Schema,
 	if !slices.ContainsFunc(t.Unique, func(u []string) bool { return sameSet(u, sch.Key) }) {
 		return false, fmt.Errorf("target table %s has no primary key or unique index on %s, so rows cannot be updated in place: add one", table, strings.Join(sch.Key, ", "))
 	}
-	return len(t.Unique) == 1, nil
+	// REPLACE rewrites whole rows: only where the key is the one unique
+	// index and the batch carries every column (a column only the
+	// consumer has would be reset), and nothing reacts to the delete.
+	if len(t.Unique) != 1 || len(t.Columns) != len(sch.Columns) {
+		return false, nil
+	}
+	if bl, ok := k.d.(BulkLoader); ok {
+		return bl.BulkSafe(ctx, k.db, table)
+	}
+	return false, nil
 }
 
 // columnHint pulls a column's definition out of a one-column CREATE TABLE,
