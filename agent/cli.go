@@ -234,7 +234,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if *detach {
 			return nil
 		}
-		return followCopy(ctx, cfg, req, stdout, isTerminal(stdout))
+		return followCopy(ctx, cfg, req, stdout, logging.IsTerminal(stdout))
 	case "verify":
 		if err := cli.Want(pos, 1, "qz-agent verify RESOURCE --with NODE"); err != nil {
 			return err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -162,14 +161,4 @@ func printCopies(w io.Writer, cs []api.Copy) error {
 			c.Rows, c.TotalRows, c.Files, c.TotalFiles, human(c.Bytes, "bytes"), c.Batches, started, orDash(c.Reason))
 	}
 	return tw.Flush()
-}
-
-// isTerminal reports whether w is a terminal.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
