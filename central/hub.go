@@ -125,6 +125,16 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 	}
 	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now, cal: cal, calAt: time.Now(),
 		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{}}
+	if skew := os.Getenv("QZ_TEST_CLOCK_SKEW"); skew != "" {
+		// Tests only: a hub whose clock is wrong, which a test cannot
+		// otherwise arrange without changing the machine's clock.
+		d, err := time.ParseDuration(skew)
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("QZ_TEST_CLOCK_SKEW: %w", err)
+		}
+		h.now = func() time.Time { return time.Now().Add(d) }
+	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	h.tls = &tls.Config{
@@ -281,7 +291,11 @@ func (h *Hub) partialPath(grant string, seq uint64) string {
 // Handler is the hub's HTTP API, the same over HTTP/3 and HTTP/2.
 func (h *Hub) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
+		// The hub's clock, for qz-agent doctor's skew check (finer than Date).
+		w.Header().Set(api.HeaderTime, h.now().UTC().Format(time.RFC3339Nano))
+		w.Write([]byte("ok\n"))
+	})
 	mux.HandleFunc("POST /v1/enroll", h.enroll)
 	mux.HandleFunc("POST /admin/v1/run", h.remoteAdmin)
 	mux.Handle("POST /v1/resources", h.node(h.registerResources))

@@ -38,6 +38,7 @@ const (
 	HeaderTotal    = "Qz-Total"    // the batch file's full size
 	HeaderComplete = "Qz-Complete" // "1" when the hub has stored the batch
 	HeaderVersion  = "Qz-Version"  // opaque version of a long-polled list
+	HeaderTime     = "Qz-Time"     // the hub's clock (RFC 3339), on /v1/ping
 )
 
 // Error is the body of every error response.
