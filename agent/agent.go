@@ -14,11 +14,13 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/sdnotify"
 	"github.com/qianzhi/qianzhi/pkg/seal"
 	"github.com/qianzhi/qianzhi/transport"
 )
@@ -45,8 +47,15 @@ type Agent struct {
 	applyMu    sync.Mutex // one apply or destruction at a time
 	copyMu     sync.Mutex // read-modify-write of a grant's copy record
 
+	limitsMu    sync.Mutex
 	limits      map[string]*limiters // by resource
 	agentLimits *limiters
+	metrics     *agentMetrics
+
+	conf       atomic.Pointer[Config] // what a reload may change (see config)
+	prodMu     sync.Mutex             // starting and stopping producers
+	producers  map[string]*producer   // by resource
+	reregister atomic.Bool            // resources changed: declare them to the hub again
 }
 
 // New opens the agent's state and identity. Sources start watching now;
@@ -76,12 +85,15 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		sealKeys: map[string]seal.PublicKey{}, fresh: map[string]bool{}, grantsGen: make(chan struct{}),
 		uploadKick: make(chan struct{}, 1),
 		limits:     map[string]*limiters{}, agentLimits: newLimiters(&cfg.Limits),
+		producers: map[string]*producer{},
 	}
+	a.conf.Store(&cfg)
 	for _, r := range cfg.Resources {
 		a.limits[r.ID] = newLimiters(r.Limits)
 	}
 	a.hub = &transport.Client{Hub: cfg.Hub, TLS: id.ClientTLS(cfg.Hub), Mode: cfg.Transport, Logger: a.log, RetryQUIC: cfg.RetryQUIC,
 		OnConnect: func(m string) {
+			a.metrics.connects.Inc()
 			st.setRuntime("transport", m)
 			st.setRuntime("connected", time.Now().UTC().Format(time.RFC3339))
 		}}
@@ -90,6 +102,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		lock.Close()
 		return nil, err
 	}
+	a.metrics = newAgentMetrics(a)
 	if gs, err := st.loadGrants(); err == nil {
 		a.grants = gs
 	}
@@ -134,8 +147,9 @@ func lockDir(dir string) (*os.File, error) {
 // NodeID is the enrolled node's ID.
 func (a *Agent) NodeID() string { return a.id.NodeID }
 
-// Serve runs the agent until ctx ends.
-func (a *Agent) Serve(ctx context.Context) error {
+// Serve runs the agent until ctx ends. Each value from reload (SIGHUP)
+// reloads the configuration from path.
+func (a *Agent) Serve(ctx context.Context, path string, reload <-chan os.Signal) error {
 	a.log.Info("agent starting", "hub", a.cfg.Hub, "transport", a.cfg.Transport, "resources", len(a.cfg.Resources))
 	var wg sync.WaitGroup
 	run := func(name string, fn func(context.Context)) {
@@ -148,20 +162,28 @@ func (a *Agent) Serve(ctx context.Context) error {
 	}
 	run("watch", func(ctx context.Context) { a.hub.Watch(ctx, 5*time.Second) })
 	run("grants", a.grantLoop)
+	a.prodMu.Lock()
 	for _, r := range a.cfg.Resources {
-		run("producer", func(ctx context.Context) {
-			if src := a.openSource(ctx, r); src != nil {
-				a.produceLoop(ctx, r.ID, src)
-			}
-		})
+		a.startProducer(ctx, r)
 	}
+	a.prodMu.Unlock()
+	run("reload", func(ctx context.Context) { a.handleReloads(ctx, path, reload) })
 	run("upload", a.uploadLoop)
 	run("consume", a.consumeLoop)
 	run("reconcile", a.reconcileLoop)
 	run("destroy", a.destroyLoop)
 	run("copy", a.copyLoop)
+	run("renew", a.renewLoop)
+	run("watchdog", func(ctx context.Context) { sdnotify.RunWatchdog(ctx, a.state.db.PingContext) })
+	stopMetrics := a.serveMetrics()
+	defer stopMetrics()
+	if err := sdnotify.Notify(sdnotify.Ready); err != nil {
+		a.log.Warn("cannot tell systemd the agent is ready", "err", err)
+	}
 	<-ctx.Done()
+	sdnotify.Notify(sdnotify.Stopping)
 	wg.Wait()
+	a.stopProducers()
 	a.log.Info("agent stopped")
 	return nil
 }
@@ -190,6 +212,7 @@ func (a *Agent) openSource(ctx context.Context, r Entry) connectors.Source {
 			}
 			return src
 		}
+		a.fail(errSource)
 		if attempt == 0 {
 			a.state.setStopped(r.ID, "resource", err.Error())
 		}
@@ -268,15 +291,13 @@ func (a *Agent) grantLoop(ctx context.Context) {
 	fails := 0
 	version := ""
 	for {
-		if !registered {
-			var decls []api.ResourceDecl
-			for _, r := range a.cfg.Resources {
-				decls = append(decls, api.ResourceDecl{ID: r.ID, Kind: r.Kind, Catalog: r.Catalog})
-			}
-			if err := a.call(ctx, http.MethodPost, "/v1/resources", decls, nil); err != nil {
+		if !registered || a.reregister.Swap(false) {
+			registered = false
+			if err := a.register(ctx); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
+				a.fail(errHub)
 				a.log.Warn("cannot register resources with the hub; retrying", "err", err)
 			} else {
 				registered = true
@@ -299,6 +320,7 @@ func (a *Agent) grantLoop(ctx context.Context) {
 				return
 			}
 			fails++
+			a.fail(errHub)
 			if fails == 1 || fails%60 == 0 {
 				a.log.Warn("cannot reach the hub; working from the last known grants", "err", err)
 			}

@@ -22,6 +22,7 @@ import (
 	_ "github.com/qianzhi/qianzhi/connectors/sqlite" // registers the sqlite kind
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/config"
+	"github.com/qianzhi/qianzhi/pkg/metrics"
 	"github.com/qianzhi/qianzhi/pkg/throttle"
 	"github.com/qianzhi/qianzhi/transport"
 )
@@ -59,6 +60,9 @@ type Config struct {
 	Poll time.Duration `yaml:"poll"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// MetricsListen is where /metrics and /healthz are served: loopback by
+	// default, "off" for none.
+	MetricsListen string `yaml:"metrics_listen"`
 	// Resources are what this department publishes.
 	Resources []Entry `yaml:"resources"`
 	// Subscriptions say where received resources go; a granted resource
@@ -92,6 +96,7 @@ func DefaultConfig() Config {
 	c.Batch.Compression = "fast"
 	c.Poll = 5 * time.Second
 	c.LogLevel = "info"
+	c.MetricsListen = "127.0.0.1:9464"
 	return c
 }
 
@@ -218,6 +223,9 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		errs = append(errs, fmt.Errorf("log_level %q: use debug, info, warn or error", c.LogLevel))
+	}
+	if err := metrics.CheckAddr(c.MetricsListen); err != nil {
+		errs = append(errs, err)
 	}
 	seen := map[string]bool{}
 	for _, e := range c.Resources {

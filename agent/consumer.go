@@ -56,6 +56,7 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 			}
 			attempt++
 			if attempt == 1 || attempt%20 == 0 {
+				a.fail(errHub)
 				a.log.Warn("cannot fetch deliveries; retrying", "err", err)
 			}
 			if !backoff(ctx, attempt) {
@@ -85,6 +86,7 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 				if errors.Is(err, errTransient) {
 					// The hub or the link went away: not this line's fault.
 					// Resume shortly, from the bytes already fetched.
+					a.fail(errApply)
 					a.log.Warn("delivery interrupted; resuming", "grant", d.Grant, "seq", d.Sequence, "err", err)
 					stopped[d.Grant] = time.Now().Add(time.Second)
 					blocked = true
@@ -93,6 +95,7 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 					}
 					continue
 				}
+				a.fail(errApply)
 				a.log.Error("delivery not applied; this grant's line waits", "grant", d.Grant, "seq", d.Sequence, "err", err)
 				a.state.setStopped(d.Grant, "consumer", fmt.Sprintf("batch %d: %v", d.Sequence, err))
 				stopped[d.Grant] = time.Now().Add(5 * time.Second)
@@ -156,6 +159,7 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 	if err != nil {
 		if errors.Is(err, batch.ErrRejected) {
 			os.Remove(path)
+			a.fail(errReject)
 			a.state.reject(d.Grant, d.Sequence, "consumer", err.Error())
 			a.call(ctx, http.MethodPost, "/v1/rejections", api.Rejection{Grant: d.Grant, Sequence: d.Sequence, Reason: err.Error()}, nil)
 			return fmt.Errorf("rejected delivered batch: %w", err)
@@ -285,7 +289,7 @@ func (a *Agent) sink(resource, kind string) (connectors.Sink, error) {
 	}
 	var s connectors.Sink
 	var err error
-	for _, e := range a.cfg.Subscriptions {
+	for _, e := range a.config().Subscriptions {
 		if e.ID == resource {
 			s, err = e.Sink.OpenSink(a.log.With("resource", resource))
 		}
@@ -348,6 +352,7 @@ func (a *Agent) apply(ctx context.Context, d api.Delivery, path string, info *ba
 	if err := a.state.commitApplied(ctx, d.Grant, d.Sequence, info.Size, &ch, raw); err != nil {
 		return err
 	}
+	a.metrics.applied(d.Resource, info.Header.Rows, info.Size, time.Since(info.Header.Created))
 	a.log.Debug("batch applied", "grant", d.Grant, "seq", d.Sequence, "files", len(info.Header.Files))
 	return nil
 }

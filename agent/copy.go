@@ -47,11 +47,13 @@ func newLimiters(l *throttle.Limits) *limiters {
 
 // limitsOf returns a resource's limiters, then the agent's.
 func (a *Agent) limitsOf(resource string) (*limiters, *limiters) {
-	r := a.limits[resource]
+	a.limitsMu.Lock()
+	r, agent := a.limits[resource], a.agentLimits
+	a.limitsMu.Unlock()
 	if r == nil {
 		r = &limiters{}
 	}
-	return r, a.agentLimits
+	return r, agent
 }
 
 // copyWindow reports whether copies of a resource may run now and, if not,
@@ -189,7 +191,7 @@ func (a *Agent) copyAttention(resource string, g api.GrantInfo) bool {
 // copyDue reports whether a resource's schedule calls for a new copy.
 func (a *Agent) copyDue(resource string, last *api.Copy) bool {
 	var every time.Duration
-	for _, r := range a.cfg.Resources {
+	for _, r := range a.config().Resources {
 		if r.ID == resource && r.Copy != nil {
 			every = r.Copy.Every
 		}

@@ -57,7 +57,7 @@ func (a *Agent) destroyLoop(ctx context.Context) {
 
 // subscribed reports whether the config has a subscription for resource.
 func (a *Agent) subscribed(resource string) bool {
-	for _, e := range a.cfg.Subscriptions {
+	for _, e := range a.config().Subscriptions {
 		if e.ID == resource {
 			return true
 		}

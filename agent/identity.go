@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/qianzhi/qianzhi/pkg/api"
@@ -36,7 +37,21 @@ type Identity struct {
 	Leaf   *x509.Certificate
 	CA     *x509.Certificate
 	Seal   *seal.PrivateKey
+
+	dir string
+	cur atomic.Pointer[tls.Certificate] // the newest certificate, once renewed
 }
+
+// current is the certificate to present: the renewed one, or the loaded one.
+func (id *Identity) current() *tls.Certificate {
+	if c := id.cur.Load(); c != nil {
+		return c
+	}
+	return &id.Cert
+}
+
+// leaf is the current certificate, parsed.
+func (id *Identity) leaf() *x509.Certificate { return id.current().Leaf }
 
 // ErrNotEnrolled means the state dir holds no identity yet.
 var ErrNotEnrolled = errors.New("this agent is not enrolled")
@@ -81,7 +96,7 @@ func LoadIdentity(dir string) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", fileSealKey, err)
 	}
-	return &Identity{NodeID: cert.Leaf.Subject.CommonName, Cert: cert, Leaf: cert.Leaf, CA: ca, Seal: sk}, nil
+	return &Identity{NodeID: cert.Leaf.Subject.CommonName, Cert: cert, Leaf: cert.Leaf, CA: ca, Seal: sk, dir: dir}, nil
 }
 
 // ClientTLS is the mutual-TLS configuration for talking to the hub at addr.
@@ -90,10 +105,12 @@ func (id *Identity) ClientTLS(addr string) *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AddCert(id.CA)
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{id.Cert},
-		RootCAs:      pool,
-		ServerName:   host,
+		MinVersion: tls.VersionTLS13,
+		// Asked at each handshake, so new connections present a renewed
+		// certificate without a restart.
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return id.current(), nil },
+		RootCAs:              pool,
+		ServerName:           host,
 	}
 }
 

@@ -46,6 +46,7 @@ func (a *Agent) produceLoop(ctx context.Context, resource string, src connectors
 				// Shown in qz-agent status until it passes; logged on the
 				// first failure and then now and then, not every poll.
 				if failing[g.ID]%60 == 0 {
+					a.fail(errSource)
 					log.Error("extraction failed; will retry", "grant", g.ID, "err", err)
 					a.state.setStopped(g.ID, "extract", err.Error())
 				}
@@ -286,6 +287,7 @@ func (a *Agent) seal(ctx context.Context, resource string, g api.GrantInfo, out 
 		os.Remove(a.spoolPath(name))
 		return 0, fmt.Errorf("record batch %s: %w", name, err)
 	}
+	a.metrics.sealed(resource, out.Rows, size)
 	a.log.Debug("batch sealed", "grant", g.ID, "seq", seq, "bytes", size, "files", len(out.Files), "rows", out.Rows)
 	return size, nil
 }
@@ -318,6 +320,7 @@ func (a *Agent) uploadLoop(ctx context.Context) {
 				}
 				attempt++
 				if attempt == 1 || attempt%20 == 0 {
+					a.fail(errUpload)
 					a.log.Warn("upload failed; will resume", "grant", e.Grant, "seq", e.Seq, "err", err)
 				}
 				continue
@@ -422,6 +425,7 @@ func (a *Agent) upload(ctx context.Context, e spoolEntry) error {
 func (a *Agent) rejected(ctx context.Context, e spoolEntry, reason string) error {
 	path := a.spoolPath(e.File)
 	_, verr := batch.VerifyFile(path, func(string) (seal.PublicKey, error) { return a.id.Seal.Public(), nil })
+	a.fail(errReject)
 	a.state.reject(e.Grant, e.Seq, "hub", reason)
 	if verr == nil {
 		a.log.Warn("hub rejected a batch that verifies here; sending it again", "grant", e.Grant, "seq", e.Seq, "reason", reason)
@@ -435,6 +439,7 @@ func (a *Agent) rejected(ctx context.Context, e spoolEntry, reason string) error
 	q := a.spoolPath("quarantine")
 	os.MkdirAll(q, 0o750)
 	os.Rename(path, q+"/"+e.File)
+	a.fail(errSpool)
 	a.log.Error("spooled batch is damaged; quarantined it, the line for this grant stops here", "grant", e.Grant, "seq", e.Seq, "err", verr)
 	a.state.setStopped(e.Grant, "provider", fmt.Sprintf("batch %d was damaged in the spool and quarantined in %s; the consumer's line stops before it", e.Seq, q))
 	a.spool.release(e.Size)

@@ -16,6 +16,7 @@ import (
 	"github.com/qianzhi/qianzhi/configs"
 	"github.com/qianzhi/qianzhi/pkg/calendar"
 	"github.com/qianzhi/qianzhi/pkg/config"
+	"github.com/qianzhi/qianzhi/pkg/metrics"
 )
 
 // Config is qz-central's configuration file.
@@ -38,6 +39,9 @@ type Config struct {
 	CertValidity time.Duration `yaml:"cert_validity"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// MetricsListen is where /metrics and /healthz are served: loopback by
+	// default, "off" for none.
+	MetricsListen string `yaml:"metrics_listen"`
 	// Deadlines are in working days (see HolidaysDir).
 	Deadlines Deadlines `yaml:"deadlines"`
 	// HolidaysDir holds official holiday calendars (YEAR.yaml) beside the
@@ -48,17 +52,18 @@ type Config struct {
 // DefaultConfig returns the defaults used when a key is absent.
 func DefaultConfig() Config {
 	return Config{
-		Listen:       "127.0.0.1:7443",
-		QUIC:         true,
-		TCP:          true,
-		StateDir:     "/var/lib/qianzhi/central",
-		Hosts:        []string{"127.0.0.1", "localhost"},
-		Retention:    7 * 24 * time.Hour,
-		TokenTTL:     24 * time.Hour,
-		CertValidity: 365 * 24 * time.Hour,
-		LogLevel:     "info",
-		HolidaysDir:  "/etc/qianzhi/holidays",
-		Deadlines:    Deadlines{CatalogReview: 10, HubReview: 2, ProviderReview: 5, Feedback: 5},
+		Listen:        "127.0.0.1:7443",
+		QUIC:          true,
+		TCP:           true,
+		StateDir:      "/var/lib/qianzhi/central",
+		Hosts:         []string{"127.0.0.1", "localhost"},
+		Retention:     7 * 24 * time.Hour,
+		TokenTTL:      24 * time.Hour,
+		CertValidity:  365 * 24 * time.Hour,
+		LogLevel:      "info",
+		MetricsListen: "127.0.0.1:9465",
+		HolidaysDir:   "/etc/qianzhi/holidays",
+		Deadlines:     Deadlines{CatalogReview: 10, HubReview: 2, ProviderReview: 5, Feedback: 5},
 	}
 }
 
@@ -126,6 +131,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TokenTTL <= 0 {
 		errs = append(errs, errors.New("token_ttl must be positive"))
+	}
+	if err := metrics.CheckAddr(c.MetricsListen); err != nil {
+		errs = append(errs, err)
 	}
 	if c.CertValidity < time.Minute {
 		errs = append(errs, errors.New("cert_validity must be at least 1m"))

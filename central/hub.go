@@ -28,8 +28,10 @@ import (
 	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/calendar"
 	"github.com/qianzhi/qianzhi/pkg/fsutil"
+	"github.com/qianzhi/qianzhi/pkg/metrics"
 	"github.com/qianzhi/qianzhi/pkg/pki"
 	"github.com/qianzhi/qianzhi/pkg/receipt"
+	"github.com/qianzhi/qianzhi/pkg/sdnotify"
 	"github.com/qianzhi/qianzhi/pkg/seal"
 	"github.com/qianzhi/qianzhi/transport"
 )
@@ -42,8 +44,10 @@ type Hub struct {
 	tls   *tls.Config
 	log   *slog.Logger
 	now   func() time.Time
-	cal   *calendar.Calendar // see calendar()
-	calAt time.Time          // modification time of HolidaysDir when cal was loaded
+
+	metrics *hubMetrics
+	cal     *calendar.Calendar // see calendar()
+	calAt   time.Time          // modification time of HolidaysDir when cal was loaded
 
 	mu        sync.Mutex
 	waiters   map[string]chan struct{} // consumer node → wake-up
@@ -125,6 +129,7 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 	}
 	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now, cal: cal, calAt: time.Now(),
 		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{}}
+	h.metrics = newHubMetrics(h)
 	if skew := os.Getenv("QZ_TEST_CLOCK_SKEW"); skew != "" {
 		// Tests only: a hub whose clock is wrong, which a test cannot
 		// otherwise arrange without changing the machine's clock.
@@ -162,6 +167,7 @@ func (h *Hub) verifyConnection(cs tls.ConnectionState) error {
 	c := cs.PeerCertificates[0]
 	if pki.IsOperator(c) {
 		if _, err := h.store.OperatorFor(context.Background(), c.Subject.CommonName, c.SerialNumber.Text(16)); err != nil {
+			h.metrics.errors.WithLabelValues(errHandshake).Inc()
 			h.log.Warn("handshake refused: unknown or revoked operator", "operator", c.Subject.CommonName)
 			return fmt.Errorf("operator %q is unknown or revoked", c.Subject.CommonName)
 		}
@@ -169,14 +175,17 @@ func (h *Hub) verifyConnection(cs tls.ConnectionState) error {
 	}
 	n, err := h.store.Node(context.Background(), c.Subject.CommonName)
 	if err != nil {
+		h.metrics.errors.WithLabelValues(errHandshake).Inc()
 		h.log.Warn("handshake refused: unknown node", "node", c.Subject.CommonName)
 		return fmt.Errorf("unknown node %q", c.Subject.CommonName)
 	}
 	if n.Status != store.NodeActive {
+		h.metrics.errors.WithLabelValues(errHandshake).Inc()
 		h.log.Warn("handshake refused: node not active", "node", n.ID, "status", n.Status)
 		return fmt.Errorf("node %s is %s", n.ID, n.Status)
 	}
-	if n.CertSerial != c.SerialNumber.Text(16) {
+	if !n.Accepts(c.SerialNumber.Text(16)) {
+		h.metrics.errors.WithLabelValues(errHandshake).Inc()
 		h.log.Warn("handshake refused: superseded certificate", "node", n.ID)
 		return fmt.Errorf("certificate of node %s was superseded", n.ID)
 	}
@@ -207,6 +216,17 @@ func (h *Hub) Serve(ctx context.Context, ready func(quicAddr, tcpAddr string)) e
 	}
 	go h.janitor(ctx)
 	go h.watchGrants(ctx)
+	if !metrics.Off(h.cfg.MetricsListen) {
+		ms, err := metrics.Listen(h.cfg.MetricsListen, h.metrics.reg, h.health, h.log)
+		if err != nil {
+			h.log.Error("metrics endpoint not started", "err", err)
+		} else {
+			defer ms.Close()
+			h.log.Info("metrics endpoint listening", "addr", ms.Addr())
+		}
+	}
+	go sdnotify.RunWatchdog(ctx, func(ctx context.Context) error { _, err := h.store.Nodes(ctx); return err })
+	sdnotify.Notify(sdnotify.Ready)
 	go func() {
 		if err := h.serveAdmin(ctx); err != nil {
 			h.log.Error("admin socket stopped; qz-central commands on this host open the database directly", "err", err)
@@ -297,6 +317,7 @@ func (h *Hub) Handler() http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("POST /v1/enroll", h.enroll)
+	mux.Handle("POST /v1/renew", h.node(h.renew))
 	mux.HandleFunc("POST /admin/v1/run", h.remoteAdmin)
 	mux.Handle("POST /v1/resources", h.node(h.registerResources))
 	mux.Handle("GET /v1/catalog", h.node(h.catalog))
@@ -337,10 +358,12 @@ func (h *Hub) node(fn http.HandlerFunc) http.Handler {
 			httpError(w, http.StatusForbidden, "an operator certificate is for qz-central --remote only, not for node routes")
 			return
 		}
-		if err != nil || n.Status != store.NodeActive || n.CertSerial != c.SerialNumber.Text(16) {
+		if err != nil || n.Status != store.NodeActive || !n.Accepts(c.SerialNumber.Text(16)) {
+			h.metrics.errors.WithLabelValues(errRefused).Inc()
 			httpError(w, http.StatusForbidden, "this node's certificate is revoked or superseded")
 			return
 		}
+		h.metrics.node(n.ID)
 		fn(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, n.ID)))
 	})
 }
@@ -359,6 +382,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 }
 
 func (h *Hub) internal(w http.ResponseWriter, op string, err error) {
+	h.metrics.errors.WithLabelValues(errInternal).Inc()
 	h.log.Error("request failed", "op", op, "err", err)
 	httpError(w, http.StatusInternalServerError, op+": internal error; see the hub log")
 }
@@ -400,6 +424,39 @@ func (h *Hub) enroll(w http.ResponseWriter, r *http.Request) {
 	}
 	h.log.Info("node enrolled", "node", node, "serial", cert.SerialNumber.Text(16))
 	writeJSON(w, api.EnrollResponse{NodeID: node, Cert: string(pki.CertPEM(cert)), CA: string(pki.CertPEM(h.ca.Cert))})
+}
+
+// renew issues a node a new certificate before its current one expires.
+// The request comes over the node's own mutual-TLS connection, which
+// proves who it is; the key may be the same (qz-agent keeps its key).
+func (h *Hub) renew(w http.ResponseWriter, r *http.Request) {
+	var req api.RenewRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+		httpError(w, http.StatusBadRequest, "malformed renewal request")
+		return
+	}
+	csr, err := pki.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "certificate request: "+err.Error())
+		return
+	}
+	node := nodeID(r)
+	cert, err := h.ca.IssueNode(csr, node, h.cfg.CertValidity)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	presented := r.TLS.PeerCertificates[0].SerialNumber.Text(16)
+	if err := h.store.Renew(r.Context(), node, presented, cert.SerialNumber.Text(16), cert.NotAfter); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			httpError(w, http.StatusForbidden, err.Error())
+			return
+		}
+		h.internal(w, "renew", err)
+		return
+	}
+	h.log.Info("node certificate renewed", "node", node, "serial", cert.SerialNumber.Text(16), "expires", cert.NotAfter)
+	writeJSON(w, api.RenewResponse{Cert: string(pki.CertPEM(cert))})
 }
 
 func (h *Hub) refuseToken(ctx context.Context, w http.ResponseWriter, err error) {
@@ -777,12 +834,18 @@ func (h *Hub) upload(w http.ResponseWriter, r *http.Request) {
 		os.Remove(part)
 		if errors.Is(err, batch.ErrRejected) {
 			h.store.Audit(ctx, nodeID(r), "batch.reject", fmt.Sprintf("%s/%d", g.ID, seq), err.Error())
+			h.metrics.errors.WithLabelValues(errRejected).Inc()
 			h.log.Warn("batch rejected", "grant", g.ID, "seq", seq, "err", err)
 			httpError(w, http.StatusUnprocessableEntity, "batch rejected: "+err.Error())
 			return
 		}
 		h.internal(w, "store batch", err)
 		return
+	}
+	h.metrics.batches.WithLabelValues(g.Resource, "in").Inc()
+	h.metrics.bytes.WithLabelValues(g.Resource, "in").Add(float64(total))
+	if b, err := h.store.Batch(ctx, g.ID, seq); err == nil {
+		h.metrics.rows.WithLabelValues(g.Resource, "in").Add(float64(b.Rows))
 	}
 	w.Header().Set(api.HeaderComplete, "1")
 	w.WriteHeader(http.StatusCreated)
@@ -902,6 +965,9 @@ func (h *Hub) download(w http.ResponseWriter, r *http.Request) {
 		if err := h.store.MarkDelivered(r.Context(), g.ID, seq); err != nil {
 			h.log.Error("record delivery", "grant", g.ID, "seq", seq, "err", err)
 		}
+		h.metrics.batches.WithLabelValues(g.Resource, "out").Inc()
+		h.metrics.rows.WithLabelValues(g.Resource, "out").Add(float64(b.Rows))
+		h.metrics.bytes.WithLabelValues(g.Resource, "out").Add(float64(b.Size))
 	}
 }
 

@@ -183,6 +183,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 type hubOpts struct {
 	noQUIC    bool
 	retention string
+	extra     string // more top-level YAML
 }
 
 // hub is a qz-central in its own folder.
@@ -202,8 +203,8 @@ func newHub(t *testing.T, o hubOpts) *hub {
 	if o.retention == "" {
 		o.retention = "1h"
 	}
-	yaml := fmt.Sprintf("listen: %s\nquic: %v\ntcp: true\nstate_dir: %s\nhosts: [127.0.0.1, localhost]\nretention: %s\nlog_level: debug\n",
-		h.addr, !o.noQUIC, filepath.Join(dir, "state"), o.retention)
+	yaml := fmt.Sprintf("listen: %s\nquic: %v\ntcp: true\nstate_dir: %s\nhosts: [127.0.0.1, localhost]\nretention: %s\nlog_level: debug\nmetrics_listen: 127.0.0.1:0\n%s",
+		h.addr, !o.noQUIC, filepath.Join(dir, "state"), o.retention, o.extra)
 	if err := os.WriteFile(h.cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +283,7 @@ func newNode(t *testing.T, h *hub, id string, o nodeOpts) *node {
 	if o.hubAddr == "" {
 		o.hubAddr = h.addr
 	}
-	yaml := fmt.Sprintf("hub: %s\ntransport: %s\nstate_dir: %s\nspool:\n  quota: %s\nbatch:\n  max_bytes: %s\npoll: 200ms\nlog_level: debug\n%s",
+	yaml := fmt.Sprintf("hub: %s\ntransport: %s\nstate_dir: %s\nspool:\n  quota: %s\nbatch:\n  max_bytes: %s\npoll: 200ms\nlog_level: debug\nmetrics_listen: 127.0.0.1:0\n%s",
 		o.hubAddr, o.transport, n.state, o.quota, o.maxBytes, o.extra)
 	if o.resources != "" {
 		yaml += "resources:\n" + o.resources

@@ -32,6 +32,7 @@ start_hub() {
 listen: $HUB
 state_dir: $DEMO/hub/state
 hosts: [127.0.0.1, localhost]
+metrics_listen: 127.0.0.1:0
 YAML
 	$C init >/dev/null
 	$C run >"$DEMO/hub/hub.log" 2>&1 &
@@ -46,6 +47,7 @@ agent_config() {
 	cat >"$DEMO/$1/agent.yaml" <<YAML
 hub: $HUB
 state_dir: $DEMO/$1/state
+metrics_listen: 127.0.0.1:0
 YAML
 }
 

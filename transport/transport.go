@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -191,6 +192,7 @@ type Client struct {
 	rt      http.RoundTripper
 	closer  func()
 	current string
+	inUse   map[http.RoundTripper]int // requests running, by connection
 }
 
 // ErrUnreachable wraps every failure to reach the hub at all.
@@ -320,8 +322,10 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 		}
 		<-sem
 	}
+	done := c.use(rt)
 	resp, err := rt.RoundTrip(req)
 	if err != nil {
+		done()
 		if req.Context().Err() != nil {
 			return nil, err // this request was cancelled; the connection is fine
 		}
@@ -333,7 +337,91 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 		c.mu.Unlock()
 		return nil, err
 	}
+	resp.Body = &countedBody{ReadCloser: resp.Body, done: done}
 	return resp, nil
+}
+
+// use counts a request on rt until the returned func is called (once the
+// response body is closed), so a retired connection is closed only when
+// nothing runs on it.
+func (c *Client) use(rt http.RoundTripper) func() {
+	c.mu.Lock()
+	if c.inUse == nil {
+		c.inUse = map[http.RoundTripper]int{}
+	}
+	c.inUse[rt]++
+	c.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.mu.Lock()
+			if c.inUse[rt]--; c.inUse[rt] <= 0 {
+				delete(c.inUse, rt)
+			}
+			c.mu.Unlock()
+		})
+	}
+}
+
+type countedBody struct {
+	io.ReadCloser
+	done func()
+}
+
+func (b *countedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.done()
+	return err
+}
+
+// Refresh moves new requests to a new connection over the same transport,
+// made with the TLS configuration as it is now (a renewed certificate, say).
+// Requests running on the old connection finish there; it is closed once
+// they have, or after drain at the latest. If the new connection cannot be
+// made, the old one stays and Refresh returns the error.
+func (c *Client) Refresh(ctx context.Context, drain time.Duration) error {
+	c.mu.Lock()
+	old, oldCloser, mode := c.rt, c.closer, c.current
+	c.mu.Unlock()
+	if old == nil {
+		return nil // the next request connects afresh anyway
+	}
+	var rt http.RoundTripper
+	var closer func()
+	if mode == QUIC {
+		rt, closer = c.newQUIC()
+	} else {
+		rt, closer = c.newTCP()
+	}
+	pctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+	err := probe(pctx, rt, c.Hub)
+	cancel()
+	if err != nil {
+		closer()
+		return fmt.Errorf("refresh the hub connection: %w", err)
+	}
+	c.mu.Lock()
+	if c.rt != old {
+		c.mu.Unlock()
+		closer() // it changed meanwhile: that one is new already
+		return nil
+	}
+	c.rt, c.closer = rt, closer
+	c.mu.Unlock()
+	go func() {
+		deadline := time.Now().Add(drain)
+		for time.Now().Before(deadline) {
+			c.mu.Lock()
+			n := c.inUse[old]
+			c.mu.Unlock()
+			if n == 0 {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		oldCloser()
+	}()
+	return nil
 }
 
 // Watch checks the connection every period with a ping and drops it when

@@ -117,7 +117,8 @@ func OpenSQLite(path string) (*SQLite, error) {
 		return nil, err
 	}
 	for _, c := range [][3]string{{"grants", "masks", `TEXT NOT NULL DEFAULT ''`}, {"grants", "destroy", `BOOLEAN NOT NULL DEFAULT FALSE`},
-		{"batches", "rows", `INTEGER NOT NULL DEFAULT 0`}, {"batches", "delivered", `TEXT NOT NULL DEFAULT ''`}} {
+		{"batches", "rows", `INTEGER NOT NULL DEFAULT 0`}, {"batches", "delivered", `TEXT NOT NULL DEFAULT ''`},
+		{"nodes", "prev_serial", `TEXT NOT NULL DEFAULT ''`}} {
 		if err := addColumn(db, c[0], c[1], c[2]); err != nil {
 			db.Close()
 			return nil, err
@@ -307,7 +308,7 @@ func (s *SQLite) Enroll(ctx context.Context, hash, serial string, expiry time.Ti
 		if _, err := tx.ExecContext(ctx, `UPDATE tokens SET used = ? WHERE hash = ?`, now, hash); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET status = ?, cert_serial = ?, cert_expiry = ?, seal_pub = ?, enrolled = ? WHERE id = ?`,
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET status = ?, cert_serial = ?, prev_serial = '', cert_expiry = ?, seal_pub = ?, enrolled = ? WHERE id = ?`,
 			NodeActive, serial, ts(expiry), sealPub, now, node); err != nil {
 			return err
 		}
@@ -322,6 +323,36 @@ func (s *SQLite) Enroll(ctx context.Context, hash, serial string, expiry time.Ti
 		return s.audit(ctx, tx, node, "node.enroll", node, "cert_serial="+serial+" seal="+sealPub)
 	})
 	return node, err
+}
+
+// Renew records a node's renewed certificate. presented is the serial of
+// the certificate the request came with: the current one, or the previous
+// one when the answer to the last renewal never reached the node. The
+// certificate replaced stays accepted (as the previous one) so that
+// connections made with it go on until the node reconnects.
+func (s *SQLite) Renew(ctx context.Context, node, presented, serial string, expiry time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var status, cur, prev string
+		err := tx.QueryRowContext(ctx, `SELECT status, cert_serial, prev_serial FROM nodes WHERE id = ?`, node).Scan(&status, &cur, &prev)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("node %s: %w", node, ErrNotFound)
+		} else if err != nil {
+			return err
+		}
+		switch {
+		case status != NodeActive:
+			return fmt.Errorf("node %s is %s: %w", node, status, ErrConflict)
+		case presented == cur:
+			prev = cur
+		case presented == prev && prev != "":
+		default:
+			return fmt.Errorf("certificate %s of node %s was superseded: %w", presented, node, ErrConflict)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET cert_serial = ?, prev_serial = ?, cert_expiry = ? WHERE id = ?`, serial, prev, ts(expiry), node); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, node, "node.renew", node, "cert_serial="+serial+" expiry="+ts(expiry))
+	})
 }
 
 // SealKey returns one of a node's seal keys by key ID, current or past.
@@ -357,12 +388,12 @@ func (s *SQLite) RevokeNode(ctx context.Context, id string) error {
 func scanNode(sc interface{ Scan(...any) error }) (Node, error) {
 	var n Node
 	var exp, created, enrolled string
-	err := sc.Scan(&n.ID, &n.Name, &n.Status, &n.CertSerial, &exp, &n.SealPub, &created, &enrolled)
+	err := sc.Scan(&n.ID, &n.Name, &n.Status, &n.CertSerial, &n.PrevSerial, &exp, &n.SealPub, &created, &enrolled)
 	n.CertExpiry, n.Created, n.Enrolled = parseTS(exp), parseTS(created), parseTS(enrolled)
 	return n, err
 }
 
-const nodeCols = `id, name, status, cert_serial, cert_expiry, seal_pub, created, enrolled`
+const nodeCols = `id, name, status, cert_serial, prev_serial, cert_expiry, seal_pub, created, enrolled`
 
 // Node returns one node.
 func (s *SQLite) Node(ctx context.Context, id string) (Node, error) {
@@ -632,6 +663,13 @@ func (s *SQLite) GrantsFor(ctx context.Context, node string) ([]Grant, error) {
 func (s *SQLite) Grants(ctx context.Context) ([]Grant, error) { return s.grants(ctx, ``) }
 
 // PutBatch records a stored batch.
+// StoredBytes is the size of the batch payloads not yet purged.
+func (s *SQLite) StoredBytes(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(SUM(size), 0) FROM batches WHERE purged = ''`).Scan(&n)
+	return n, err
+}
+
 func (s *SQLite) PutBatch(ctx context.Context, b Batch) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		var digest string

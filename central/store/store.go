@@ -58,10 +58,17 @@ type Node struct {
 	Name       string
 	Status     string
 	CertSerial string // hex serial of the current certificate
+	PrevSerial string // the certificate it renewed, accepted until the node reconnects
 	CertExpiry time.Time
 	SealPub    string // seal public key text, "ed25519:…"
 	Created    time.Time
 	Enrolled   time.Time
+}
+
+// Accepts reports whether a certificate serial is the node's current one
+// or the one it renewed.
+func (n Node) Accepts(serial string) bool {
+	return serial == n.CertSerial || n.PrevSerial != "" && serial == n.PrevSerial
 }
 
 // Resource is what a provider publishes. The catalog issue adds the
@@ -137,6 +144,8 @@ type Store interface {
 	// Enroll consumes a token and activates its node with the certificate
 	// and seal key, atomically. It returns the node ID the token was for.
 	Enroll(ctx context.Context, tokenHash string, certSerial string, certExpiry time.Time, sealPub string) (string, error)
+	// Renew replaces an active node's certificate; see SQLite.Renew.
+	Renew(ctx context.Context, node, presentedSerial, certSerial string, certExpiry time.Time) error
 	// TokenNode returns the node a valid token is for, without consuming it.
 	TokenNode(ctx context.Context, tokenHash string) (string, error)
 	// SealKey returns a node's seal key by key ID, including keys from
@@ -145,6 +154,8 @@ type Store interface {
 	RevokeNode(ctx context.Context, id string) error
 	Node(ctx context.Context, id string) (Node, error)
 	Nodes(ctx context.Context) ([]Node, error)
+	// StoredBytes is the size of the batch payloads not yet purged.
+	StoredBytes(ctx context.Context) (int64, error)
 
 	RegisterResource(ctx context.Context, r Resource) error
 	Resource(ctx context.Context, id string) (Resource, error)

@@ -6,6 +6,7 @@
 //
 //	GET  /v1/ping                      liveness, also the transport probe
 //	POST /v1/enroll                    EnrollRequest → EnrollResponse
+//	POST /v1/renew                     RenewRequest → RenewResponse, before the certificate expires
 //	POST /v1/resources                 []ResourceDecl (with catalog entries, for review)
 //	GET  /v1/catalog?q=WORDS           → []CatalogVersion, the approved entries matching
 //	POST /v1/applications              ApplicationRequest → Application (the caller is the consumer)
@@ -58,6 +59,16 @@ type EnrollResponse struct {
 	NodeID string `json:"node_id"`
 	Cert   string `json:"cert"`
 	CA     string `json:"ca"`
+}
+
+// RenewRequest asks for a new certificate, over the node's own connection.
+type RenewRequest struct {
+	CSR string `json:"csr"`
+}
+
+// RenewResponse carries the renewed certificate.
+type RenewResponse struct {
+	Cert string `json:"cert"`
 }
 
 // ResourceDecl is how an agent declares what it provides.

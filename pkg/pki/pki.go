@@ -121,10 +121,12 @@ func (ca *CA) IssueNode(csr *x509.CertificateRequest, nodeID string, validity ti
 	tmpl := &x509.Certificate{
 		SerialNumber: sn,
 		Subject:      pkix.Name{CommonName: nodeID, OrganizationalUnit: []string{NodeOU}, Organization: []string{"Qianzhi"}},
-		NotBefore:    now.Add(-5 * time.Minute),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		// Backdated for clocks a little behind the hub's, by no more than
+		// a tenth of its life: the agent renews at a third of it left.
+		NotBefore:   now.Add(-min(5*time.Minute, validity/10)),
+		NotAfter:    now.Add(validity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
 	return ca.sign(tmpl, csr.PublicKey)
 }
