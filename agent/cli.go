@@ -33,6 +33,7 @@ Usage:
   qz-agent run                                    run the agent (as the systemd service does)
   qz-agent config check                           validate the configuration file
   qz-agent status [--json]                        spool, grants, lines and counters
+  qz-agent doctor [--json]                        check hub, certificate, clock, resources and disk; say how to fix each
   qz-agent catalog search WORDS… [--json]         approved catalog entries in which every word occurs
   qz-agent apply RESOURCE --fields F,F --mode batch --purpose TEXT [--scenario TEXT]
                                                   apply for a resource (共享申请)
@@ -151,6 +152,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return a.Serve(ctx, path, hup)
 	case "status":
 		return status(cfg, *asJSON, stdout)
+	case "doctor":
+		return doctor(ctx, cfg, path, *asJSON, stdout)
 	case "apply":
 		if err := cli.Want(pos, 1, "qz-agent apply RESOURCE --fields F,F --mode batch --purpose TEXT"); err != nil {
 			return err
@@ -337,6 +340,8 @@ type Status struct {
 	Hub        string           `json:"hub"`
 	Transport  string           `json:"transport"` // last used: quic or tcp
 	Connected  string           `json:"connected"` // when that connection was made (RFC 3339)
+	Metrics    string           `json:"metrics"`     // where /metrics and /healthz are served, while running
+	CertExpiry time.Time        `json:"cert_expiry"` // the node certificate's end (renewed by the running agent)
 	SpoolBytes int64            `json:"spool_bytes"`
 	SpoolQuota int64            `json:"spool_quota"`
 	Spooled    int              `json:"spooled_batches"`
@@ -376,7 +381,8 @@ func ReadStatus(cfg Config) (*Status, error) {
 		s.SpoolBytes += e.Size
 	}
 	s.Spooled = len(es)
-	s.Transport, s.Connected = st.runtime("transport"), st.runtime("connected")
+	s.Transport, s.Connected, s.Metrics = st.runtime("transport"), st.runtime("connected"), st.runtime("metrics")
+	s.CertExpiry = id.Leaf.NotAfter
 	rows, err := st.db.Query(`SELECT grant_id, seq FROM applied`)
 	if err != nil {
 		return nil, err
@@ -416,6 +422,10 @@ func status(cfg Config, asJSON bool, w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "node\t%s\nhub\t%s (last connected over %s at %s)\nspool\t%d batches, %d of %d bytes\n",
 		s.Node, s.Hub, orDash(s.Transport), orDash(s.Connected), s.Spooled, s.SpoolBytes, s.SpoolQuota)
+	fmt.Fprintf(tw, "certificate\tvalid until %s (%d days; renewed automatically)\n", s.CertExpiry.Local().Format(time.DateTime), int(time.Until(s.CertExpiry).Hours()/24))
+	if s.Metrics != "" {
+		fmt.Fprintf(tw, "metrics\thttp://%s/metrics\n", s.Metrics)
+	}
 	var keys []string
 	for k := range s.Applied {
 		keys = append(keys, k)

@@ -178,5 +178,8 @@ func (a *Agent) serveMetrics() func() {
 	}
 	a.state.setRuntime("metrics", s.Addr())
 	a.log.Info("metrics endpoint listening", "addr", s.Addr())
-	return func() { s.Close() }
+	return func() {
+		s.Close()
+		a.state.setRuntime("metrics", "")
+	}
 }

@@ -81,12 +81,21 @@ type proc struct {
 
 func start(t *testing.T, name, logPath string, bin string, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, name, logPath, nil, bin, args...)
+}
+
+// startEnv is start with more environment variables.
+func startEnv(t *testing.T, name, logPath string, env []string, bin string, args ...string) *proc {
+	t.Helper()
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(filepath.Join(binDir, bin), args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
