@@ -338,8 +338,8 @@ func inspect(path, key, cfgPath string, w io.Writer) error {
 type Status struct {
 	Node       string           `json:"node"`
 	Hub        string           `json:"hub"`
-	Transport  string           `json:"transport"` // last used: quic or tcp
-	Connected  string           `json:"connected"` // when that connection was made (RFC 3339)
+	Transport  string           `json:"transport"`   // last used: quic or tcp
+	Connected  string           `json:"connected"`   // when that connection was made (RFC 3339)
 	Metrics    string           `json:"metrics"`     // where /metrics and /healthz are served, while running
 	CertExpiry time.Time        `json:"cert_expiry"` // the node certificate's end (renewed by the running agent)
 	SpoolBytes int64            `json:"spool_bytes"`
