@@ -76,6 +76,30 @@ func TestTokenSingleUseAndExpiry(t *testing.T) {
 	if n, _ := s.Node(ctx, "n1"); n.SealPub != key2 || n.CertSerial != "ef" {
 		t.Errorf("current identity after re-enrolment: %+v", n)
 	}
+	// Renewal: from the current certificate, then from the previous one
+	// (the answer to a renewal was lost), never from an older one.
+	exp := time.Now().Add(2 * time.Hour)
+	if err := s.Renew(ctx, "n1", "ef", "r1", exp); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.Node(ctx, "n1"); n.CertSerial != "r1" || !n.Accepts("ef") || !n.Accepts("r1") || n.Accepts("ab") {
+		t.Errorf("after a renewal: %+v", n)
+	}
+	if err := s.Renew(ctx, "n1", "ef", "r2", exp); err != nil {
+		t.Errorf("renewal from the previous certificate (the last answer lost): %v", err)
+	}
+	if n, _ := s.Node(ctx, "n1"); n.CertSerial != "r2" || !n.Accepts("ef") || n.Accepts("r1") {
+		t.Errorf("after a renewal from the previous certificate: %+v", n)
+	}
+	if err := s.Renew(ctx, "n1", "r1", "r3", exp); !errors.Is(err, ErrConflict) {
+		t.Errorf("renewal from a superseded certificate: %v", err)
+	}
+	if err := s.Renew(ctx, "n1", "r2", "r4", exp); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.Node(ctx, "n1"); !n.Accepts("r2") || n.Accepts("ef") {
+		t.Errorf("after a second renewal: %+v", n)
+	}
 	if err := s.RevokeNode(ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}
