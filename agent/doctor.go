@@ -56,12 +56,12 @@ const (
 	// one does not, and the two sides' logs and receipt times stop lining
 	// up.
 	skewWarn = 2 * time.Second
-	// A clock this far off fails. Certificates are issued valid from 5
-	// minutes before the hub's clock, so beyond 5 minutes a new certificate
-	// (enrolment, renewal, the hub's own) looks not yet valid and
-	// connections fail; a minute stops well short of that, and already puts
-	// copy windows (limits.window), grant terms and receipt times at the
-	// wrong minute.
+	// A clock this far off fails. Receipts, the evidence of delivery, carry
+	// this server's time, and copy windows (limits.window) follow its clock
+	// while grant terms follow the hub's: a minute off shows in the audit
+	// and moves a window's edges. It also stays well inside the 5 minutes
+	// by which certificates are backdated, beyond which a server behind
+	// the hub sees a newly issued certificate as not yet valid.
 	skewFail = time.Minute
 
 	// certWarnLeft is when a certificate's remaining life is worth a
@@ -108,6 +108,8 @@ func doctor(ctx context.Context, cfg Config, path string, asJSON bool, w io.Writ
 func Doctor(ctx context.Context, cfg Config, path string) []Finding {
 	if path == "" {
 		path = DefaultConfigPath
+	} else if abs, err := filepath.Abs(path); err == nil {
+		path = abs
 	}
 	id, idErr := LoadIdentity(cfg.identityDir())
 	if idErr != nil {
@@ -126,7 +128,7 @@ func Doctor(ctx context.Context, cfg Config, path string) []Finding {
 	for i, e := range cfg.Subscriptions {
 		wg.Go(func() { sub[i] = checkEntry(ctx, e, false, path) })
 	}
-	cert := certFinding(id, idErr, cfg, time.Now())
+	cert := certFinding(id, idErr, cfg, path, time.Now())
 	disk := diskFindings(cfg, path)
 	wg.Wait()
 
@@ -253,8 +255,14 @@ func pingHub(ctx context.Context, addr string, conf *tls.Config, mode string) pi
 		sent := time.Now()
 		resp, err := c.Do(req)
 		if err != nil {
-			if ctx.Err() != nil {
+			took := time.Since(sent)
+			switch {
+			case ctx.Err() != nil:
 				return ping{err: err, why: failTimeout, reason: "no answer within " + doctorHubTimeout.String()}
+			case errors.Is(err, transport.ErrUnreachable) && took >= 3*time.Second:
+				// The client gave up on the handshake: the cause is in
+				// its text, which only repeats that there was no answer.
+				return ping{err: err, why: failTimeout, reason: "gave up after " + shortDuration(took).String()}
 			}
 			return ping{err: err, reason: err.Error()}
 		}
@@ -350,8 +358,15 @@ func hubFindings(p hubProbe) []Finding {
 	}
 	reenrol := fmt.Sprintf("ask the hub's operator about node %s ('qz-central node list'); to enrol again, get a token with 'qz-central node token %s', move %s away, and run 'qz-agent enroll --config %s --token TOKEN'",
 		p.node, p.node, p.identityDir, p.file)
-	unreachable := fmt.Sprintf("check that qz-central runs on %s ('systemctl status qz-central') and that hub: %s in %s is its address; then that UDP and TCP port %s are open from this server to it",
-		host, p.addr, p.file, port)
+	ports := "UDP and TCP port " + port + " are"
+	switch p.mode {
+	case transport.TCP:
+		ports = "TCP port " + port + " is"
+	case transport.QUIC:
+		ports = "UDP port " + port + " is"
+	}
+	unreachable := fmt.Sprintf("check that qz-central runs on %s ('systemctl status qz-central') and that hub: %s in %s is its address; then that %s open from this server to it",
+		host, p.addr, p.file, ports)
 	untrusted := fmt.Sprintf("check that hub: %s in %s names this exchange's hub, and this server's clock ('timedatectl'); if the hub was set up again with a new CA, enrol again", p.addr, p.file)
 
 	switch {
@@ -370,11 +385,11 @@ func hubFindings(p hubProbe) []Finding {
 		quic.Verdict, quic.Detail, quic.Fix = VerdictFail, fmt.Sprintf("hub unreachable at %s over QUIC (UDP port %s): %s", p.addr, port, p.quic.reason), unreachable
 	case p.mode == transport.QUIC:
 		quic.Verdict = VerdictFail
-		quic.Detail = fmt.Sprintf("no answer over QUIC (UDP port %s) and transport: quic does not fall back to TLS/TCP, which works: %s", port, p.quic.reason)
+		quic.Detail = fmt.Sprintf("no answer over QUIC (UDP port %s; %s), and transport: quic does not fall back to TLS/TCP, which works", port, p.quic.reason)
 		quic.Fix = fmt.Sprintf("open UDP port %s from this server to %s (and its answers back) in every firewall between, or set transport: auto in %s", port, host, p.file)
 	default:
 		quic.Verdict = VerdictWarn
-		quic.Detail = fmt.Sprintf("no answer over QUIC (UDP port %s): UDP seems blocked: the agent falls back to TLS/TCP (slower): %s", port, p.quic.reason)
+		quic.Detail = fmt.Sprintf("no answer over QUIC (UDP port %s; %s), while TLS/TCP works: UDP seems blocked: the agent falls back to TLS/TCP (slower)", port, p.quic.reason)
 		quic.Fix = fmt.Sprintf("open UDP port %s from this server to %s (and its answers back) in every firewall between, or set transport: tcp in %s to stop trying QUIC", port, host, p.file)
 	}
 
@@ -404,13 +419,13 @@ func hubFindings(p hubProbe) []Finding {
 // Certificate check.
 
 // certFinding judges the node's certificate at now.
-func certFinding(id *Identity, err error, cfg Config, now time.Time) Finding {
+func certFinding(id *Identity, err error, cfg Config, file string, now time.Time) Finding {
 	f := Finding{Check: "certificate"}
 	switch {
 	case errors.Is(err, ErrNotEnrolled):
 		f.Verdict = VerdictFail
 		f.Detail = "this agent is not enrolled (no certificate in " + cfg.identityDir() + ")"
-		f.Fix = "run 'qz-agent enroll --hub " + cfg.Hub + " --token TOKEN' with the token the hub's operator printed with 'qz-central node add'"
+		f.Fix = "run 'qz-agent enroll --config " + file + " --token TOKEN' with the token the hub's operator printed with 'qz-central node add' (hub: " + cfg.Hub + " in that file must be the hub's address)"
 		return f
 	case err != nil:
 		f.Verdict, f.Detail = VerdictFail, err.Error()
@@ -420,7 +435,7 @@ func certFinding(id *Identity, err error, cfg Config, now time.Time) Finding {
 	c := id.Leaf
 	left := c.NotAfter.Sub(now)
 	until := c.NotAfter.Local().Format(time.DateTime)
-	reenrol := fmt.Sprintf("get a token with 'qz-central node token %s' on the hub, move %s away, and run 'qz-agent enroll --token TOKEN'", id.NodeID, cfg.identityDir())
+	reenrol := fmt.Sprintf("get a token with 'qz-central node token %s' on the hub, move %s away, and run 'qz-agent enroll --config %s --token TOKEN'", id.NodeID, cfg.identityDir(), file)
 	switch {
 	case now.Before(c.NotBefore):
 		f.Verdict = VerdictFail
@@ -480,8 +495,8 @@ func clockFinding(p hubProbe) Finding {
 			f.Detail = "not checked: the hub's answer carries no clock"
 			f.Fix = "upgrade qz-central"
 		} else {
-			f.Detail = "not checked: the hub cannot be reached"
-			f.Fix = "make the hub reachable (see above), then run 'qz-agent doctor' again"
+			f.Detail = "not checked: the hub answered no ping"
+			f.Fix = "fix the hub checks above, then run 'qz-agent doctor' again"
 		}
 		return f
 	}
@@ -508,12 +523,10 @@ func skewFinding(skew, unc time.Duration) Finding {
 	}
 	if least > skewFail {
 		f.Verdict = VerdictFail
-		f.Detail += ": beyond 5 minutes new certificates look not yet valid; copy windows, grant terms and receipt times are already at the wrong minute"
-		f.Fix = "synchronise this server's clock with the same time source as the hub (chrony or systemd-timesyncd; check with 'timedatectl' or 'chronyc tracking'); if this clock is right, the hub's is not"
+		f.Fix = "synchronise this server's clock (chrony or systemd-timesyncd; check with 'timedatectl' or 'chronyc tracking') from the same time source as the hub: receipt times, copy windows and certificates' validity depend on it; if this clock is right, the hub's is wrong"
 	} else {
 		f.Verdict = VerdictWarn
-		f.Detail += ": the two sides' logs and receipt times do not line up"
-		f.Fix = "synchronise this server's clock with NTP (chrony or systemd-timesyncd; check with 'timedatectl'), from the same source as the hub"
+		f.Fix = "synchronise this server's clock with NTP (chrony or systemd-timesyncd; check with 'timedatectl') from the same time source as the hub: synchronised servers agree to milliseconds, and logs and receipt times of the two sides should line up"
 	}
 	return f
 }
@@ -569,10 +582,11 @@ func checkEntry(ctx context.Context, e Entry, source bool, file string) Finding 
 func entryFix(side string, e Entry, file string, err error) string {
 	where := fmt.Sprintf("%s %s in %s (line %d)", side, e.ID, file, e.node.Line)
 	dsn := "the dsn of " + where
+	dsnFile, inFile := entryValue(e, "dsn_file")
 	if line, ok := entryKey(e, "dsn"); ok {
 		dsn = fmt.Sprintf("the dsn of %s %s in %s (line %d)", side, e.ID, file, line)
-	} else if path, ok := entryValue(e, "dsn_file"); ok {
-		dsn = fmt.Sprintf("the dsn in %s (dsn_file of %s)", path, where)
+	} else if inFile {
+		dsn = fmt.Sprintf("the dsn in %s (dsn_file of %s)", dsnFile, where)
 	}
 	var (
 		my  *mysql.MySQLError
@@ -588,6 +602,8 @@ func entryFix(side string, e Entry, file string, err error) string {
 		return "check the database name in " + dsn
 	case errors.Is(err, errOpenTimeout), errors.As(err, &op):
 		return "check the host and port in " + dsn + ", that the database server runs, and that the firewall lets this server reach it"
+	case inFile && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission)):
+		return fmt.Sprintf("check dsn_file of %s: %s must exist and be readable by the agent's user (qianzhi)", where, dsnFile)
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission):
 		return "check the path of " + where + " and that the agent's user (qianzhi) may use it"
 	}
@@ -713,7 +729,7 @@ func diskFinding(check, what string, d diskSpace, need uint64, spool *spoolUse, 
 		f.Detail = fmt.Sprintf("%s: less than the spool may still take (spool.quota %s, %s in use); while the hub is away the spool fills the disk before its quota", free, sizeText(spool.quota), sizeText(spool.used))
 		f.Fix = move
 		if fit := spool.used + d.avail - need; fit >= 16<<20 {
-			f.Fix += fmt.Sprintf(", or lower spool.quota in %s to at most %s", file, sizeText(fit&^(1<<20-1)))
+			f.Fix += fmt.Sprintf(", or lower spool.quota in %s to at most %s", file, quotaText(fit))
 		}
 	case d.avail*10 < d.total:
 		f.Verdict = VerdictWarn
@@ -741,6 +757,15 @@ func sizeText(n uint64) string {
 		v /= 1024
 	}
 	return ""
+}
+
+// quotaText writes a size for the config file, rounded down to a whole
+// GiB or MiB: 12GiB, 900MiB.
+func quotaText(n uint64) string {
+	if n >= 1<<30 {
+		return strconv.FormatUint(n>>30, 10) + "GiB"
+	}
+	return strconv.FormatUint(n>>20, 10) + "MiB"
 }
 
 // shortDuration rounds a duration to what a person reads: 1.2ms, 3.45s, 10m0s.
