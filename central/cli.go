@@ -34,6 +34,7 @@ Usage:
   qz-central init                     create the CA, server certificate and database
   qz-central run                      serve agents (QUIC and TLS/TCP)
   qz-central config check             validate the configuration file
+  qz-central status [--json]          health, nodes (last seen, certificate), grants, batches held
   qz-central node add ID --name NAME  add a node and print its one-time enrolment token
   qz-central node token ID            print a new enrolment token for a node
   qz-central node revoke ID           refuse the node's certificate from now on
@@ -144,7 +145,7 @@ type opts struct {
 	destroy                                                                            bool
 	version                                                                            int
 	masks                                                                              cli.Pairs
-	replace                                                                            bool
+	replace, json                                                                      bool
 	raw                                                                                []string // the arguments as given
 }
 
@@ -181,6 +182,7 @@ func parseFlags(cmd string, rest []string) (*opts, []string, error) {
 	fs.StringVar(&o.role, "role", "", "operator or reviewer")
 	fs.StringVar(&o.out, "out", "", "folder to write the operator's key and certificate to")
 	fs.BoolVar(&o.replace, "replace", false, "issue a new certificate for an existing operator")
+	fs.BoolVar(&o.json, "json", false, "print JSON (status)")
 	o.raw = rest
 	pos, err := cli.Parse(fs, rest)
 	return o, pos, err
@@ -266,6 +268,12 @@ func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []st
 		}
 		fmt.Fprintf(stdout, "node %s revoked: its certificate is refused from now on\n", pos[0])
 		return nil
+	case "status":
+		s, err := readHubStatus(ctx, cfg, st)
+		if err != nil {
+			return err
+		}
+		return printHubStatus(s, o.json, stdout)
 	case "node list":
 		ns, err := st.Nodes(ctx)
 		if err != nil {

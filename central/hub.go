@@ -363,7 +363,7 @@ func (h *Hub) node(fn http.HandlerFunc) http.Handler {
 			httpError(w, http.StatusForbidden, "this node's certificate is revoked or superseded")
 			return
 		}
-		h.metrics.node(n.ID)
+		h.seen(n.ID)
 		fn(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, n.ID)))
 	})
 }

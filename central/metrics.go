@@ -51,11 +51,24 @@ func newHubMetrics(h *Hub) *hubMetrics {
 	return m
 }
 
-// node notes a node's request, for qz_node_last_seen_seconds.
-func (m *hubMetrics) node(id string) {
+// node notes a node's request, for qz_node_last_seen_seconds, and in the
+// store (for qz-central status) at most once a minute per node.
+func (h *Hub) seen(id string) {
+	m := h.metrics
+	now := time.Now()
 	m.seenMu.Lock()
-	m.seen[id] = time.Now()
+	last := m.seen[id]
+	m.seen[id] = now
 	m.seenMu.Unlock()
+	if now.Sub(last) >= time.Minute {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := h.store.TouchNode(ctx, id, now); err != nil {
+				h.log.Warn("cannot record when a node was last seen", "node", id, "err", err)
+			}
+		}()
+	}
 }
 
 var (

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite"
+
+	"github.com/qianzhi/qianzhi/central"
 )
 
 // scrape reads a Prometheus text exposition into "name{labels}" → value.
@@ -233,6 +235,22 @@ func TestOperations(t *testing.T) {
 	}
 	if v, ok := hm[`qz_node_last_seen_seconds{node="cons-1"}`]; !ok || v > 60 {
 		t.Errorf("hub last saw cons-1 %v s ago (present %v)", v, ok)
+	}
+
+	var hs central.HubStatus
+	if err := json.Unmarshal([]byte(h.central("status", "--json")), &hs); err != nil {
+		t.Fatalf("qz-central status --json: %v", err)
+	}
+	if hs.NodeCount["active"] != 2 || len(hs.Nodes) != 2 || hs.ActiveGrants != 2 || hs.Batches < 2 {
+		t.Errorf("qz-central status: %+v", hs)
+	}
+	for _, n := range hs.Nodes {
+		if time.Since(n.LastSeen) > time.Minute || time.Until(n.CertExpiry) < 300*24*time.Hour {
+			t.Errorf("qz-central status: node %s last seen %v, certificate to %v", n.ID, n.LastSeen, n.CertExpiry)
+		}
+	}
+	if out := h.central("status"); !strings.Contains(out, "2 active, 0 pending, 0 revoked") || !strings.Contains(out, "LAST SEEN") {
+		t.Errorf("qz-central status:\n%s", out)
 	}
 
 	// /healthz answers with the node and its transport.

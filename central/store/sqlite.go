@@ -118,7 +118,7 @@ func OpenSQLite(path string) (*SQLite, error) {
 	}
 	for _, c := range [][3]string{{"grants", "masks", `TEXT NOT NULL DEFAULT ''`}, {"grants", "destroy", `BOOLEAN NOT NULL DEFAULT FALSE`},
 		{"batches", "rows", `INTEGER NOT NULL DEFAULT 0`}, {"batches", "delivered", `TEXT NOT NULL DEFAULT ''`},
-		{"nodes", "prev_serial", `TEXT NOT NULL DEFAULT ''`}} {
+		{"nodes", "prev_serial", `TEXT NOT NULL DEFAULT ''`}, {"nodes", "last_seen", `TEXT NOT NULL DEFAULT ''`}} {
 		if err := addColumn(db, c[0], c[1], c[2]); err != nil {
 			db.Close()
 			return nil, err
@@ -388,12 +388,13 @@ func (s *SQLite) RevokeNode(ctx context.Context, id string) error {
 func scanNode(sc interface{ Scan(...any) error }) (Node, error) {
 	var n Node
 	var exp, created, enrolled string
-	err := sc.Scan(&n.ID, &n.Name, &n.Status, &n.CertSerial, &n.PrevSerial, &exp, &n.SealPub, &created, &enrolled)
-	n.CertExpiry, n.Created, n.Enrolled = parseTS(exp), parseTS(created), parseTS(enrolled)
+	var seen string
+	err := sc.Scan(&n.ID, &n.Name, &n.Status, &n.CertSerial, &n.PrevSerial, &exp, &n.SealPub, &created, &enrolled, &seen)
+	n.CertExpiry, n.Created, n.Enrolled, n.LastSeen = parseTS(exp), parseTS(created), parseTS(enrolled), parseTS(seen)
 	return n, err
 }
 
-const nodeCols = `id, name, status, cert_serial, prev_serial, cert_expiry, seal_pub, created, enrolled`
+const nodeCols = `id, name, status, cert_serial, prev_serial, cert_expiry, seal_pub, created, enrolled, last_seen`
 
 // Node returns one node.
 func (s *SQLite) Node(ctx context.Context, id string) (Node, error) {
@@ -663,6 +664,24 @@ func (s *SQLite) GrantsFor(ctx context.Context, node string) ([]Grant, error) {
 func (s *SQLite) Grants(ctx context.Context) ([]Grant, error) { return s.grants(ctx, ``) }
 
 // PutBatch records a stored batch.
+// TouchNode records when a node was last heard from.
+func (s *SQLite) TouchNode(ctx context.Context, id string, at time.Time) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE nodes SET last_seen = ? WHERE id = ?`, ts(at), id)
+	return err
+}
+
+// Summary counts what the hub holds, for qz-central status.
+func (s *SQLite) Summary(ctx context.Context) (Summary, error) {
+	var m Summary
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(receipted = ''), 0), COALESCE(SUM(delivered = ''), 0) FROM batches WHERE purged = ''`).
+		Scan(&m.Batches, &m.Bytes, &m.AwaitingReceipt, &m.AwaitingDelivery)
+	if err != nil {
+		return m, err
+	}
+	err = s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM grants WHERE status = ?`, GrantActive).Scan(&m.ActiveGrants)
+	return m, err
+}
+
 // StoredBytes is the size of the batch payloads not yet purged.
 func (s *SQLite) StoredBytes(ctx context.Context) (int64, error) {
 	var n int64

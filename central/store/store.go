@@ -57,12 +57,23 @@ type Node struct {
 	ID         string
 	Name       string
 	Status     string
-	CertSerial string // hex serial of the current certificate
-	PrevSerial string // the certificate it renewed, accepted until the node reconnects
+	CertSerial string    // hex serial of the current certificate
+	PrevSerial string    // the certificate it renewed, accepted until the node reconnects
+	LastSeen   time.Time // its last request, to the minute
 	CertExpiry time.Time
 	SealPub    string // seal public key text, "ed25519:…"
 	Created    time.Time
 	Enrolled   time.Time
+}
+
+// Summary is what the hub holds: batches not purged, how many of them
+// await delivery and receipt, and the active grants.
+type Summary struct {
+	Batches          int   `json:"batches"`
+	Bytes            int64 `json:"bytes"`
+	AwaitingDelivery int   `json:"awaiting_delivery"`
+	AwaitingReceipt  int   `json:"awaiting_receipt"`
+	ActiveGrants     int   `json:"active_grants"`
 }
 
 // Accepts reports whether a certificate serial is the node's current one
@@ -154,6 +165,10 @@ type Store interface {
 	RevokeNode(ctx context.Context, id string) error
 	Node(ctx context.Context, id string) (Node, error)
 	Nodes(ctx context.Context) ([]Node, error)
+	// TouchNode records when a node was last heard from.
+	TouchNode(ctx context.Context, id string, at time.Time) error
+	// Summary counts what the hub holds.
+	Summary(ctx context.Context) (Summary, error)
 	// StoredBytes is the size of the batch payloads not yet purged.
 	StoredBytes(ctx context.Context) (int64, error)
 
