@@ -228,7 +228,7 @@ func (h *Hub) adminExec(ctx context.Context, actor, role string, args []string) 
 	o, pos, err := parseFlags(cmd, rest)
 	if err == nil {
 		switch {
-		case slices.Contains([]string{"init", "run", "config check", "calendar", "version", "operator add"}, cmd):
+		case slices.Contains([]string{"init", "run", "config check", "calendar", "version", "operator add", "backup", "restore"}, cmd):
 			err = cli.Usagef("%s runs on the hub host on its own, not through the hub", cmd)
 		case !allowed(role, cmd):
 			who := map[bool]string{true: "hub " + store.RoleReviewer, false: "hub " + store.RoleOperator}[slices.Contains(reviewOnly, cmd)]

@@ -34,6 +34,8 @@ Usage:
   qz-central init                     create the CA, server certificate and database
   qz-central run                      serve agents (QUIC and TLS/TCP)
   qz-central config check             validate the configuration file
+  qz-central backup DIR               copy the hub's state (database, CA, payloads) while it runs
+  qz-central restore DIR              put a backup in place of a stopped hub's (moved-away) state
   qz-central status [--json]          health, nodes (last seen, certificate), grants, batches held
   qz-central node add ID --name NAME  add a node and print its one-time enrolment token
   qz-central node token ID            print a new enrolment token for a node
@@ -113,6 +115,14 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return printCalendar(cfg, pos, stdout)
 	case "init":
 		return initHub(cfg, stdout)
+	case "backup", "restore":
+		if err := cli.Want(pos, 1, "qz-central "+cmd+" DIR"); err != nil {
+			return err
+		}
+		if cmd == "backup" {
+			return backup(ctx, cfg, pos[0], stdout)
+		}
+		return restore(ctx, cfg, pos[0], stdout)
 	case "operator add":
 		return operatorAdd(store.WithActor(ctx, localActor()), cfg, pos, o, stdout)
 	case "run":

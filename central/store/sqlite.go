@@ -664,6 +664,13 @@ func (s *SQLite) GrantsFor(ctx context.Context, node string) ([]Grant, error) {
 func (s *SQLite) Grants(ctx context.Context) ([]Grant, error) { return s.grants(ctx, ``) }
 
 // PutBatch records a stored batch.
+// Backup writes a consistent copy of the database to path (VACUUM INTO),
+// while others read and write it.
+func (s *SQLite) Backup(ctx context.Context, path string) error {
+	_, err := s.db.ExecContext(ctx, `VACUUM INTO ?`, path)
+	return err
+}
+
 // TouchNode records when a node was last heard from.
 func (s *SQLite) TouchNode(ctx context.Context, id string, at time.Time) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE nodes SET last_seen = ? WHERE id = ?`, ts(at), id)
