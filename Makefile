@@ -3,7 +3,21 @@ SHELL   := /bin/bash
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/qianzhi/qianzhi/pkg/version.Version=$(VERSION)
-BIN     := bin
+BIN     ?= bin
+# Packages: the architecture (amd64 or arm64), where they go, and a version
+# dpkg and rpm both accept and order alike, from git: v1.2 -> 1.2; 3 commits
+# after it -> 1.2+git3.abc1234; v1.3-rc1 -> 1.3~rc1 (below 1.3); no tag ->
+# 0.0.0~git<commits>.<sha> (below any release); .dirty when the tree has
+# changes.
+ARCH     ?= amd64
+DIST     ?= dist
+PKG_BIN  := $(BIN)/linux_$(ARCH)
+RPM_ARCH := $(if $(filter arm64,$(ARCH)),aarch64,x86_64)
+ifeq ($(origin PKG_VERSION),undefined)
+PKG_VERSION := $(shell v=$$(git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null) && \
+	echo "$$v" | sed -E 's/^v//; s/-([0-9]+)-g([0-9a-f]+)/+git\1.\2/; s/-dirty$$/.dirty/; s/-/~/g' || \
+	echo "0.0.0~git$$(git rev-list --count HEAD).$$(git rev-parse --short HEAD)$$(git diff --quiet HEAD 2>/dev/null || echo .dirty)")
+endif
 export CGO_ENABLED = 0
 
 .DEFAULT_GOAL := help
@@ -55,6 +69,18 @@ lint: ## gofmt, go vet and staticcheck (pinned in go.mod)
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
 
+.PHONY: package
+package: ## .deb and .rpm of qz-agent and qz-central into dist/ (ARCH=arm64 for ARM servers)
+	GOOS=linux GOARCH=$(ARCH) $(MAKE) --no-print-directory build BIN=$(PKG_BIN)
+	@mkdir -p $(DIST)
+	@set -e; for p in qz-agent qz-central; do \
+		for f in deb:$${p}_$(PKG_VERSION)_$(ARCH).deb rpm:$$p-$(PKG_VERSION).$(RPM_ARCH).rpm; do \
+			echo "$(DIST)/$${f#*:}"; \
+			QZ_VERSION='$(PKG_VERSION)' QZ_ARCH='$(ARCH)' QZ_BIN='$(PKG_BIN)' \
+				$(GO) tool nfpm package --config packaging/nfpm/$$p.yaml --packager $${f%%:*} --target '$(DIST)/'"$${f#*:}" >/dev/null; \
+		done; \
+	done
+
 .PHONY: clean
 clean: ## remove build output
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)
