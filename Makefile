@@ -32,9 +32,9 @@ build: ## build the static binaries qz-agent and qz-central into bin/
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/qz-central ./central/cmd/qz-central
 
 .PHONY: test
-test: build mariadb ## every test, unit and integration (real QUIC/TLS, real processes)
+test: build mariadb testdeps ## every test, unit and integration (real QUIC/TLS, real processes)
 	$(GO) vet ./...
-	QZ_REQUIRE_MARIADB=1 $(GO) test -count=1 -p 1 -timeout 25m ./...
+	QZ_REQUIRE_MARIADB=1 QZ_REQUIRE_TOOLS=1 $(GO) test -count=1 -p 1 -timeout 25m ./...
 
 .PHONY: mariadb
 mariadb: ## install MariaDB for the database tests when mariadbd is missing
@@ -43,6 +43,20 @@ mariadb: ## install MariaDB for the database tests when mariadbd is missing
 		set -x; \
 		$$sudo apt-get update && \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mariadb-server mariadb-client; \
+	fi
+
+.PHONY: testdeps
+testdeps: ## install what the packaging tests use (rpm, rpm2cpio, debootstrap) when missing
+	@missing=; \
+	for t in rpm rpm2cpio debootstrap; do \
+		command -v $$t >/dev/null 2>&1 || test -x /usr/sbin/$$t || missing="$$missing $$t"; \
+	done; \
+	test -f /usr/share/keyrings/debian-archive-keyring.gpg || missing="$$missing debian-archive-keyring"; \
+	if [ -n "$$missing" ]; then \
+		sudo=; if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo=sudo; fi; \
+		set -x; \
+		$$sudo apt-get update && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 
 .PHONY: test-race
