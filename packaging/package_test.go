@@ -387,6 +387,17 @@ func TestUnitVerify(t *testing.T) {
 			t.Fatalf("cp: %v\n%s", err, out)
 		}
 	}
+	// ExecReload's program, as on Debian and RHEL alike (/bin is /usr/bin).
+	kill, err := exec.LookPath("kill")
+	if err != nil {
+		t.Fatalf("no kill program to stand for /bin/kill: %v", err)
+	}
+	if err := os.Symlink("usr/bin", filepath.Join(root, "bin")); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", kill, filepath.Join(root, "usr/bin/kill")).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v\n%s", err, out)
+	}
 	// verify prints every problem it finds, yet exits 0 for many (an
 	// unknown key, a value it cannot parse): a clean unit prints nothing.
 	verify := func(unit string) (string, error) {

@@ -18,6 +18,7 @@ type product struct {
 	name     string // package, binary and unit: qz-agent
 	config   string // its config: /etc/qianzhi/agent.yaml
 	stateDir string // the state_dir of that config and the unit's writable folder
+	reload   bool   // the binary reloads its config on SIGHUP: systemctl reload
 }
 
 func (p product) unit() string   { return p.name + ".service" }
@@ -27,7 +28,7 @@ func (p product) example() string {
 }
 
 var products = []product{
-	{name: "qz-agent", config: agent.DefaultConfigPath, stateDir: "/var/lib/qianzhi/agent"},
+	{name: "qz-agent", config: agent.DefaultConfigPath, stateDir: "/var/lib/qianzhi/agent", reload: true},
 	{name: "qz-central", config: central.DefaultConfigPath, stateDir: "/var/lib/qianzhi/central"},
 }
 
@@ -160,6 +161,13 @@ func checkUnit(t *testing.T, p product, text string) {
 		t.Error("[Service] LimitNOFILE is missing")
 	} else if n, err := strconv.Atoi(v); err != nil || n < 4096 {
 		t.Errorf("[Service] LimitNOFILE=%s, want a number of at least 4096", v)
+	}
+	// Only a binary that reloads on SIGHUP may get one: Go's default for
+	// SIGHUP is to exit.
+	if v, ok := u.last("Service", "ExecReload"); p.reload && v != "/bin/kill -HUP $MAINPID" {
+		t.Errorf("[Service] ExecReload=%s, want /bin/kill -HUP $MAINPID (systemctl reload)", v)
+	} else if !p.reload && ok {
+		t.Errorf("[Service] ExecReload=%s, but %s does not reload on SIGHUP", v, p.name)
 	}
 	if v, _ := u.last("Install", "WantedBy"); v != "multi-user.target" {
 		t.Errorf("[Install] WantedBy=%s, want multi-user.target", v)
