@@ -118,10 +118,11 @@ func TestScripts(t *testing.T) {
 		script string
 		args   []string
 		booted bool     // systemd runs the machine (/run/systemd/system exists)
-		have   []string // what getent finds: "passwd", "group"
+		have   []string // what getent finds: "passwd", "group"; "state": the state folder exists
 		want   []string // the commands run, in order
 	}
-	u := "UNIT"
+	u, state := "UNIT", "STATE"
+	mkState := []string{"install -d -m 0755 /var/lib/qianzhi", "install -d -o qianzhi -g qianzhi -m 0750 " + state}
 	useradd := "useradd --system %s --home-dir /var/lib/qianzhi --no-create-home --shell /usr/sbin/nologin --comment Qianzhi data exchange qianzhi"
 	for name, c := range map[string]call{
 		// Before unpacking: the user, and its group, exactly once.
@@ -130,12 +131,14 @@ func TestScripts(t *testing.T) {
 		"deb preinst, group left":     {script: preinstall, args: []string{"install"}, have: []string{"group"}, want: []string{strings.Replace(useradd, "%s", "--gid qianzhi", 1)}},
 		"deb preinst upgrade":         {script: preinstall, args: []string{"upgrade", "1.0"}, have: []string{"passwd", "group"}},
 		"rpm pre 2, user exists":      {script: preinstall, args: []string{"2"}, have: []string{"passwd", "group"}},
-		"deb postinst first install":  {script: postinstall, args: []string{"configure", ""}, booted: true, want: []string{"systemctl daemon-reload"}},
-		"deb postinst upgrade":        {script: postinstall, args: []string{"configure", "1.0"}, booted: true, want: []string{"systemctl daemon-reload", "systemctl try-restart " + u}},
-		"deb postinst, no systemd":    {script: postinstall, args: []string{"configure", "1.0"}},
-		"rpm post 1":                  {script: postinstall, args: []string{"1"}, booted: true, want: []string{"systemctl daemon-reload"}},
-		"rpm post 2":                  {script: postinstall, args: []string{"2"}, booted: true, want: []string{"systemctl daemon-reload", "systemctl try-restart " + u}},
-		"deb postinst abort-upgrade":  {script: postinstall, args: []string{"abort-upgrade", "1.0"}, booted: true, want: []string{"systemctl daemon-reload"}},
+		"deb postinst first install":  {script: postinstall, args: []string{"configure", ""}, booted: true, want: slices.Concat(mkState, []string{"systemctl daemon-reload"})},
+		"deb postinst upgrade":        {script: postinstall, args: []string{"configure", "1.0"}, booted: true, have: []string{"state"}, want: []string{"systemctl daemon-reload", "systemctl try-restart " + u}},
+		"deb postinst upgrade, new":   {script: postinstall, args: []string{"configure", "1.0"}, booted: true, want: slices.Concat(mkState, []string{"systemctl daemon-reload", "systemctl try-restart " + u})},
+		"deb postinst, no systemd":    {script: postinstall, args: []string{"configure", "1.0"}, have: []string{"state"}},
+		"deb postinst, chroot":        {script: postinstall, args: []string{"configure", ""}, want: mkState},
+		"rpm post 1":                  {script: postinstall, args: []string{"1"}, booted: true, want: slices.Concat(mkState, []string{"systemctl daemon-reload"})},
+		"rpm post 2":                  {script: postinstall, args: []string{"2"}, booted: true, have: []string{"state"}, want: []string{"systemctl daemon-reload", "systemctl try-restart " + u}},
+		"deb postinst abort-upgrade":  {script: postinstall, args: []string{"abort-upgrade", "1.0"}, booted: true, have: []string{"state"}, want: []string{"systemctl daemon-reload"}},
 		"deb prerm remove":            {script: preremove, args: []string{"remove"}, booted: true, want: []string{"systemctl stop " + u, "systemctl --no-reload disable " + u}},
 		"deb prerm remove, offline":   {script: preremove, args: []string{"remove"}, want: []string{"systemctl --no-reload disable " + u}},
 		"deb prerm upgrade":           {script: preremove, args: []string{"upgrade", "2.0"}, booted: true},
@@ -152,7 +155,7 @@ func TestScripts(t *testing.T) {
 			t.Run(p.name+"/"+name, func(t *testing.T) {
 				var want []string
 				for _, w := range c.want {
-					want = append(want, strings.Replace(w, u, p.unit(), 1))
+					want = append(want, strings.NewReplacer(u, p.unit(), state, p.stateDir).Replace(w))
 				}
 				got := runScript(t, sourceScripts(t, p)[c.script], c.args, c.booted, c.have)
 				if !slices.Equal(got, want) {
@@ -163,9 +166,11 @@ func TestScripts(t *testing.T) {
 	}
 }
 
-// runScript runs an install script with stand-ins for systemctl, getent and
-// useradd and returns the commands it ran. The script's test for a booted
-// systemd is pointed at a folder that exists when booted is true.
+// runScript runs an install script with stand-ins for systemctl, getent,
+// useradd and install and returns the commands it ran. The script's test
+// for a booted systemd is pointed at a folder that exists when booted is
+// true, and /var/lib/qianzhi at one that holds the state folders when have
+// has "state".
 func runScript(t *testing.T, script string, args []string, booted bool, have []string) []string {
 	t.Helper()
 	dir := t.TempDir()
@@ -174,8 +179,16 @@ func runScript(t *testing.T, script string, args []string, booted bool, have []s
 	if err := os.Mkdir(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	varLib := filepath.Join(dir, "var-lib-qianzhi")
+	if slices.Contains(have, "state") {
+		for _, p := range products {
+			if err := os.MkdirAll(strings.Replace(p.stateDir, "/var/lib/qianzhi", varLib, 1), 0o750); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	// A stand-in logs its command line; getent succeeds for the databases in have.
-	for _, name := range []string{"systemctl", "useradd", "getent"} {
+	for _, name := range []string{"systemctl", "useradd", "getent", "install"} {
 		body := "#!/bin/sh\necho \"$(basename \"$0\") $*\" >>" + log + "\n"
 		if name == "getent" {
 			body = "#!/bin/sh\ncase \" " + strings.Join(have, " ") + " \" in *\" $1 \"*) exit 0 ;; esac\nexit 2\n"
@@ -193,7 +206,7 @@ func runScript(t *testing.T, script string, args []string, booted bool, have []s
 	if strings.Contains(script, "systemctl") && !strings.Contains(script, "[ -d /run/systemd/system ]") {
 		t.Fatal("the script calls systemctl without checking [ -d /run/systemd/system ]")
 	}
-	script = strings.ReplaceAll(script, "/run/systemd/system", systemd)
+	script = strings.NewReplacer("/run/systemd/system", systemd, "/var/lib/qianzhi", varLib).Replace(script)
 	cmd := exec.Command("sh", append([]string{"-c", script, "script"}, args...)...)
 	cmd.Env = []string{"PATH=" + bin + ":/usr/bin:/bin"}
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -205,5 +218,5 @@ func runScript(t *testing.T, script string, args []string, booted bool, have []s
 	} else if err != nil {
 		t.Fatal(err)
 	}
-	return strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.Split(strings.TrimSpace(strings.ReplaceAll(string(b), varLib, "/var/lib/qianzhi")), "\n")
 }

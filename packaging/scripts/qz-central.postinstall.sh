@@ -21,6 +21,15 @@ configure)
 	;;
 esac
 
+# The state folder, owned by the service user, exists from the install on:
+# what runs as that user before the first start writes there (sudo -u
+# qianzhi qz-central init), and StateDirectory= would make it only at the first
+# start. One that exists is left as it is; no script removes it.
+if [ ! -e /var/lib/qianzhi/central ]; then
+	if [ ! -d /var/lib/qianzhi ]; then install -d -m 0755 /var/lib/qianzhi; fi
+	install -d -o qianzhi -g qianzhi -m 0750 /var/lib/qianzhi/central
+fi
+
 # Only when systemd runs this machine (not in a chroot or a container build).
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload || true
