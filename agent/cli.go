@@ -141,14 +141,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "enrolled as node %s; certificate valid until %s\n", id.NodeID, id.Leaf.NotAfter.Local().Format(time.DateOnly))
 		return nil
 	case "run":
+		// Caught from the start: a SIGHUP while starting is a reload
+		// once running, not the end of the process.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 		a, err := New(cfg, logging.New(stderr, cfg.LogLevel, ""))
 		if err != nil {
 			return err
 		}
 		defer a.Close()
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
 		return a.Serve(ctx, path, hup)
 	case "status":
 		return status(cfg, *asJSON, stdout)

@@ -108,11 +108,15 @@ func (a *Agent) Reload(ctx context.Context, path string) error {
 	}
 	a.limitsMu.Lock()
 	a.agentLimits = newLimiters(&applied.Limits)
+	limits := map[string]*limiters{}
 	for _, r := range next.Resources {
-		if !keep[r.ID] {
-			a.limits[r.ID] = newLimiters(r.Limits)
+		if l := a.limits[r.ID]; keep[r.ID] && l != nil {
+			limits[r.ID] = l
+		} else {
+			limits[r.ID] = newLimiters(r.Limits)
 		}
 	}
+	a.limits = limits
 	a.limitsMu.Unlock()
 	a.conf.Store(&applied)
 	if ctx.Err() == nil {
@@ -131,6 +135,9 @@ func (a *Agent) Reload(ctx context.Context, path string) error {
 		defer cancel()
 		if err := a.register(rctx); err == nil {
 			a.reregister.Store(false)
+		} else {
+			a.fail(errHub)
+			a.log.Warn("cannot declare the reloaded resources to the hub yet; trying again", "err", err)
 		}
 	}
 	return nil

@@ -28,21 +28,30 @@ func renewAt(c *x509.Certificate) time.Time {
 // certificate at once; the hub accepts the old one until the node has
 // moved over, so no request fails on the way.
 func (a *Agent) renewLoop(ctx context.Context) {
-	attempt := 0
+	var floor time.Duration // after a renewal: never renew again sooner
 	for {
 		leaf := a.id.leaf()
-		wait := time.Until(renewAt(leaf))
-		if wait <= 0 {
+		wait := max(time.Until(renewAt(leaf)), floor)
+		floor = 0
+		switch {
+		case time.Now().After(leaf.NotAfter):
+			// The hub refuses an expired certificate at the handshake:
+			// only a new enrolment helps. Say so, now and then.
+			a.fail(errRenew)
+			a.log.Error("the node certificate has expired: ask the hub operator for a new token ('qz-central node token NODE'), move the identity folder away and enrol again", "expired", leaf.NotAfter)
+			wait = 10 * time.Minute
+		case wait <= 0:
 			err := a.renew(ctx)
 			if ctx.Err() != nil {
 				return
 			}
 			if err == nil {
-				attempt = 0
+				// A clock ahead of the hub's, or a very short validity,
+				// could make the new certificate due at once.
+				floor = max(leaf.NotAfter.Sub(leaf.NotBefore)/10, 5*time.Second)
 				continue
 			}
 			a.fail(errRenew)
-			attempt++
 			a.log.Warn("certificate not renewed yet; trying again", "expires", leaf.NotAfter, "err", err)
 			// Retry sooner as expiry nears: a tenth of what is left, 5 s to 10 min.
 			wait = min(max(time.Until(leaf.NotAfter)/10, 5*time.Second), 10*time.Minute)

@@ -2,6 +2,7 @@ package central
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/qianzhi/qianzhi/central/store"
 	"github.com/qianzhi/qianzhi/pkg/fsutil"
+	"github.com/qianzhi/qianzhi/pkg/version"
 )
 
 // hubFiles are the state files a backup carries beside the database and
@@ -45,8 +48,17 @@ func backup(ctx context.Context, cfg Config, dir string, stdout io.Writer) error
 	if !ok {
 		return errors.New("backup: this store is backed up with its database's own tools")
 	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
 	// Recorded first, so that the backup holds the record of its making.
 	if err := st.Audit(ctx, localActor(), "hub.backup", dir, ""); err != nil {
+		return err
+	}
+	// When the snapshot was taken: certificates the CA issues after it are
+	// ones a hub restored from it has not seen (see Hub.adopt).
+	meta, _ := json.Marshal(backupMeta{Taken: time.Now().UTC(), Version: version.Version})
+	if err := fsutil.WriteFileAtomic(filepath.Join(dir, backupMetaFile), meta, 0o600); err != nil {
 		return err
 	}
 	db := filepath.Join(dir, "central.db")
@@ -108,11 +120,30 @@ func restore(ctx context.Context, cfg Config, dir string, stdout io.Writer) erro
 		return err
 	}
 	defer st.Close()
-	if err := st.Audit(ctx, localActor(), "hub.restore", dir, fmt.Sprintf("payloads=%d", n)); err != nil {
+	var meta backupMeta
+	if b, err := os.ReadFile(filepath.Join(dir, backupMetaFile)); err == nil {
+		if err := json.Unmarshal(b, &meta); err != nil {
+			return fmt.Errorf("%s: %w", backupMetaFile, err)
+		}
+	}
+	if !meta.Taken.IsZero() {
+		if err := st.SetRestoredFrom(ctx, meta.Taken); err != nil {
+			return err
+		}
+	}
+	if err := st.Audit(ctx, localActor(), "hub.restore", dir, fmt.Sprintf("payloads=%d taken=%s", n, meta.Taken.Format(time.RFC3339))); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "hub restored from %s into %s (%d payloads); start qz-central, then check with 'qz-central audit verify'\n", dir, cfg.StateDir, n)
 	return nil
+}
+
+const backupMetaFile = "backup.json"
+
+// backupMeta describes a backup.
+type backupMeta struct {
+	Taken   time.Time `json:"taken"`
+	Version string    `json:"version"` // of the qz-central that took it
 }
 
 // copyFile copies a file durably, keeping its permission bits.
@@ -154,6 +185,9 @@ func copyTree(src, dst, skip string) (int, int64, error) {
 	var size int64
 	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
+			if p != src && errors.Is(err, fs.ErrNotExist) {
+				return nil // purged by retention meanwhile
+			}
 			return err
 		}
 		rel, _ := filepath.Rel(src, p)
@@ -165,6 +199,9 @@ func copyTree(src, dst, skip string) (int, int64, error) {
 			return os.MkdirAll(target, 0o750)
 		}
 		if err := copyFile(p, target); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // purged by retention meanwhile
+			}
 			return err
 		}
 		fi, _ := d.Info()

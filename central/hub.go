@@ -2,6 +2,7 @@ package central
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -45,9 +46,10 @@ type Hub struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	metrics *hubMetrics
-	cal     *calendar.Calendar // see calendar()
-	calAt   time.Time          // modification time of HolidaysDir when cal was loaded
+	metrics      *hubMetrics
+	restoredFrom time.Time          // when the backup this hub was restored from was taken
+	cal          *calendar.Calendar // see calendar()
+	calAt        time.Time          // modification time of HolidaysDir when cal was loaded
 
 	mu        sync.Mutex
 	waiters   map[string]chan struct{} // consumer node → wake-up
@@ -130,6 +132,17 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now, cal: cal, calAt: time.Now(),
 		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{}}
 	h.metrics = newHubMetrics(h)
+	if h.restoredFrom, err = st.RestoredFrom(context.Background()); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if ns, err := st.Nodes(context.Background()); err == nil {
+		for _, n := range ns {
+			if !n.LastSeen.IsZero() {
+				h.metrics.seen[n.ID] = n.LastSeen // a node silent since before this start still shows
+			}
+		}
+	}
 	if skew := os.Getenv("QZ_TEST_CLOCK_SKEW"); skew != "" {
 		// Tests only: a hub whose clock is wrong, which a test cannot
 		// otherwise arrange without changing the machine's clock.
@@ -184,12 +197,30 @@ func (h *Hub) verifyConnection(cs tls.ConnectionState) error {
 		h.log.Warn("handshake refused: node not active", "node", n.ID, "status", n.Status)
 		return fmt.Errorf("node %s is %s", n.ID, n.Status)
 	}
-	if !n.Accepts(c.SerialNumber.Text(16)) {
+	if !n.Accepts(c.SerialNumber.Text(16)) && !h.adopt(n, c) {
 		h.metrics.errors.WithLabelValues(errHandshake).Inc()
 		h.log.Warn("handshake refused: superseded certificate", "node", n.ID)
 		return fmt.Errorf("certificate of node %s was superseded", n.ID)
 	}
 	return nil
+}
+
+// adopt accepts, after a restore, a node certificate the database does not
+// know because the CA issued it (a renewal) after the backup was taken.
+// Certificates from before the backup are still refused: a superseded one
+// stays superseded.
+func (h *Hub) adopt(n store.Node, c *x509.Certificate) bool {
+	if h.restoredFrom.IsZero() || !pki.Issued(c).After(h.restoredFrom) || !c.NotAfter.After(n.CertExpiry) {
+		return false
+	}
+	serial := c.SerialNumber.Text(16)
+	detail := "issued " + pki.Issued(c).UTC().Format(time.RFC3339) + ", after the backup restored (taken " + h.restoredFrom.UTC().Format(time.RFC3339) + ")"
+	if err := h.store.Adopt(context.Background(), n.ID, serial, c.NotAfter, detail); err != nil {
+		h.log.Warn("cannot adopt a certificate issued after the backup", "node", n.ID, "err", err)
+		return false
+	}
+	h.log.Info("adopted a certificate issued after the backup this hub was restored from", "node", n.ID, "serial", serial)
+	return true
 }
 
 // Serve runs the hub until ctx ends. ready, if not nil, receives the bound
@@ -441,6 +472,13 @@ func (h *Hub) renew(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	node := nodeID(r)
+	// The key stays: a stolen certificate and key must not be moved onto
+	// a key of the thief's own (re-enrolment with a token is for that).
+	old := r.TLS.PeerCertificates[0]
+	if k, ok := old.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(csr.PublicKey) {
+		httpError(w, http.StatusForbidden, "renewal must keep the node's key; to change it, enrol again with a new token")
+		return
+	}
 	cert, err := h.ca.IssueNode(csr, node, h.cfg.CertValidity)
 	if err != nil {
 		httpError(w, http.StatusBadRequest, err.Error())

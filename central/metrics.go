@@ -28,6 +28,7 @@ type hubMetrics struct {
 
 	seenMu sync.Mutex
 	seen   map[string]time.Time // node → its last request
+	saved  map[string]time.Time // node → when that was last written to the store
 }
 
 func newHubMetrics(h *Hub) *hubMetrics {
@@ -42,7 +43,7 @@ func newHubMetrics(h *Hub) *hubMetrics {
 			Help: "Batch bytes stored (in) and delivered (out), by resource."}, byRes),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "errors_total",
 			Help: "Errors by kind: handshake, rejected, internal, refused."}, []string{"kind"}),
-		seen: map[string]time.Time{},
+		seen: map[string]time.Time{}, saved: map[string]time.Time{},
 	}
 	for _, k := range []string{errHandshake, errRejected, errInternal, errRefused} {
 		m.errors.WithLabelValues(k)
@@ -57,10 +58,13 @@ func (h *Hub) seen(id string) {
 	m := h.metrics
 	now := time.Now()
 	m.seenMu.Lock()
-	last := m.seen[id]
 	m.seen[id] = now
+	save := now.Sub(m.saved[id]) >= time.Minute
+	if save {
+		m.saved[id] = now
+	}
 	m.seenMu.Unlock()
-	if now.Sub(last) >= time.Minute {
+	if save {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()

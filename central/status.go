@@ -52,8 +52,11 @@ func readHubStatus(ctx context.Context, cfg Config, st store.Store) (*HubStatus,
 	}
 	if !metrics.Off(cfg.MetricsListen) {
 		s.Metrics = cfg.MetricsListen
-		if _, port, _ := net.SplitHostPort(cfg.MetricsListen); port != "0" {
-			s.Health = probeHealth(ctx, cfg.MetricsListen)
+		if host, port, _ := net.SplitHostPort(cfg.MetricsListen); port != "0" {
+			if host == "" || host == "0.0.0.0" || host == "::" {
+				host = "127.0.0.1" // listening everywhere: ask it here
+			}
+			s.Health = probeHealth(ctx, net.JoinHostPort(host, port))
 		}
 	}
 	return s, nil

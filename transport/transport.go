@@ -292,10 +292,11 @@ func (c *Client) Transport() string {
 // Do sends a request over the current connection, connecting first if
 // needed. A network error drops the connection so the next call probes again.
 func (c *Client) Do(req *http.Request) (*http.Response, error) {
-	c.mu.Lock()
-	rt := c.rt
-	c.mu.Unlock()
-	if rt == nil {
+	rt, done := c.take()
+	for attempt := 0; rt == nil; attempt++ {
+		if attempt > 0 {
+			return nil, fmt.Errorf("%w at %s: the new connection was dropped at once", ErrUnreachable, c.Hub)
+		}
 		// One connection per agent: concurrent callers wait for the first
 		// to connect rather than each dialling (and closing) their own;
 		// each stops waiting when its own request is cancelled.
@@ -311,18 +312,17 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 			return nil, req.Context().Err()
 		}
 		c.mu.Lock()
-		rt = c.rt
+		connected := c.rt != nil
 		c.mu.Unlock()
-		if rt == nil {
-			var err error
-			if rt, _, err = c.connect(req.Context()); err != nil {
+		if !connected {
+			if _, _, err := c.connect(req.Context()); err != nil {
 				<-sem
 				return nil, err
 			}
 		}
 		<-sem
+		rt, done = c.take()
 	}
-	done := c.use(rt)
 	resp, err := rt.RoundTrip(req)
 	if err != nil {
 		done()
@@ -341,18 +341,23 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// use counts a request on rt until the returned func is called (once the
-// response body is closed), so a retired connection is closed only when
-// nothing runs on it.
-func (c *Client) use(rt http.RoundTripper) func() {
+// take returns the current connection and counts a request on it until
+// the returned func is called (once the response body is closed), in one
+// step, so that Refresh cannot close a connection a request has just
+// taken. It returns nil when not connected.
+func (c *Client) take() (http.RoundTripper, func()) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	rt := c.rt
+	if rt == nil {
+		return nil, nil
+	}
 	if c.inUse == nil {
 		c.inUse = map[http.RoundTripper]int{}
 	}
 	c.inUse[rt]++
-	c.mu.Unlock()
 	var once sync.Once
-	return func() {
+	return rt, func() {
 		once.Do(func() {
 			c.mu.Lock()
 			if c.inUse[rt]--; c.inUse[rt] <= 0 {

@@ -89,6 +89,8 @@ var schema = []string{
 	)`,
 	`CREATE INDEX IF NOT EXISTS batches_pending ON batches(consumer, receipted, grant_id, seq)`,
 	// Counters that change with the data they name, for cheap polling.
+	// Facts about the hub itself, such as the backup it was restored from.
+	`CREATE TABLE IF NOT EXISTS hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
 	`CREATE TABLE IF NOT EXISTS versions (name TEXT PRIMARY KEY, value INTEGER NOT NULL)`,
 	`CREATE TABLE IF NOT EXISTS audit (
 		seq INTEGER PRIMARY KEY,
@@ -669,6 +671,39 @@ func (s *SQLite) Grants(ctx context.Context) ([]Grant, error) { return s.grants(
 func (s *SQLite) Backup(ctx context.Context, path string) error {
 	_, err := s.db.ExecContext(ctx, `VACUUM INTO ?`, path)
 	return err
+}
+
+// RestoredFrom is when the backup this hub was restored from was taken,
+// or the zero time.
+func (s *SQLite) RestoredFrom(ctx context.Context) (time.Time, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM hub_meta WHERE key = 'restored_from'`).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	return parseTS(v), err
+}
+
+// SetRestoredFrom records the time of the backup the hub was restored from.
+func (s *SQLite) SetRestoredFrom(ctx context.Context, taken time.Time) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO hub_meta (key, value) VALUES ('restored_from', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, ts(taken))
+	return err
+}
+
+// Adopt makes a certificate the node's current one: a certificate the
+// hub's CA issued after the backup it was restored from, by a renewal the
+// restored database does not remember.
+func (s *SQLite) Adopt(ctx context.Context, node, serial string, expiry time.Time, detail string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE nodes SET cert_serial = ?, prev_serial = '', cert_expiry = ? WHERE id = ? AND status = ?`, serial, ts(expiry), node, NodeActive)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("node %s is not active: %w", node, ErrConflict)
+		}
+		return s.audit(ctx, tx, node, "node.adopt", node, "cert_serial="+serial+" "+detail)
+	})
 }
 
 // TouchNode records when a node was last heard from.

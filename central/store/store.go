@@ -165,6 +165,12 @@ type Store interface {
 	RevokeNode(ctx context.Context, id string) error
 	Node(ctx context.Context, id string) (Node, error)
 	Nodes(ctx context.Context) ([]Node, error)
+	// RestoredFrom is when the backup this hub was restored from was
+	// taken (zero if none); SetRestoredFrom records it at a restore.
+	RestoredFrom(ctx context.Context) (time.Time, error)
+	SetRestoredFrom(ctx context.Context, taken time.Time) error
+	// Adopt makes a certificate issued after that backup a node's current one.
+	Adopt(ctx context.Context, node, serial string, expiry time.Time, detail string) error
 	// TouchNode records when a node was last heard from.
 	TouchNode(ctx context.Context, id string, at time.Time) error
 	// Summary counts what the hub holds.

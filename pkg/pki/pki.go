@@ -121,14 +121,25 @@ func (ca *CA) IssueNode(csr *x509.CertificateRequest, nodeID string, validity ti
 	tmpl := &x509.Certificate{
 		SerialNumber: sn,
 		Subject:      pkix.Name{CommonName: nodeID, OrganizationalUnit: []string{NodeOU}, Organization: []string{"Qianzhi"}},
-		// Backdated for clocks a little behind the hub's, by no more than
-		// a tenth of its life: the agent renews at a third of it left.
-		NotBefore:   now.Add(-min(5*time.Minute, validity/10)),
-		NotAfter:    now.Add(validity),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		NotBefore:    now.Add(-backdate(validity)),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
 	return ca.sign(tmpl, csr.PublicKey)
+}
+
+// backdate is how far before its issue a node certificate is valid: for
+// clocks a little behind the hub's, by no more than a tenth of its life
+// (the agent renews at a third of it left).
+func backdate(validity time.Duration) time.Duration { return min(5*time.Minute, validity/10) }
+
+// Issued is when a node certificate was issued (its NotBefore undoes the
+// backdate of IssueNode).
+func Issued(c *x509.Certificate) time.Time {
+	// life = validity + backdate(validity); backdate is life/11 when it is
+	// a tenth of the validity, and 5 minutes otherwise.
+	return c.NotBefore.Add(min(5*time.Minute, c.NotAfter.Sub(c.NotBefore)/11))
 }
 
 // OperatorOU marks an operator's certificate, OperatorRolePrefix its role.

@@ -78,3 +78,27 @@ func TestIssueNode(t *testing.T) {
 		}
 	}
 }
+
+func TestIssued(t *testing.T) {
+	ca, err := NewCA("test", time.Hour*24*365)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := NewKey()
+	der, _ := NewCSR(key)
+	csr, err := ParseCSR(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []time.Duration{time.Minute, 10 * time.Minute, 50 * time.Minute, time.Hour, 365 * 24 * time.Hour} {
+		before := time.Now()
+		c, err := ca.IssueNode(csr, "n1", v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Certificates carry whole seconds.
+		if got := Issued(c); got.Before(before.Add(-time.Second)) || got.After(time.Now().Add(time.Second)) {
+			t.Errorf("validity %v: issued %v, want about %v", v, got, before)
+		}
+	}
+}
