@@ -210,7 +210,7 @@ func (h *Hub) verifyConnection(cs tls.ConnectionState) error {
 // Certificates from before the backup are still refused: a superseded one
 // stays superseded.
 func (h *Hub) adopt(n store.Node, c *x509.Certificate) bool {
-	if h.restoredFrom.IsZero() || !pki.Issued(c).After(h.restoredFrom) || !c.NotAfter.After(n.CertExpiry) {
+	if !adoptable(h.restoredFrom, n, c) {
 		return false
 	}
 	serial := c.SerialNumber.Text(16)
@@ -221,6 +221,13 @@ func (h *Hub) adopt(n store.Node, c *x509.Certificate) bool {
 	}
 	h.log.Info("adopted a certificate issued after the backup this hub was restored from", "node", n.ID, "serial", serial)
 	return true
+}
+
+// adoptable reports whether a certificate the node table does not know was
+// issued after the backup restored (taken at restoredFrom) and outlives
+// the one the table knows.
+func adoptable(restoredFrom time.Time, n store.Node, c *x509.Certificate) bool {
+	return !restoredFrom.IsZero() && n.Status == store.NodeActive && pki.Issued(c).After(restoredFrom) && c.NotAfter.After(n.CertExpiry)
 }
 
 // Serve runs the hub until ctx ends. ready, if not nil, receives the bound
