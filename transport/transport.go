@@ -192,7 +192,8 @@ type Client struct {
 	rt      http.RoundTripper
 	closer  func()
 	current string
-	inUse   map[http.RoundTripper]int // requests running, by connection
+	inUse   map[http.RoundTripper]int    // requests running, by connection
+	retired map[http.RoundTripper]func() // connections Refresh replaced, still draining: their closers
 }
 
 // ErrUnreachable wraps every failure to reach the hub at all.
@@ -282,6 +283,26 @@ func probe(ctx context.Context, rt http.RoundTripper, hub string) error {
 	return nil
 }
 
+// probeCached pings the hub over the connection a transport already has,
+// never dialling a new one (QUIC; a TCP connection to a hub gone away is
+// reset by the kernel and needs no ping).
+func probeCached(ctx context.Context, rt http.RoundTripper, hub string) error {
+	t, ok := rt.(*http3.Transport)
+	if !ok {
+		return nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+hub+"/v1/ping", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := t.RoundTripOpt(req, http3.RoundTripOpt{OnlyCachedConn: true})
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
 // Transport reports the transport in use, or "" when not connected.
 func (c *Client) Transport() string {
 	c.mu.Lock()
@@ -331,8 +352,7 @@ func (c *Client) Do(req *http.Request) (*http.Response, error) {
 		}
 		c.mu.Lock()
 		if c.rt == rt {
-			c.closer()
-			c.rt, c.closer, c.current = nil, nil, ""
+			c.dropLocked()
 		}
 		c.mu.Unlock()
 		return nil, err
@@ -412,19 +432,41 @@ func (c *Client) Refresh(ctx context.Context, drain time.Duration) error {
 		return nil
 	}
 	c.rt, c.closer = rt, closer
+	if c.retired == nil {
+		c.retired = map[http.RoundTripper]func(){}
+	}
+	c.retired[old] = oldCloser
 	c.mu.Unlock()
 	go func() {
 		deadline := time.Now().Add(drain)
+		lastPing := time.Now()
 		for time.Now().Before(deadline) {
 			c.mu.Lock()
-			n := c.inUse[old]
+			n, draining := c.inUse[old], c.retired[old] != nil
 			c.mu.Unlock()
-			if n == 0 {
+			if n == 0 || !draining {
 				break
+			}
+			// Nobody else watches this connection: ping it now and then,
+			// so that a hub gone away fails its waiting requests (a QUIC
+			// long poll sends nothing and would wait out the idle timeout).
+			if time.Since(lastPing) >= 5*time.Second {
+				lastPing = time.Now()
+				pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err := probeCached(pctx, old, c.Hub)
+				cancel()
+				if err != nil {
+					break
+				}
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		oldCloser()
+		c.mu.Lock()
+		if closer := c.retired[old]; closer != nil {
+			delete(c.retired, old)
+			closer()
+		}
+		c.mu.Unlock()
 	}()
 	return nil
 }
@@ -476,8 +518,7 @@ func (c *Client) Watch(ctx context.Context, period time.Duration) {
 			if c.Logger != nil {
 				c.Logger.Warn("hub connection is dead; reconnecting", "transport", c.current, "err", err)
 			}
-			c.closer()
-			c.rt, c.closer, c.current = nil, nil, ""
+			c.dropLocked()
 		}
 		c.mu.Unlock()
 	}
@@ -518,10 +559,23 @@ func (c *Client) URL(path string) string { return "https://" + c.Hub + path }
 func (c *Client) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.dropLocked()
+}
+
+// dropLocked closes the current connection and those retired by Refresh
+// that are still draining: when the current one is dead, so is the hub
+// they lead to, and their requests (long polls, which send nothing while
+// they wait) would otherwise hang until QUIC's idle timeout, unwatched.
+// Callers hold c.mu.
+func (c *Client) dropLocked() {
 	if c.closer != nil {
 		c.closer()
 	}
 	c.rt, c.closer, c.current = nil, nil, ""
+	for rt, closer := range c.retired {
+		closer()
+		delete(c.retired, rt)
+	}
 }
 
 // ParseOffset reads a non-negative integer header.
