@@ -10,8 +10,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/signal"
 	"slices"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -127,6 +129,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return operatorAdd(store.WithActor(ctx, localActor()), cfg, pos, o, stdout)
 	case "run":
 		log := logging.New(stderr, cfg.LogLevel, "")
+		// SIGHUP would end the process by default (and systemd counts it a
+		// clean stop, so it would stay down): say what it does here instead.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for range hup {
+				log.Warn("SIGHUP ignored: the hub re-reads holiday calendars by itself; other settings change at a restart (systemctl restart qz-central)")
+			}
+		}()
 		h, err := Open(cfg, log)
 		if err != nil {
 			return err

@@ -221,6 +221,9 @@ func TestOperations(t *testing.T) {
 		t.Errorf("consumer counted %v apply/rejection errors in a clean run", v)
 	}
 
+	// The hub takes a SIGHUP without stopping.
+	h.p.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, 10*time.Second, "the hub to note the SIGHUP", func() bool { return logHas(h.p.log, "SIGHUP ignored") })
 	hm := scrape(t, metricsAddr(t, h.p.log))
 	for key, min := range map[string]float64{
 		`qz_batches_total{direction="in",resource="prov.people"}`:  1,
