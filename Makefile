@@ -46,11 +46,12 @@ mariadb: ## install MariaDB for the database tests when mariadbd is missing
 	fi
 
 .PHONY: testdeps
-testdeps: ## install what the packaging tests use (rpm, rpm2cpio, debootstrap) when missing
+testdeps: ## install what the packaging and firewall tests use (rpm, rpm2cpio, debootstrap, nftables) when missing
 	@missing=; \
 	for t in rpm rpm2cpio debootstrap; do \
 		command -v $$t >/dev/null 2>&1 || test -x /usr/sbin/$$t || missing="$$missing $$t"; \
 	done; \
+	command -v nft >/dev/null 2>&1 || test -x /usr/sbin/nft || missing="$$missing nftables"; \
 	test -f /usr/share/keyrings/debian-archive-keyring.gpg || missing="$$missing debian-archive-keyring"; \
 	if [ -n "$$missing" ]; then \
 		sudo=; if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo=sudo; fi; \
