@@ -37,9 +37,10 @@ func (a *Agent) startProducer(ctx context.Context, r Entry) {
 	}()
 }
 
-// stopProducer ends a resource's extraction and closes its source.
-// Callers hold prodMu.
-func (a *Agent) stopProducer(id string) {
+// stopProducer ends a resource's extraction and closes its source;
+// forget also drops what status says of the resource (a reload removed or
+// changed it). Callers hold prodMu.
+func (a *Agent) stopProducer(id string, forget bool) {
 	p := a.producers[id]
 	if p == nil {
 		return
@@ -53,7 +54,9 @@ func (a *Agent) stopProducer(id string) {
 		delete(a.sources, id)
 	}
 	a.mu.Unlock()
-	a.state.clearStopped(id, "resource")
+	if forget {
+		a.state.clearStopped(id, "resource")
+	}
 }
 
 // stopProducers ends every extraction, at shutdown.
@@ -61,7 +64,7 @@ func (a *Agent) stopProducers() {
 	a.prodMu.Lock()
 	defer a.prodMu.Unlock()
 	for id := range a.producers {
-		a.stopProducer(id)
+		a.stopProducer(id, false) // status keeps showing why a resource could not open
 	}
 }
 
@@ -102,7 +105,7 @@ func (a *Agent) Reload(ctx context.Context, path string) error {
 	var started, stopped []string
 	for id := range a.producers {
 		if !keep[id] {
-			a.stopProducer(id)
+			a.stopProducer(id, true)
 			stopped = append(stopped, id)
 		}
 	}
