@@ -229,8 +229,8 @@ func probeHub(ctx context.Context, cfg Config, id *Identity) hubProbe {
 	})
 	wg.Wait()
 	if !p.quic.ok() && p.quic.why != failTimeout {
-		// The client reports QUIC's failure as text only; what TLS/TCP
-		// learnt about the certificates holds for QUIC too.
+		// What TLS/TCP learnt about the certificates holds for QUIC too,
+		// whose handshake errors carry TLS alerts as QUIC error codes.
 		if p.tcp.certRefused() || p.tcp.hubUntrusted() {
 			p.quic.why, p.quic.reason = p.tcp.why, p.tcp.reason
 		}
@@ -259,9 +259,9 @@ func pingHub(ctx context.Context, addr string, conf *tls.Config, mode string) pi
 			switch {
 			case ctx.Err() != nil:
 				return ping{err: err, why: failTimeout, reason: "no answer within " + doctorHubTimeout.String()}
-			case errors.Is(err, transport.ErrUnreachable) && took >= 3*time.Second:
-				// The client gave up on the handshake: the cause is in
-				// its text, which only repeats that there was no answer.
+			case isTimeout(err):
+				// The client gave up on the handshake (QUIC's handshake
+				// timeout): no answer came.
 				return ping{err: err, why: failTimeout, reason: "gave up after " + shortDuration(took).String()}
 			}
 			return ping{err: err, reason: err.Error()}
@@ -279,6 +279,12 @@ func pingHub(ctx context.Context, addr string, conf *tls.Config, mode string) pi
 	return p
 }
 
+// isTimeout reports whether err, or a cause it wraps, is a timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // hubClock reads the hub's clock from a ping's answer: Qz-Time, or the
 // HTTP Date header (to the second) from a hub without it.
 func hubClock(h http.Header) (time.Time, time.Duration) {
@@ -291,8 +297,10 @@ func hubClock(h http.Header) (time.Time, time.Duration) {
 	return time.Time{}, 0
 }
 
-// diagnoseTCP dials the hub over TLS/TCP itself to tell why a ping failed:
-// the transport client's error names the cause in its text only.
+// diagnoseTCP dials the hub over TLS/TCP itself to tell why a ping failed.
+// The client's error keeps its causes, but in TLS 1.3 the hub refuses a
+// client certificate only after the handshake, as an alert the HTTP/2
+// client reports as a broken connection: a read of our own sees the alert.
 func diagnoseTCP(ctx context.Context, addr string, conf *tls.Config) (failure, string) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

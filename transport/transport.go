@@ -222,6 +222,31 @@ func (c *Client) newTCP() (http.RoundTripper, func()) {
 	return t, func() { t.CloseIdleConnections() }
 }
 
+// newTransport makes a connection-to-be over one transport.
+func (c *Client) newTransport(mode string) (http.RoundTripper, func()) {
+	if mode == QUIC {
+		return c.newQUIC()
+	}
+	return c.newTCP()
+}
+
+// connectError is why no transport reached the hub: each one's error,
+// kept for errors.Is and errors.As, on one line.
+type connectError struct {
+	modes []string
+	errs  []error
+}
+
+func (e *connectError) Error() string {
+	parts := make([]string, len(e.errs))
+	for i, err := range e.errs {
+		parts[i] = e.modes[i] + ": " + err.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (e *connectError) Unwrap() []error { return e.errs }
+
 // connect chooses a transport by probing the hub.
 func (c *Client) connect(ctx context.Context) (http.RoundTripper, string, error) {
 	modes := []string{QUIC, TCP}
@@ -231,15 +256,9 @@ func (c *Client) connect(ctx context.Context) (http.RoundTripper, string, error)
 	case TCP:
 		modes = []string{TCP}
 	}
-	var errs []string
+	failed := &connectError{}
 	for _, m := range modes {
-		var rt http.RoundTripper
-		var closer func()
-		if m == QUIC {
-			rt, closer = c.newQUIC()
-		} else {
-			rt, closer = c.newTCP()
-		}
+		rt, closer := c.newTransport(m)
 		pctx, cancel := context.WithTimeout(ctx, 8*time.Second)
 		err := probe(pctx, rt, c.Hub)
 		cancel()
@@ -259,12 +278,12 @@ func (c *Client) connect(ctx context.Context) (http.RoundTripper, string, error)
 			return rt, m, nil
 		}
 		closer()
-		errs = append(errs, m+": "+err.Error())
+		failed.modes, failed.errs = append(failed.modes, m), append(failed.errs, err)
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return nil, "", fmt.Errorf("%w at %s (%s); check the hub address, that qz-central runs, and that the firewall lets this server reach it", ErrUnreachable, c.Hub, strings.Join(errs, "; "))
+	return nil, "", fmt.Errorf("%w at %s (%w); check the hub address, that qz-central runs, and that the firewall lets this server reach it", ErrUnreachable, c.Hub, failed)
 }
 
 func probe(ctx context.Context, rt http.RoundTripper, hub string) error {
@@ -411,13 +430,7 @@ func (c *Client) Refresh(ctx context.Context, drain time.Duration) error {
 	if old == nil {
 		return nil // the next request connects afresh anyway
 	}
-	var rt http.RoundTripper
-	var closer func()
-	if mode == QUIC {
-		rt, closer = c.newQUIC()
-	} else {
-		rt, closer = c.newTCP()
-	}
+	rt, closer := c.newTransport(mode)
 	pctx, cancel := context.WithTimeout(ctx, 8*time.Second)
 	err := probe(pctx, rt, c.Hub)
 	cancel()
@@ -527,7 +540,7 @@ func (c *Client) Watch(ctx context.Context, period time.Duration) {
 // tryQUIC moves new requests from the TCP fallback to QUIC when QUIC works
 // again. Requests already running on TCP finish there.
 func (c *Client) tryQUIC(ctx context.Context, tcp http.RoundTripper) {
-	rt, closer := c.newQUIC()
+	rt, closer := c.newTransport(QUIC)
 	pctx, cancel := context.WithTimeout(ctx, 8*time.Second)
 	err := probe(pctx, rt, c.Hub)
 	cancel()
