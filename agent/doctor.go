@@ -298,9 +298,9 @@ func hubClock(h http.Header) (time.Time, time.Duration) {
 }
 
 // diagnoseTCP dials the hub over TLS/TCP itself to tell why a ping failed.
-// The client's error keeps its causes, but in TLS 1.3 the hub refuses a
-// client certificate only after the handshake, as an alert the HTTP/2
-// client reports as a broken connection: a read of our own sees the alert.
+// In TLS 1.3 the hub refuses a client certificate only after the
+// handshake, as an alert on the first read: a connection of our own tells
+// that, an untrusted hub and a closed port apart, with their types.
 func diagnoseTCP(ctx context.Context, addr string, conf *tls.Config) (failure, string) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
