@@ -887,11 +887,6 @@ func (h *Hub) upload(w http.ResponseWriter, r *http.Request) {
 		h.internal(w, "store batch", err)
 		return
 	}
-	h.metrics.batches.WithLabelValues(g.Resource, "in").Inc()
-	h.metrics.bytes.WithLabelValues(g.Resource, "in").Add(float64(total))
-	if b, err := h.store.Batch(ctx, g.ID, seq); err == nil {
-		h.metrics.rows.WithLabelValues(g.Resource, "in").Add(float64(b.Rows))
-	}
 	w.Header().Set(api.HeaderComplete, "1")
 	w.WriteHeader(http.StatusCreated)
 	h.wake(g.Consumer)
@@ -938,8 +933,14 @@ func (h *Hub) accept(ctx context.Context, g store.Grant, seq uint64, part string
 	if err := fsutil.SyncDir(filepath.Dir(dst)); err != nil {
 		return err
 	}
-	return h.store.PutBatch(ctx, store.Batch{Grant: g.ID, Sequence: seq, Resource: g.Resource, Provider: g.Provider,
-		Consumer: g.Consumer, Size: size, Rows: hd.Rows, Digest: fmt.Sprintf("%x", info.Digest)})
+	if err := h.store.PutBatch(ctx, store.Batch{Grant: g.ID, Sequence: seq, Resource: g.Resource, Provider: g.Provider,
+		Consumer: g.Consumer, Size: size, Rows: hd.Rows, Digest: fmt.Sprintf("%x", info.Digest)}); err != nil {
+		return err
+	}
+	h.metrics.batches.WithLabelValues(g.Resource, "in").Inc()
+	h.metrics.rows.WithLabelValues(g.Resource, "in").Add(float64(hd.Rows))
+	h.metrics.bytes.WithLabelValues(g.Resource, "in").Add(float64(size))
+	return nil
 }
 
 func (h *Hub) waiter(node string) chan struct{} {
