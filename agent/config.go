@@ -170,7 +170,31 @@ func (e *Entry) decode(file, where string, source bool) []error {
 	if e.Limits != nil {
 		verr = errors.Join(verr, e.Limits.Validate())
 	}
+	if len(e.Calls) > 0 {
+		switch {
+		case !source:
+			verr = errors.Join(verr, errors.New("calls belong with the resource that provides the data, not a subscription"))
+		case e.Kind == "file":
+			verr = errors.Join(verr, errors.New("calls need a table resource (mysql, oracle or sqlite), not a folder"))
+		case e.Catalog == nil:
+			verr = errors.Join(verr, errors.New("calls need a catalog entry: consumers find the calls there and apply in mode query or verify"))
+		}
+		names := map[string]bool{}
+		for i := range e.Calls {
+			if err := e.Calls[i].Validate(); err != nil {
+				verr = errors.Join(verr, err)
+			}
+			if names[e.Calls[i].Name] {
+				verr = errors.Join(verr, fmt.Errorf("call %q is declared twice", e.Calls[i].Name))
+			}
+			names[e.Calls[i].Name] = true
+		}
+	}
 	if c := e.Catalog; c != nil {
+		c.Calls = nil
+		for _, d := range e.Calls {
+			c.Calls = append(c.Calls, d.CallDecl)
+		}
 		if !source {
 			verr = errors.Join(verr, errors.New("catalog belongs with the resource that provides the data, not a subscription"))
 		} else {

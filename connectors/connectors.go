@@ -41,6 +41,26 @@ type Common struct {
 	// Limits bound how fast a resource's batches are extracted and
 	// uploaded, and when its full copies may run; resources only.
 	Limits *throttle.Limits `yaml:"limits"`
+	// Calls are the named, parameterised queries that consumers with a
+	// query or verify grant may call (查询引用, 比对验证); table kinds
+	// only. Their declarations (without the SQL) join the catalog entry.
+	Calls []CallDef `yaml:"calls"`
+}
+
+// CallDef is a declared call with the SQL that answers it. Query names
+// each parameter as :name; the agent binds the checked values, so a value
+// is never part of the SQL text.
+type CallDef struct {
+	api.CallDecl `yaml:",inline"`
+	Query        string `yaml:"query"`
+}
+
+// Caller is a source that answers declared calls.
+type Caller interface {
+	// Call runs c's query with params bound (already checked against the
+	// declaration) and returns at most max rows of c.Fields, in that
+	// order, as canonical text (nil for NULL).
+	Call(ctx context.Context, c *CallDef, params map[string]string, max int) ([][][]byte, error)
 }
 
 // CopySchedule repeats full copies: a copy to each consumer starts when the

@@ -25,6 +25,10 @@
 //	POST /v1/receipts                  a signed receipt
 //	GET  /v1/receipts?grant=G[&seq=N]  → []ReceiptRecord, for the grant's provider or consumer
 //	POST /v1/rejections                Rejection
+//	POST /v1/calls                     CallRequest → CallAnswer (query or verify; the caller is the consumer)
+//	GET  /v1/calls/next?wait=25s       long poll → []CallJob for the calling provider
+//	POST /v1/calls/{id}/answer         CallAnswer, from the provider the call went to
+//	GET  /v1/calls?grant=G&limit=N     → []CallRecord the caller made or answered, newest first
 package api
 
 import (
@@ -94,6 +98,10 @@ type GrantInfo struct {
 	// received under it and send a signed destruction receipt.
 	Destroy bool      `json:"destroy,omitempty"`
 	Expires time.Time `json:"expires,omitzero"`
+	// Rate and Quota bound a query or verify grant's calls per second and
+	// per day, as the hub enforces them.
+	Rate  float64 `json:"rate,omitempty"`
+	Quota int     `json:"quota,omitempty"`
 }
 
 // Delivery is one batch waiting for a consumer.

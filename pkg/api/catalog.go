@@ -64,6 +64,19 @@ type CatalogEntry struct {
 	// Dedicated lists consumer node IDs of a dedicated share (专用):
 	// their applications are approved at once.
 	Dedicated []string `json:"dedicated,omitempty" yaml:"dedicated"`
+	// Calls are the declared calls that the query and verify modes answer.
+	// They are copied from the resource's calls (without their SQL).
+	Calls []CallDecl `json:"calls,omitempty" yaml:"-"`
+}
+
+// CallNamed returns the entry's declared call of that name.
+func (e *CatalogEntry) CallNamed(name string) (*CallDecl, bool) {
+	for i := range e.Calls {
+		if e.Calls[i].Name == name {
+			return &e.Calls[i], true
+		}
+	}
+	return nil, false
 }
 
 // CatalogField is one data item of an entry.
@@ -123,6 +136,22 @@ func (e *CatalogEntry) Validate() error {
 	for _, m := range e.Modes {
 		if m != ModeBatch && m != ModeQuery && m != ModeVerify {
 			add("mode %q: use batch, query or verify", m)
+		}
+	}
+	calls := map[string]bool{}
+	for i := range e.Calls {
+		c := &e.Calls[i]
+		if err := c.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("catalog: %w", err))
+		}
+		if calls[c.Name] {
+			add("call %q is declared twice", c.Name)
+		}
+		calls[c.Name] = true
+		for _, f := range c.Fields {
+			if !seen[f] {
+				add("call %q: field %q is not among the entry's fields", c.Name, f)
+			}
 		}
 	}
 	for _, d := range e.Dedicated {
@@ -240,6 +269,11 @@ type Decision struct {
 	// Destroy, in a provider's approval, makes the consumer destroy what
 	// it received once the grant ends, by expiry or revocation.
 	Destroy bool `json:"destroy,omitempty"`
+	// Rate and Quota, in a provider's approval of a query or verify
+	// grant, bound its calls per second and per day (0: the hub's
+	// defaults).
+	Rate  float64 `json:"rate,omitempty"`
+	Quota int     `json:"quota,omitempty"`
 }
 
 // FeedbackRequest is a consumer's report of an error in a record (纠错).
