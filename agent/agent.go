@@ -178,6 +178,12 @@ func (a *Agent) Serve(ctx context.Context, path string, reload <-chan os.Signal)
 	run("watchdog", func(ctx context.Context) { sdnotify.RunWatchdog(ctx, a.state.db.PingContext) })
 	stopMetrics := a.serveMetrics()
 	defer stopMetrics()
+	if addr, stop, err := a.serveCallAPI(ctx); err != nil {
+		a.log.Error("call API not started; applications cannot make calls through this agent", "err", err)
+	} else if addr != "" {
+		defer stop()
+		a.log.Info("call API listening", "addr", addr, "token_file", a.cfg.callTokenFile())
+	}
 	if err := sdnotify.Notify(sdnotify.Ready); err != nil {
 		a.log.Warn("cannot tell systemd the agent is ready", "err", err)
 	}

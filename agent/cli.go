@@ -38,8 +38,9 @@ Usage:
   qz-agent apply RESOURCE --fields F,F --mode batch --purpose TEXT [--scenario TEXT]
                                                   apply for a resource (共享申请)
   qz-agent applications [--json]                  applications this node made, and those it must decide
-  qz-agent approve ID [--mask FIELD=RULE]… [--days N] [--destroy]
-                                                  the provider's approval: masking (脱敏), term, destruction at the end
+  qz-agent approve ID [--mask FIELD=RULE]… [--days N] [--destroy] [--rate N] [--quota N]
+                                                  the provider's approval: masking (脱敏), term, destruction at the end,
+                                                  calls a second and a day for a query or verify grant
   qz-agent reject ID --reason TEXT                the provider's refusal
   qz-agent feedback report RESOURCE --record KEY --field F --problem TEXT [--suggestion TEXT]
                                                   report an error in a record (纠错)
@@ -50,6 +51,10 @@ Usage:
   qz-agent copy status [--json]                   each copy: state, rows, files, bytes, batches
   qz-agent verify RESOURCE --with NODE            compare a table with NODE's copy, bucket by bucket; a difference exits non-zero
   qz-agent receipts [--grant G] [--json]          batches provided, and the consumers' receipts checked
+  qz-agent call RESOURCE CALL --param NAME=VALUE… [--value FIELD=VALUE…] [--json]
+                                                  a query (查询引用), or with --value a verification (比对验证),
+                                                  through the hub; the answer is checked against its signed receipt
+  qz-agent calls [--grant G] [--limit N] [--json] calls this node made or answered, with their receipts
   qz-agent batch inspect FILE [--seal-key KEY]    print a batch's header and check its seal
   qz-agent version
 
@@ -90,6 +95,14 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	with := fs.String("with", "", "the consumer's node ID")
 	timeout := fs.Duration("timeout", 10*time.Minute, "how long to wait for the verdict")
 	detach := fs.Bool("detach", false, "start the copy and return without following it")
+	rate := fs.Float64("rate", 0, "calls a second the grant allows (query and verify; 0: the hub's default)")
+	quota := fs.Int("quota", 0, "calls a day the grant allows (query and verify; 0: the hub's default)")
+	limit := fs.Int("limit", 100, "at most this many records")
+	callTimeout := fs.Duration("call-timeout", 0, "give up on the call after this long (0: the hub's timeout)")
+	params := cli.Pairs{}
+	fs.Var(params, "param", "NAME=VALUE parameter of the call (repeatable)")
+	values := cli.Pairs{}
+	fs.Var(values, "value", "FIELD=VALUE to verify (repeatable); makes the call a verification")
 	masks := cli.Pairs{}
 	fs.Var(masks, "mask", "FIELD=RULE masking rule for the grant (repeatable): keep(A,B), idcard, phone, name, truncate(N), hash, null")
 	pos, err := cli.Parse(fs, rest)
@@ -177,7 +190,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		// A rejection without a reason goes to the hub too: it refuses it
 		// and records the attempt.
-		d := api.Decision{Approve: cmd == "approve", Reason: *reason, Days: *days, Destroy: *destroy}
+		d := api.Decision{Approve: cmd == "approve", Reason: *reason, Days: *days, Destroy: *destroy, Rate: *rate, Quota: *quota}
 		if len(masks) > 0 {
 			d.Masks = masks
 		}
@@ -272,6 +285,25 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return printReceipts(stdout, ls, *asJSON)
+	case "call":
+		if err := cli.Want(pos, 2, "qz-agent call RESOURCE CALL --param NAME=VALUE…"); err != nil {
+			return err
+		}
+		req := api.CallRequest{Resource: pos[0], Call: pos[1], Mode: api.ModeQuery, Params: params, TimeoutMS: int(callTimeout.Milliseconds())}
+		if len(values) > 0 {
+			req.Mode, req.Values = api.ModeVerify, values
+		}
+		ans, err := Call(ctx, cfg, req)
+		if err != nil {
+			return err
+		}
+		return printAnswer(stdout, ans, *asJSON)
+	case "calls":
+		recs, err := CallRecords(ctx, cfg, *grantID, *limit)
+		if err != nil {
+			return err
+		}
+		return printCallRecords(stdout, recs, *asJSON)
 	}
 	return cli.Usagef("unknown command %q; run 'qz-agent help'", strings.Join(args, " "))
 }
@@ -343,6 +375,7 @@ type Status struct {
 	Transport  string           `json:"transport"`   // last used: quic or tcp
 	Connected  string           `json:"connected"`   // when that connection was made (RFC 3339)
 	Metrics    string           `json:"metrics"`     // where /metrics and /healthz are served, while running
+	CallAPI    string           `json:"call_api"`    // where the local call endpoint listens, while running
 	CertExpiry time.Time        `json:"cert_expiry"` // the node certificate's end (renewed by the running agent)
 	SpoolBytes int64            `json:"spool_bytes"`
 	SpoolQuota int64            `json:"spool_quota"`
@@ -384,6 +417,7 @@ func ReadStatus(cfg Config) (*Status, error) {
 	}
 	s.Spooled = len(es)
 	s.Transport, s.Connected, s.Metrics = st.runtime("transport"), st.runtime("connected"), st.runtime("metrics")
+	s.CallAPI = st.runtime("call_api")
 	s.CertExpiry = id.Leaf.NotAfter
 	rows, err := st.db.Query(`SELECT grant_id, seq FROM applied`)
 	if err != nil {
@@ -427,6 +461,9 @@ func status(cfg Config, asJSON bool, w io.Writer) error {
 	fmt.Fprintf(tw, "certificate\tvalid until %s (%d days; renewed automatically)\n", s.CertExpiry.Local().Format(time.DateTime), int(time.Until(s.CertExpiry).Hours()/24))
 	if s.Metrics != "" {
 		fmt.Fprintf(tw, "metrics\thttp://%s/metrics\n", s.Metrics)
+	}
+	if s.CallAPI != "" {
+		fmt.Fprintf(tw, "call API\thttp://%s/v1/ (token in %s)\n", s.CallAPI, cfg.callTokenFile())
 	}
 	var keys []string
 	for k := range s.Applied {

@@ -63,6 +63,16 @@ type Config struct {
 	// MetricsListen is where /metrics and /healthz are served: loopback by
 	// default, "off" for none.
 	MetricsListen string `yaml:"metrics_listen"`
+	// CallAPI is the local endpoint through which the department's own
+	// applications make query and verify calls without handling
+	// certificates.
+	CallAPI struct {
+		// Listen is loopback by default; "off" for none.
+		Listen string `yaml:"listen"`
+		// TokenFile holds the bearer token applications present; default
+		// StateDir/call-api.token, created (0640) on first start.
+		TokenFile string `yaml:"token_file"`
+	} `yaml:"call_api"`
 	// Resources are what this department publishes.
 	Resources []Entry `yaml:"resources"`
 	// Subscriptions say where received resources go; a granted resource
@@ -97,6 +107,7 @@ func DefaultConfig() Config {
 	c.Poll = 5 * time.Second
 	c.LogLevel = "info"
 	c.MetricsListen = "127.0.0.1:9464"
+	c.CallAPI.Listen = "127.0.0.1:9480"
 	return c
 }
 
@@ -251,6 +262,12 @@ func (c *Config) Validate() error {
 	if err := metrics.CheckAddr(c.MetricsListen); err != nil {
 		errs = append(errs, err)
 	}
+	if _, _, err := net.SplitHostPort(c.CallAPI.Listen); err != nil && !metrics.Off(c.CallAPI.Listen) {
+		errs = append(errs, fmt.Errorf("call_api.listen %q: want HOST:PORT such as 127.0.0.1:9480, or off", c.CallAPI.Listen))
+	}
+	if c.CallAPI.TokenFile != "" && !filepath.IsAbs(c.CallAPI.TokenFile) {
+		errs = append(errs, fmt.Errorf("call_api.token_file %q must be an absolute path", c.CallAPI.TokenFile))
+	}
 	seen := map[string]bool{}
 	for _, e := range c.Resources {
 		if seen[e.ID] {
@@ -280,3 +297,10 @@ func (c *Config) spoolDir() string {
 func (c *Config) inboxDir() string    { return filepath.Join(c.StateDir, "inbox") }
 func (c *Config) identityDir() string { return filepath.Join(c.StateDir, "identity") }
 func (c *Config) dbPath() string      { return filepath.Join(c.StateDir, "agent.db") }
+
+func (c *Config) callTokenFile() string {
+	if c.CallAPI.TokenFile != "" {
+		return c.CallAPI.TokenFile
+	}
+	return filepath.Join(c.StateDir, "call-api.token")
+}

@@ -1,0 +1,306 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/fsutil"
+	"github.com/qianzhi/qianzhi/pkg/metrics"
+	"github.com/qianzhi/qianzhi/pkg/receipt"
+	"github.com/qianzhi/qianzhi/pkg/seal"
+	"github.com/qianzhi/qianzhi/transport"
+)
+
+// caller makes query and verify calls through the hub and checks each
+// answer against the provider's signed receipt before handing it on.
+type caller struct {
+	hub  *transport.Client
+	me   string
+	keys func(ctx context.Context, node, keyID string) (seal.PublicKey, error)
+}
+
+// do makes one call. A refusal by the hub is a *hubError carrying the
+// hub's status and one-line reason.
+func (c *caller) do(ctx context.Context, req api.CallRequest) (*api.CallAnswer, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.hub.URL("/v1/calls"), bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	resp, err := c.hub.Do(hr)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, &hubError{Status: resp.StatusCode, Msg: apiError(resp)}
+	}
+	var ans api.CallAnswer
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&ans); err != nil {
+		return nil, fmt.Errorf("read the call's answer: %w", err)
+	}
+	if err := c.check(ctx, req, &ans); err != nil {
+		return nil, fmt.Errorf("the answer to call %s does not match its receipt, so it is not used: %w", ans.ID, err)
+	}
+	return &ans, nil
+}
+
+// check verifies the receipt's seal by the provider and that it covers this
+// question and this answer.
+func (c *caller) check(ctx context.Context, req api.CallRequest, ans *api.CallAnswer) error {
+	rc, err := receipt.ParseCall(ans.Receipt)
+	if err != nil {
+		return err
+	}
+	pub, err := c.keys(ctx, rc.Provider, rc.SealKeyID)
+	if err != nil {
+		return fmt.Errorf("provider %s's seal key: %w", rc.Provider, err)
+	}
+	if err := rc.Verify(pub); err != nil {
+		return err
+	}
+	switch {
+	case rc.ID != ans.ID || rc.Consumer != c.me || rc.Resource != req.Resource || rc.Call != req.Call || rc.Mode != req.Mode:
+		return fmt.Errorf("receipt is for call %s of %s/%s (%s) by %s", rc.ID, rc.Resource, rc.Call, rc.Mode, rc.Consumer)
+	case rc.ParamsDigest != receipt.ParamsDigest(ans.ID, req.Params, req.Values):
+		return errors.New("receipt covers other parameters")
+	case rc.AnswerDigest != receipt.AnswerDigest(ans.Fields, ans.Rows, ans.Found, ans.Matches):
+		return errors.New("receipt covers another answer")
+	case req.Mode == api.ModeVerify && (len(ans.Fields) > 0 || len(ans.Rows) > 0):
+		return errors.New("a verification answer carries source values")
+	}
+	return nil
+}
+
+// callAPIBody is what an application posts to the local call endpoint.
+type callAPIBody struct {
+	Params map[string]string `json:"params"`
+	Values map[string]string `json:"values,omitempty"`
+}
+
+// serveCallAPI serves the local call endpoint until ctx ends:
+//
+//	POST /v1/query/{resource}/{call}   {"params": {…}}                → api.CallAnswer
+//	POST /v1/verify/{resource}/{call}  {"params": {…}, "values": {…}} → api.CallAnswer
+//	GET  /v1/calls?grant=G&limit=N                                    → []api.CallRecord
+//
+// Each request needs "Authorization: Bearer TOKEN" with the token file's
+// content. Refusals keep the hub's status and reason.
+func (a *Agent) serveCallAPI(ctx context.Context) (addr string, stop func(), err error) {
+	conf := a.config()
+	if metrics.Off(conf.CallAPI.Listen) {
+		return "", func() {}, nil
+	}
+	token, err := loadOrCreateToken(conf.callTokenFile())
+	if err != nil {
+		return "", nil, err
+	}
+	c := &caller{hub: a.hub, me: a.id.NodeID, keys: a.sealKey}
+	mux := http.NewServeMux()
+	for _, mode := range []string{api.ModeQuery, api.ModeVerify} {
+		mux.HandleFunc("POST /v1/"+mode+"/{resource}/{call}", func(w http.ResponseWriter, r *http.Request) {
+			var b callAPIBody
+			if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&b); err != nil {
+				httpJSONError(w, http.StatusBadRequest, `the body must be JSON: {"params": {"NAME": "VALUE"}}`+map[bool]string{true: ` with "values": {"FIELD": "VALUE"}`}[mode == api.ModeVerify])
+				return
+			}
+			req := api.CallRequest{Resource: r.PathValue("resource"), Call: r.PathValue("call"), Mode: mode, Params: b.Params, Values: b.Values}
+			if t := r.URL.Query().Get("timeout"); t != "" {
+				d, err := time.ParseDuration(t)
+				if err != nil || d <= 0 {
+					httpJSONError(w, http.StatusBadRequest, "timeout "+strconv.Quote(t)+": want a duration such as 3s")
+					return
+				}
+				req.TimeoutMS = int(d.Milliseconds())
+			}
+			ans, err := c.do(r.Context(), req)
+			if err != nil {
+				a.callError(w, err)
+				return
+			}
+			writeCallJSON(w, ans)
+		})
+	}
+	mux.HandleFunc("GET /v1/calls", func(w http.ResponseWriter, r *http.Request) {
+		var recs []api.CallRecord
+		if err := a.call(r.Context(), http.MethodGet, "/v1/calls?"+r.URL.RawQuery, nil, &recs); err != nil {
+			a.callError(w, err)
+			return
+		}
+		writeCallJSON(w, recs)
+	})
+	auth := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), token) != 1 {
+			httpJSONError(w, http.StatusUnauthorized, "missing or wrong token: send 'Authorization: Bearer' with the content of "+conf.callTokenFile())
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+	ln, err := net.Listen("tcp", conf.CallAPI.Listen)
+	if err != nil {
+		return "", nil, fmt.Errorf("call_api.listen %s: %w (another program holds the port? set call_api.listen to a free one, or off)", conf.CallAPI.Listen, err)
+	}
+	srv := &http.Server{Handler: auth, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	go srv.Serve(ln)
+	a.state.setRuntime("call_api", ln.Addr().String())
+	return ln.Addr().String(), func() { srv.Close() }, nil
+}
+
+// callError answers a failed call with the hub's status and reason, or 502
+// when the hub could not be asked.
+func (a *Agent) callError(w http.ResponseWriter, err error) {
+	var he *hubError
+	if errors.As(err, &he) {
+		httpJSONError(w, he.Status, he.Msg)
+		return
+	}
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	httpJSONError(w, http.StatusBadGateway, "cannot complete the call through the hub: "+err.Error())
+}
+
+func httpJSONError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(api.Error{Error: msg})
+}
+
+func writeCallJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// loadOrCreateToken reads the call API's token, creating a random one
+// (0640, so the department's applications can be given read access through
+// the service's group) when the file does not exist.
+func loadOrCreateToken(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		t := make([]byte, 32)
+		rand.Read(t)
+		b = []byte(hex.EncodeToString(t) + "\n")
+		err = fsutil.WriteFileAtomic(path, b, 0o640)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("call API token: %w", err)
+	}
+	t := bytes.TrimSpace(b)
+	if len(t) < 16 {
+		return nil, fmt.Errorf("call API token in %s is shorter than 16 characters: write a longer one, or delete the file for a new random one", path)
+	}
+	return t, nil
+}
+
+// Call makes one call from the command line, over a connection of its own.
+func Call(ctx context.Context, cfg Config, req api.CallRequest) (*api.CallAnswer, error) {
+	hub, id, err := hubClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer hub.Close()
+	c := &caller{hub: hub, me: id.NodeID, keys: func(ctx context.Context, node, keyID string) (seal.PublicKey, error) {
+		return fetchSealKey(ctx, hub, node, keyID)
+	}}
+	return c.do(ctx, req)
+}
+
+// CallRecords lists the hub's records of calls this node made or answered.
+func CallRecords(ctx context.Context, cfg Config, grant string, limit int) ([]api.CallRecord, error) {
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
+	if grant != "" {
+		q.Set("grant", grant)
+	}
+	var recs []api.CallRecord
+	_, err := hubCall(ctx, cfg, http.MethodGet, "/v1/calls?"+q.Encode(), nil, &recs)
+	return recs, err
+}
+
+// printAnswer prints a call's answer: a query's rows as a table, a
+// verification's verdict per field, then the receipt that covers it.
+func printAnswer(w io.Writer, ans *api.CallAnswer, asJSON bool) error {
+	if asJSON {
+		return printJSON(w, ans)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	switch {
+	case ans.Mode == api.ModeVerify && !ans.Found:
+		fmt.Fprintln(tw, "no such subject: nothing to compare with")
+	case ans.Mode == api.ModeVerify:
+		fields := slices.Sorted(maps.Keys(ans.Matches))
+		for _, f := range fields {
+			verdict := "no match"
+			if ans.Matches[f] {
+				verdict = "match"
+			}
+			fmt.Fprintf(tw, "%s\t%s\n", f, verdict)
+		}
+	case len(ans.Rows) == 0:
+		fmt.Fprintln(tw, "no such subject: no rows")
+	default:
+		fmt.Fprintln(tw, strings.Join(ans.Fields, "\t"))
+		for _, row := range ans.Rows {
+			cells := make([]string, len(row))
+			for i, v := range row {
+				cells[i] = "NULL"
+				if v != nil {
+					cells[i] = *v
+				}
+			}
+			fmt.Fprintln(tw, strings.Join(cells, "\t"))
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if rc, err := receipt.ParseCall(ans.Receipt); err == nil {
+		fmt.Fprintf(w, "call %s under grant %s; receipt sealed by %s at %s\n", ans.ID, ans.Grant, rc.Provider, rc.Answered.Local().Format(time.DateTime))
+	}
+	return nil
+}
+
+// printCallRecords prints the hub's call records, newest first.
+func printCallRecords(w io.Writer, recs []api.CallRecord, asJSON bool) error {
+	if asJSON {
+		return printJSON(w, recs)
+	}
+	if len(recs) == 0 {
+		fmt.Fprintln(w, "no calls")
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ASKED\tID\tMODE\tCONSUMER→PROVIDER\tRESOURCE/CALL\tSTATUS\tMS\tRECEIPT\tREASON")
+	for _, r := range recs {
+		rc := "-"
+		if len(r.Receipt) > 0 {
+			rc = "signed"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s→%s\t%s/%s\t%s\t%.1f\t%s\t%s\n", r.Asked.Local().Format(time.DateTime), r.ID, r.Mode,
+			r.Consumer, orDash(r.Provider), r.Resource, r.Call, r.Status, r.TookMS, rc, r.Reason)
+	}
+	return tw.Flush()
+}
