@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -180,9 +181,12 @@ func (s *SQLite) grantFor(ctx context.Context, tx *sql.Tx, a *api.Application, a
 	if d.Days > 0 {
 		expires = s.now().AddDate(0, 0, d.Days)
 	}
+	if err := checkLimits(a.Mode, d.Rate, d.Quota); err != nil {
+		return err
+	}
 	a.Grant = newID("g-")
-	if _, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, application, masks, expires, destroy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		a.Grant, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ","), GrantActive, ts(s.now()), a.ID, masksJSON(d.Masks), ts(expires), d.Destroy); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, application, masks, expires, destroy, rate, quota) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		a.Grant, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ","), GrantActive, ts(s.now()), a.ID, masksJSON(d.Masks), ts(expires), d.Destroy, d.Rate, d.Quota); err != nil {
 		return err
 	}
 	masks := d.Masks
@@ -192,8 +196,28 @@ func (s *SQLite) grantFor(ctx context.Context, tx *sql.Tx, a *api.Application, a
 	if err := bump(ctx, tx, "grants"); err != nil {
 		return err
 	}
-	return s.audit(ctx, tx, actor, "grant.add", a.Grant, fmt.Sprintf("application=%s resource=%s provider=%s consumer=%s mode=%s fields=%s masks=%s",
-		a.ID, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ","), masksJSON(masks)))
+	return s.audit(ctx, tx, actor, "grant.add", a.Grant, fmt.Sprintf("application=%s resource=%s provider=%s consumer=%s mode=%s fields=%s masks=%s%s",
+		a.ID, a.Resource, a.Provider, a.Consumer, a.Mode, strings.Join(a.Fields, ","), masksJSON(masks), limitsDetail(d.Rate, d.Quota)))
+}
+
+// checkLimits checks a grant's call limits: not negative, and only on a
+// grant that answers calls.
+func checkLimits(mode string, rate float64, quota int) error {
+	switch {
+	case math.IsNaN(rate) || math.IsInf(rate, 0) || rate < 0 || quota < 0:
+		return fmt.Errorf("rate %g and quota %d must not be negative (0: the hub's defaults): %w", rate, quota, ErrInvalid)
+	case (rate != 0 || quota != 0) && mode != api.ModeQuery && mode != api.ModeVerify:
+		return fmt.Errorf("a rate and a quota bound query and verify calls; a grant in mode %s makes none, so leave them out: %w", mode, ErrInvalid)
+	}
+	return nil
+}
+
+// limitsDetail is a grant's call limits in its grant.add audit record.
+func limitsDetail(rate float64, quota int) string {
+	if rate == 0 && quota == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" rate=%g quota=%d", rate, quota)
 }
 
 // DecideApplication records a review: the hub's (hub true; the application
@@ -221,8 +245,11 @@ func (s *SQLite) DecideApplication(ctx context.Context, id, actor string, hub bo
 			return fmt.Errorf("application %s is %s, not waiting for %s: %w", id, a.State, map[bool]string{true: "the hub", false: "its provider"}[hub], ErrConflict)
 		case !hub && actor != a.Provider:
 			return fmt.Errorf("node %s is not the provider of %s (%s is): %w", actor, a.Resource, a.Provider, ErrInvalid)
-		case hub && (len(d.Masks) > 0 || d.Days != 0 || d.Destroy):
-			return fmt.Errorf("masking, a term and destruction are the provider's to set, in its approval: %w", ErrInvalid)
+		case hub && (len(d.Masks) > 0 || d.Days != 0 || d.Destroy || d.Rate != 0 || d.Quota != 0):
+			return fmt.Errorf("masking, a term, destruction, a rate and a quota are the provider's to set, in its approval: %w", ErrInvalid)
+		}
+		if err := checkLimits(a.Mode, d.Rate, d.Quota); err != nil {
+			return err
 		}
 		if len(d.Masks) > 0 {
 			var kind string

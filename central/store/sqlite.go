@@ -62,7 +62,9 @@ var schema = []string{
 		expires TEXT NOT NULL DEFAULT '',
 		application TEXT NOT NULL DEFAULT '',
 		masks TEXT NOT NULL DEFAULT '',
-		destroy BOOLEAN NOT NULL DEFAULT FALSE
+		destroy BOOLEAN NOT NULL DEFAULT FALSE,
+		rate REAL NOT NULL DEFAULT 0,
+		quota INTEGER NOT NULL DEFAULT 0
 	)`,
 	`CREATE TABLE IF NOT EXISTS destructions (
 		grant_id TEXT PRIMARY KEY REFERENCES grants(id),
@@ -114,13 +116,14 @@ var _ Store = (*SQLite)(nil)
 
 // OpenSQLite opens or creates the hub database at path.
 func OpenSQLite(path string) (*SQLite, error) {
-	db, err := sqlitedb.Open(path, slices.Concat(schema, catalogSchema, applicationSchema, feedbackSchema, operatorSchema, copiesSchema))
+	db, err := sqlitedb.Open(path, slices.Concat(schema, catalogSchema, applicationSchema, feedbackSchema, operatorSchema, copiesSchema, callsSchema))
 	if err != nil {
 		return nil, err
 	}
 	for _, c := range [][3]string{{"grants", "masks", `TEXT NOT NULL DEFAULT ''`}, {"grants", "destroy", `BOOLEAN NOT NULL DEFAULT FALSE`},
 		{"batches", "rows", `INTEGER NOT NULL DEFAULT 0`}, {"batches", "delivered", `TEXT NOT NULL DEFAULT ''`},
-		{"nodes", "prev_serial", `TEXT NOT NULL DEFAULT ''`}, {"nodes", "last_seen", `TEXT NOT NULL DEFAULT ''`}} {
+		{"nodes", "prev_serial", `TEXT NOT NULL DEFAULT ''`}, {"nodes", "last_seen", `TEXT NOT NULL DEFAULT ''`},
+		{"grants", "rate", `REAL NOT NULL DEFAULT 0`}, {"grants", "quota", `INTEGER NOT NULL DEFAULT 0`}} {
 		if err := addColumn(db, c[0], c[1], c[2]); err != nil {
 			db.Close()
 			return nil, err
@@ -511,18 +514,21 @@ func (s *SQLite) Resources(ctx context.Context) ([]Resource, error) {
 // AddGrant records a grant.
 func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := checkLimits(g.Mode, g.Rate, g.Quota); err != nil {
+			return err
+		}
 		if err := s.oneGrant(ctx, tx, g.Resource, g.Consumer); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, expires, application, masks, destroy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, strings.Join(g.Fields, ","), GrantActive, ts(s.now()), ts(g.Expires), g.Application, masksJSON(g.Masks), g.Destroy)
+		_, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, expires, application, masks, destroy, rate, quota) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			g.ID, g.Resource, g.Provider, g.Consumer, g.Mode, strings.Join(g.Fields, ","), GrantActive, ts(s.now()), ts(g.Expires), g.Application, masksJSON(g.Masks), g.Destroy, g.Rate, g.Quota)
 		if err != nil {
 			return err
 		}
 		if err := bump(ctx, tx, "grants"); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, Actor(ctx), "grant.add", g.ID, fmt.Sprintf("resource=%s provider=%s consumer=%s mode=%s", g.Resource, g.Provider, g.Consumer, g.Mode))
+		return s.audit(ctx, tx, Actor(ctx), "grant.add", g.ID, fmt.Sprintf("resource=%s provider=%s consumer=%s mode=%s%s", g.Resource, g.Provider, g.Consumer, g.Mode, limitsDetail(g.Rate, g.Quota)))
 	})
 }
 
@@ -615,12 +621,12 @@ func (s *SQLite) RevokeGrant(ctx context.Context, id string, destroy bool) error
 	})
 }
 
-const grantCols = `id, resource, provider, consumer, mode, fields, status, created, expires, application, masks, destroy`
+const grantCols = `id, resource, provider, consumer, mode, fields, status, created, expires, application, masks, destroy, rate, quota`
 
 func scanGrant(sc interface{ Scan(...any) error }) (Grant, error) {
 	var g Grant
 	var fields, created, expires, masks string
-	err := sc.Scan(&g.ID, &g.Resource, &g.Provider, &g.Consumer, &g.Mode, &fields, &g.Status, &created, &expires, &g.Application, &masks, &g.Destroy)
+	err := sc.Scan(&g.ID, &g.Resource, &g.Provider, &g.Consumer, &g.Mode, &fields, &g.Status, &created, &expires, &g.Application, &masks, &g.Destroy, &g.Rate, &g.Quota)
 	if fields != "" {
 		g.Fields = strings.Split(fields, ",")
 	}

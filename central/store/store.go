@@ -112,6 +112,10 @@ type Grant struct {
 	Created     time.Time
 	Expires     time.Time // zero: no end
 	Application string    // the application it came from, when the workflow made it
+	// Rate and Quota bound a query or verify grant's calls a second and
+	// a CST day; 0 means the hub's defaults (call_rate, call_quota).
+	Rate  float64
+	Quota int
 }
 
 // Active reports whether the grant allows delivery at t.
@@ -246,6 +250,16 @@ type Store interface {
 	// state ("" when new); Copies lists them, newest first.
 	PutCopy(ctx context.Context, c api.Copy) (string, error)
 	Copies(ctx context.Context) ([]api.Copy, error)
+
+	// RecordCalls writes query and verify call records, each with its
+	// audit record (the consumer as actor), in one transaction.
+	RecordCalls(ctx context.Context, recs []api.CallRecord) error
+	// Calls lists call records a node made or answered (node "" for all),
+	// of one grant if grant is not "", newest first.
+	Calls(ctx context.Context, node, grant string, limit int) ([]api.CallRecord, error)
+	// CallCount counts a grant's calls since a time that count against
+	// its quota: all but those the hub refused.
+	CallCount(ctx context.Context, grant string, since time.Time) (int, error)
 
 	AddOperator(ctx context.Context, name, role, serial string) error
 	RevokeOperator(ctx context.Context, name string) error
