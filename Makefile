@@ -70,9 +70,9 @@ test-unit: ## the fast tests only (no process-level integration)
 	$(GO) test -count=1 -short ./...
 
 .PHONY: bench
-bench: build mariadb ## Go benchmarks, then Qianzhi against mysqldump and rsync side by side (~15 min), written to docs/benchmarks.md
+bench: build mariadb ## Go benchmarks, Qianzhi against mysqldump and rsync side by side (~15 min), and query/verify calls (~2 min), written to docs/benchmarks.md
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
-	set -o pipefail; QZ_BENCH=1 QZ_MARIADB_BUFFER_POOL=2G $(GO) test -count=1 -p 1 -run '^TestBenchmarks$$' -timeout 40m -v ./e2e/ | grep -v '^ *{'
+	set -o pipefail; QZ_BENCH=1 QZ_MARIADB_BUFFER_POOL=2G $(GO) test -count=1 -p 1 -run '^Test(Benchmarks|CallBenchmarks)$$' -timeout 40m -v ./e2e/ | grep -v '^ *{'
 
 .PHONY: demo
 demo: build ## run a hub and two agents on loopback and move a folder between them

@@ -118,7 +118,7 @@ func TestUDPDroppedByFirewall(t *testing.T) {
 		"fw-cons": "subscriptions:\n" + fileSub("fw.reports", dst),
 	} {
 		state := filepath.Join(t.TempDir(), "state")
-		cfg := writeAgentConfig(t, h.addr, state, "poll: 200ms\nmetrics_listen: off\nlog_level: debug\n"+yaml)
+		cfg := writeAgentConfig(t, h.addr, state, "poll: 200ms\nmetrics_listen: off\ncall_api: {listen: \"off\"}\nlog_level: debug\n"+yaml)
 		ns.must("qz-agent", "enroll", "--config", cfg, "--token", h.addNode(id))
 		agents[id] = cfg
 	}

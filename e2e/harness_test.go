@@ -193,6 +193,7 @@ type hubOpts struct {
 	noQUIC    bool
 	retention string
 	extra     string // more top-level YAML
+	logLevel  string // default debug
 }
 
 // hub is a qz-central in its own folder.
@@ -212,8 +213,11 @@ func newHub(t *testing.T, o hubOpts) *hub {
 	if o.retention == "" {
 		o.retention = "1h"
 	}
-	yaml := fmt.Sprintf("listen: %s\nquic: %v\ntcp: true\nstate_dir: %s\nhosts: [127.0.0.1, localhost]\nretention: %s\nlog_level: debug\nmetrics_listen: 127.0.0.1:0\n%s",
-		h.addr, !o.noQUIC, filepath.Join(dir, "state"), o.retention, o.extra)
+	if o.logLevel == "" {
+		o.logLevel = "debug"
+	}
+	yaml := fmt.Sprintf("listen: %s\nquic: %v\ntcp: true\nstate_dir: %s\nhosts: [127.0.0.1, localhost]\nretention: %s\nlog_level: %s\nmetrics_listen: 127.0.0.1:0\n%s",
+		h.addr, !o.noQUIC, filepath.Join(dir, "state"), o.retention, o.logLevel, o.extra)
 	if err := os.WriteFile(h.cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -274,6 +278,7 @@ type nodeOpts struct {
 	maxBytes  string
 	hubAddr   string // dial this instead of the hub's own address
 	extra     string // more top-level YAML
+	logLevel  string // default debug
 }
 
 func newNode(t *testing.T, h *hub, id string, o nodeOpts) *node {
@@ -292,8 +297,11 @@ func newNode(t *testing.T, h *hub, id string, o nodeOpts) *node {
 	if o.hubAddr == "" {
 		o.hubAddr = h.addr
 	}
-	yaml := fmt.Sprintf("hub: %s\ntransport: %s\nstate_dir: %s\nspool:\n  quota: %s\nbatch:\n  max_bytes: %s\npoll: 200ms\nlog_level: debug\nmetrics_listen: 127.0.0.1:0\n%s",
-		o.hubAddr, o.transport, n.state, o.quota, o.maxBytes, o.extra)
+	if o.logLevel == "" {
+		o.logLevel = "debug"
+	}
+	yaml := fmt.Sprintf("hub: %s\ntransport: %s\nstate_dir: %s\nspool:\n  quota: %s\nbatch:\n  max_bytes: %s\npoll: 200ms\nlog_level: %s\nmetrics_listen: 127.0.0.1:0\ncall_api:\n  listen: 127.0.0.1:0\n%s",
+		o.hubAddr, o.transport, n.state, o.quota, o.maxBytes, o.logLevel, o.extra)
 	if o.resources != "" {
 		yaml += "resources:\n" + o.resources
 	}

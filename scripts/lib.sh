@@ -48,6 +48,8 @@ agent_config() {
 hub: $HUB
 state_dir: $DEMO/$1/state
 metrics_listen: 127.0.0.1:0
+call_api:
+  listen: 127.0.0.1:0
 YAML
 }
 

@@ -1,0 +1,231 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/qianzhi/qianzhi/internal/mariadbtest"
+	"github.com/qianzhi/qianzhi/pkg/api"
+)
+
+// Markers of the calls section in docs/benchmarks.md: TestCallBenchmarks
+// rewrites what is between them, and TestBenchmarks keeps it.
+const (
+	callsBegin = "<!-- calls: written by TestCallBenchmarks -->"
+	callsEnd   = "<!-- /calls -->"
+)
+
+// TestCallBenchmarks measures query latency at 200 calls/s and sustained
+// verifications a second, from an application through the consumer's
+// local call API, the hub and the provider's agent to MariaDB and back. It
+// runs with QZ_BENCH=1 (make bench), about a minute.
+func TestCallBenchmarks(t *testing.T) {
+	if os.Getenv("QZ_BENCH") == "" {
+		t.Skip("the call benchmarks run with make bench (QZ_BENCH=1), not make test")
+	}
+	rows := envInt("QZ_BENCH_CALL_ROWS", 100000)
+	queries := envInt("QZ_BENCH_QUERIES", 6000) // at 200/s: 30 s
+	verifySecs := envInt("QZ_BENCH_VERIFY_SECONDS", 20)
+	workers := envInt("QZ_BENCH_VERIFY_WORKERS", 64)
+
+	srv := mariadbtest.Get(t)
+	dbName := srv.NewDatabase(t)
+	db := srv.Open(t, dbName)
+	if _, err := db.Exec(householdDDL); err != nil {
+		t.Fatal(err)
+	}
+	people := households(rows)
+	for i := 0; i < len(people); i += 1000 {
+		var q strings.Builder
+		var args []any
+		q.WriteString("INSERT INTO household (id_no, name, address, birth, income) VALUES ")
+		for j, p := range people[i:min(i+1000, len(people))] {
+			if j > 0 {
+				q.WriteString(",")
+			}
+			q.WriteString("(?,?,?,?,?)")
+			args = append(args, p.id, p.name, p.address, p.birth, p.income)
+		}
+		if _, err := db.Exec(q.String(), args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := newHub(t, hubOpts{logLevel: "info"})
+	h.start()
+	prov := newNode(t, h, "gaj", nodeOpts{resources: householdResource("gaj.huji", srv.DSN(dbName)), logLevel: "info"})
+	cons := newNode(t, h, "mzj", nodeOpts{logLevel: "info"})
+	prov.start()
+	cons.start()
+	waitFor(t, 15*time.Second, "the catalog entry", func() bool { return strings.Contains(h.central("catalog", "list"), "gaj.huji") })
+	h.central("catalog", "approve", "gaj.huji", "--version", "1")
+	for _, mode := range []string{"query", "verify"} {
+		res := mustRun(t, "qz-agent", "apply", "gaj.huji", "--fields", "id_no,name,address,birth", "--mode", mode, "--purpose", "基准测试", "--config", cons.cfg)
+		id := strings.Fields(strings.Split(res, "\n")[1])[0]
+		h.central("application", "approve", id)
+		mustRun(t, "qz-agent", "approve", id, "--mask", "address=truncate(6)", "--rate", "100000", "--quota", "100000000", "--config", prov.cfg)
+	}
+	tokenB, err := os.ReadFile(filepath.Join(cons.state, "call-api.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(string(tokenB))
+	var addr string
+	waitFor(t, 10*time.Second, "the call API", func() bool { addr = cons.status().CallAPI; return addr != "" })
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	do := func(mode string, i int) (time.Duration, error) {
+		p := people[(i*7919)%len(people)]
+		body := map[string]any{"params": map[string]string{"id_no": p.id}}
+		if mode == "verify" {
+			body["values"] = map[string]string{"name": p.name, "birth": p.birth}
+		}
+		b, _ := json.Marshal(body)
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/"+mode+"/gaj.huji/by_id", bytes.NewReader(b))
+		req.Header.Set("Authorization", "Bearer "+token)
+		start := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		out, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		took := time.Since(start)
+		if resp.StatusCode != http.StatusOK {
+			return took, fmt.Errorf("%d %s", resp.StatusCode, out)
+		}
+		var a api.CallAnswer
+		if err := json.Unmarshal(out, &a); err != nil || !a.Found || mode == "verify" && !(a.Matches["name"] && a.Matches["birth"]) {
+			return took, fmt.Errorf("unexpected answer %s", out)
+		}
+		return took, nil
+	}
+	waitFor(t, 15*time.Second, "the first query", func() bool { _, err := do("query", 0); return err == nil })
+	// Warm up both paths (connections, prepared statements, caches).
+	for i := range 200 {
+		do("query", i)
+		do("verify", i)
+	}
+
+	// Query: open loop at 200 calls a second, each timed from the
+	// application's request to the checked answer.
+	var mu sync.Mutex
+	var lat []time.Duration
+	var fails atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	tick := time.NewTicker(5 * time.Millisecond)
+	qStart := time.Now()
+	for i := range queries {
+		<-tick.C
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := do("query", i)
+			if err != nil {
+				fails.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			mu.Lock()
+			lat = append(lat, d)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	tick.Stop()
+	qTook := time.Since(qStart)
+	if fails.Load() > 0 {
+		t.Errorf("%d of %d queries failed; first: %v", fails.Load(), queries, firstErr.Load())
+	}
+
+	// Verify: closed loop, as many as the machine answers.
+	var done atomic.Int64
+	var vfails atomic.Int64
+	stop := time.Now().Add(time.Duration(verifySecs) * time.Second)
+	vStart := time.Now()
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; time.Now().Before(stop); i += workers {
+				if _, err := do("verify", i); err != nil {
+					vfails.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	vTook := time.Since(vStart)
+	if vfails.Load() > 0 {
+		t.Errorf("%d verifications failed; first: %v", vfails.Load(), firstErr.Load())
+	}
+	rate := float64(done.Load()) / vTook.Seconds()
+
+	p50, p99 := pct(lat, 0.5), pct(lat, 0.99)
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "**missed**"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n## Query and verification calls\n\nMeasured by `make bench` (e2e/callbench_test.go, TestCallBenchmarks) on %s, %d × CPU, %s. "+
+		"An application posts to the consumer agent's local call API; the agent calls the hub over QUIC; the hub hands the call to the provider agent's long poll; "+
+		"the provider runs the declared query against MariaDB (a %d-row table, looked up by its primary key), masks or compares, seals a receipt and posts the answer; "+
+		"the hub checks the receipt, records the call and its audit record (one transaction for all calls finished meanwhile) and answers; the consumer agent checks the receipt and answers the application. "+
+		"Everything runs on this one machine.\n\n", callsBegin, time.Now().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), rows)
+	fmt.Fprintf(&b, "| what | result | target | |\n| --- | --- | --- | --- |\n")
+	fmt.Fprintf(&b, "| query (查询引用), %d calls at 200/s (open loop, %.1f s) | p50 %s, p99 %s, max %s | p50 ≤ 5 ms, p99 ≤ 20 ms | %s |\n",
+		len(lat), qTook.Seconds(), ms(p50), ms(p99), ms(pct(lat, 1)), verdict(len(lat) > 0 && p50 <= 5*time.Millisecond && p99 <= 20*time.Millisecond))
+	fmt.Fprintf(&b, "| verification (比对验证), %d concurrent callers for %.0f s | %.0f calls/s (%d calls) | ≥ 2,000 calls/s | %s |\n\n",
+		workers, vTook.Seconds(), rate, done.Load(), verdict(rate >= 2000))
+	b.WriteString(callsEnd + "\n")
+	t.Logf("\n%s", b.String())
+	if err := writeSection("../docs/benchmarks.md", b.String()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeSection replaces the calls section of a page (or adds it at the end).
+func writeSection(path, section string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return os.WriteFile(path, []byte(withSection(string(old), section)), 0o644)
+}
+
+// withSection puts section in place of the page's calls section, or at
+// its end.
+func withSection(page, section string) string {
+	i, j := strings.Index(page, callsBegin), strings.Index(page, callsEnd)
+	if i >= 0 && j > i {
+		return page[:i] + section + page[j+len(callsEnd)+1:]
+	}
+	return strings.TrimRight(page, "\n") + "\n\n" + section
+}
+
+// callsSection is the calls section of the page at path, or "".
+func callsSection(path string) string {
+	b, _ := os.ReadFile(path)
+	page := string(b)
+	i, j := strings.Index(page, callsBegin), strings.Index(page, callsEnd)
+	if i < 0 || j < i {
+		return ""
+	}
+	return page[i : j+len(callsEnd)+1]
+}
