@@ -82,6 +82,9 @@ type source struct {
 
 	mu    sync.Mutex
 	snaps map[string]*openSnap // open snapshots by grant scope
+
+	calls    sync.Map  // *compiledCall by call query text
+	callInit sync.Once // the pool grows for calls at the first one
 }
 
 // openSnap is a grant's snapshot and when it was last read.
