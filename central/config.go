@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -47,6 +48,15 @@ type Config struct {
 	// HolidaysDir holds official holiday calendars (YEAR.yaml) beside the
 	// built-in ones; a year there replaces the built-in one.
 	HolidaysDir string `yaml:"holidays_dir"`
+	// CallTimeout is how long a query or verify call waits for the
+	// provider's answer (a consumer may ask for less).
+	CallTimeout time.Duration `yaml:"call_timeout"`
+	// CallRate is the calls a second a grant allows when its provider set
+	// no rate in the approval.
+	CallRate float64 `yaml:"call_rate"`
+	// CallQuota is the calls a day (CST) a grant allows when its provider
+	// set no quota.
+	CallQuota int `yaml:"call_quota"`
 }
 
 // DefaultConfig returns the defaults used when a key is absent.
@@ -64,6 +74,9 @@ func DefaultConfig() Config {
 		MetricsListen: "127.0.0.1:9465",
 		HolidaysDir:   "/etc/qianzhi/holidays",
 		Deadlines:     Deadlines{CatalogReview: 10, HubReview: 2, ProviderReview: 5, Feedback: 5},
+		CallTimeout:   10 * time.Second,
+		CallRate:      20,
+		CallQuota:     10000,
 	}
 }
 
@@ -137,6 +150,15 @@ func (c *Config) Validate() error {
 	}
 	if c.CertValidity < time.Minute {
 		errs = append(errs, errors.New("cert_validity must be at least 1m"))
+	}
+	if c.CallTimeout < 100*time.Millisecond || c.CallTimeout > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("call_timeout %s: use 100ms to 5m", c.CallTimeout))
+	}
+	if !(c.CallRate > 0) || math.IsInf(c.CallRate, 0) {
+		errs = append(errs, fmt.Errorf("call_rate %g: use a positive number of calls a second, e.g. 20", c.CallRate))
+	}
+	if c.CallQuota <= 0 {
+		errs = append(errs, fmt.Errorf("call_quota %d: use a positive number of calls a day, e.g. 10000", c.CallQuota))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
