@@ -195,7 +195,7 @@ func (h *Hub) remoteAdmin(w http.ResponseWriter, r *http.Request) {
 var (
 	reviewOnly = []string{"catalog approve", "catalog reject", "application approve", "application reject"}
 	viewOnly   = []string{"catalog list", "catalog show", "application list", "application show", "report overdue", "report departments",
-		"audit list", "audit verify", "audit export", "grant list", "batch list", "copy list", "node list", "operator list", "status"}
+		"audit list", "audit verify", "audit export", "grant list", "batch list", "copy list", "calls", "node list", "operator list", "status"}
 )
 
 // roleHost is the hub host's own user, at the admin socket: every command.

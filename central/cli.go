@@ -43,11 +43,16 @@ Usage:
   qz-central node token ID            print a new enrolment token for a node
   qz-central node revoke ID           refuse the node's certificate from now on
   qz-central node list
-  qz-central grant add --resource R --consumer NODE [--expires 720h] [--fields F,F] [--mask FIELD=RULE]… [--destroy]
+  qz-central grant add --resource R --consumer NODE [--mode batch|query|verify] [--expires 720h] [--fields F,F]
+                      [--mask FIELD=RULE]… [--destroy] [--rate N] [--quota N]
+                                      --rate and --quota bound a query or verify grant's calls a second
+                                      and a day (default: the hub's call_rate and call_quota)
   qz-central grant revoke GRANT_ID [--destroy]
   qz-central grant list
   qz-central batch list [--grant G]   stored batches: size, receipt, purge
   qz-central copy list                full copies (批量复制) the providers reported: state, rows, files, bytes
+  qz-central calls [--grant G] [--node N] [--limit 100] [--json]
+                                      query and verify calls, newest first: who asked what, what became of it
   qz-central audit verify             check the audit log's hash chain
   qz-central audit list
   qz-central audit export [--from DATE] [--to DATE] [--format jsonl|csv]
@@ -162,8 +167,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // opts are the admin commands' flags.
 type opts struct {
 	config, name, resource, consumer, grantID, from, to, format, reason, state, fields string
-	remote, operator, role, out                                                        string
+	remote, operator, role, out, node, mode                                            string
 	expires                                                                            time.Duration
+	rate                                                                               float64
+	quota, limit                                                                       int
 	destroy                                                                            bool
 	version                                                                            int
 	masks                                                                              cli.Pairs
@@ -204,7 +211,12 @@ func parseFlags(cmd string, rest []string) (*opts, []string, error) {
 	fs.StringVar(&o.role, "role", "", "operator or reviewer")
 	fs.StringVar(&o.out, "out", "", "folder to write the operator's key and certificate to")
 	fs.BoolVar(&o.replace, "replace", false, "issue a new certificate for an existing operator")
-	fs.BoolVar(&o.json, "json", false, "print JSON (status)")
+	fs.BoolVar(&o.json, "json", false, "print JSON (status, calls)")
+	fs.StringVar(&o.node, "node", "", "only calls this node made or answered")
+	fs.IntVar(&o.limit, "limit", 100, "at most this many (calls)")
+	fs.StringVar(&o.mode, "mode", api.ModeBatch, "the grant's mode: batch, query or verify")
+	fs.Float64Var(&o.rate, "rate", 0, "calls a second a query or verify grant allows (0: the hub's call_rate)")
+	fs.IntVar(&o.quota, "quota", 0, "calls a day a query or verify grant allows (0: the hub's call_quota)")
 	o.raw = rest
 	pos, err := cli.Parse(fs, rest)
 	return o, pos, err
@@ -328,7 +340,17 @@ func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []st
 		if c.ID == r.Provider {
 			return fmt.Errorf("node %s provides %s itself; a grant needs another consumer", c.ID, r.ID)
 		}
-		g := store.Grant{ID: "g-" + randHex(6), Resource: r.ID, Provider: r.Provider, Consumer: c.ID, Mode: "batch", Fields: cli.List(o.fields), Destroy: o.destroy}
+		if o.mode != api.ModeBatch && o.mode != api.ModeQuery && o.mode != api.ModeVerify {
+			return cli.Usagef("--mode %q: use batch, query or verify", o.mode)
+		}
+		if o.rate < 0 || o.quota < 0 {
+			return cli.Usagef("--rate and --quota must not be negative (0: the hub's call_rate and call_quota)")
+		}
+		if (o.rate != 0 || o.quota != 0) && o.mode == api.ModeBatch {
+			return cli.Usagef("--rate and --quota bound query and verify calls: add --mode query or --mode verify")
+		}
+		g := store.Grant{ID: "g-" + randHex(6), Resource: r.ID, Provider: r.Provider, Consumer: c.ID, Mode: o.mode, Fields: cli.List(o.fields), Destroy: o.destroy,
+			Rate: o.rate, Quota: o.quota}
 		for f, rule := range o.masks {
 			if _, err := mask.Parse(rule); err != nil {
 				return fmt.Errorf("--mask %s: %w", f, err)
@@ -409,6 +431,8 @@ func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []st
 				c.Rows, c.TotalRows, c.Files, c.TotalFiles, c.Bytes, c.TotalBytes, c.Batches, c.Updated.Local().Format(time.DateTime), note)
 		}
 		return tw.Flush()
+	case "calls":
+		return listCalls(ctx, st, o, stdout)
 	case "audit list":
 		recs, err := st.AuditLog(ctx)
 		if err != nil {

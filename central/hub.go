@@ -55,6 +55,8 @@ type Hub struct {
 	waiters   map[string]chan struct{} // consumer node → wake-up
 	grantsGen chan struct{}            // closed and replaced when grants change
 
+	calls *callState // query and verify calls (calls.go)
+
 	lastRefusal time.Time          // last audited enrolment refusal
 	refusals    int                // refusals since, not yet audited
 	uploads     map[string]*upload // grant/seq → the upload writing it
@@ -132,6 +134,7 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now, cal: cal, calAt: time.Now(),
 		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{}}
 	h.metrics = newHubMetrics(h)
+	h.calls = newCallState(st, log)
 	if h.restoredFrom, err = st.RestoredFrom(context.Background()); err != nil {
 		st.Close()
 		return nil, err
@@ -168,8 +171,11 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 // Store exposes the hub's store to the admin CLI and tests.
 func (h *Hub) Store() store.Store { return h.store }
 
-// Close closes the database.
-func (h *Hub) Close() error { return h.store.Close() }
+// Close writes the call records still waiting and closes the database.
+func (h *Hub) Close() error {
+	h.calls.writer.close()
+	return h.store.Close()
+}
 
 // verifyConnection refuses, at the handshake, certificates of revoked or
 // replaced nodes. Chain validation against the CA has already happened.
@@ -376,6 +382,10 @@ func (h *Hub) Handler() http.Handler {
 	mux.Handle("GET /v1/receipts", h.node(h.listReceipts))
 	mux.Handle("POST /v1/rejections", h.node(h.rejection))
 	mux.Handle("POST /v1/copies", h.node(h.copyProgress))
+	mux.Handle("POST /v1/calls", h.node(h.call))
+	mux.Handle("GET /v1/calls/next", h.node(h.nextCalls))
+	mux.Handle("POST /v1/calls/{id}/answer", h.node(h.answerCall))
+	mux.Handle("GET /v1/calls", h.node(h.listCalls))
 	return mux
 }
 
@@ -661,8 +671,12 @@ func (h *Hub) grantsOf(ctx context.Context, node string) ([]api.GrantInfo, strin
 	out := []api.GrantInfo{}
 	now := h.now()
 	for _, g := range gs {
-		out = append(out, api.GrantInfo{ID: g.ID, Resource: g.Resource, Provider: g.Provider, Consumer: g.Consumer,
-			Mode: g.Mode, Fields: g.Fields, Masks: g.Masks, Active: g.Active(now), Expires: g.Expires, Destroy: g.Destroy})
+		gi := api.GrantInfo{ID: g.ID, Resource: g.Resource, Provider: g.Provider, Consumer: g.Consumer,
+			Mode: g.Mode, Fields: g.Fields, Masks: g.Masks, Active: g.Active(now), Expires: g.Expires, Destroy: g.Destroy}
+		if g.Mode == api.ModeQuery || g.Mode == api.ModeVerify {
+			gi.Rate, gi.Quota = h.effectiveLimits(g)
+		}
+		out = append(out, gi)
 	}
 	b, _ := json.Marshal(out)
 	sum := sha256.Sum256(b)

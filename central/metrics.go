@@ -26,6 +26,9 @@ type hubMetrics struct {
 	bytes   *prometheus.CounterVec
 	errors  *prometheus.CounterVec
 
+	calls       *prometheus.CounterVec
+	callSeconds *prometheus.HistogramVec
+
 	seenMu sync.Mutex
 	seen   map[string]time.Time // node → its last request
 	saved  map[string]time.Time // node → when that was last written to the store
@@ -43,12 +46,17 @@ func newHubMetrics(h *Hub) *hubMetrics {
 			Help: "Batch bytes stored (in) and delivered (out), by resource."}, byRes),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "errors_total",
 			Help: "Errors by kind: handshake, rejected, internal, refused."}, []string{"kind"}),
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "calls_total",
+			Help: "Query and verify calls by mode and status: answered, refused (by the hub), failed (by the provider, or not connected), timeout."}, []string{"mode", "status"}),
+		callSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: metrics.Namespace, Name: "call_seconds",
+			Help:    "Time from the hub receiving an answered call to its answer, by mode.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}, []string{"mode"}),
 		seen: map[string]time.Time{}, saved: map[string]time.Time{},
 	}
 	for _, k := range []string{errHandshake, errRejected, errInternal, errRefused} {
 		m.errors.WithLabelValues(k)
 	}
-	m.reg.MustRegister(m.batches, m.rows, m.bytes, m.errors, nodesCollector{h})
+	m.reg.MustRegister(m.batches, m.rows, m.bytes, m.errors, m.calls, m.callSeconds, nodesCollector{h})
 	return m
 }
 
