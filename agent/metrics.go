@@ -34,6 +34,7 @@ type agentMetrics struct {
 	lagIn    map[string]float64 // by resource: the last applied batch's
 	connects prometheus.Counter
 	errors   *prometheus.CounterVec
+	calls    *prometheus.CounterVec
 }
 
 func newAgentMetrics(a *Agent) *agentMetrics {
@@ -51,6 +52,8 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 			Help: "Connections made to the hub (one while the link holds)."}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "errors_total",
 			Help: "Errors by kind: hub, source, upload, apply, rejected, renew, spool."}, []string{"kind"}),
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "calls_total",
+			Help: "Calls this provider served, by resource, mode and status: answered, refused, failed, late."}, []string{"resource", "mode", "status"}),
 	}
 	for _, k := range []string{errHub, errSource, errUpload, errApply, errReject, errRenew, errSpool} {
 		m.errors.WithLabelValues(k) // every kind shows, at 0
@@ -58,7 +61,7 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 	gauge := func(name, help string, fn func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: metrics.Namespace, Name: name, Help: help}, fn)
 	}
-	m.reg.MustRegister(m.batches, m.rows, m.bytes, m.connects, m.errors,
+	m.reg.MustRegister(m.batches, m.rows, m.bytes, m.connects, m.errors, m.calls,
 		gauge("spool_bytes", "Bytes of batches in the spool.", func() float64 { used, _ := a.spool.usage(); return float64(used) }),
 		gauge("spool_quota_bytes", "The spool's quota (spool.quota).", func() float64 { return float64(a.spool.quota) }),
 		gauge("hub_connected", "1 while a connection to the hub is up.", func() float64 {
