@@ -110,6 +110,9 @@ var schema = []string{
 type SQLite struct {
 	db  *sql.DB
 	now func() time.Time
+	// node reads one node: prepared once, since every request of every
+	// node asks it (a call and its answer included).
+	node *sql.Stmt
 }
 
 var _ Store = (*SQLite)(nil)
@@ -129,7 +132,16 @@ func OpenSQLite(path string) (*SQLite, error) {
 			return nil, err
 		}
 	}
-	return &SQLite{db: db, now: time.Now}, nil
+	// Many requests read at once (every request checks its node); with
+	// database/sql's default of 2 idle connections the rest would each
+	// open a connection, and read the schema, only to close it after.
+	db.SetMaxIdleConns(32)
+	node, err := db.Prepare(`SELECT ` + nodeCols + ` FROM nodes WHERE id = ?`)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &SQLite{db: db, now: time.Now, node: node}, nil
 }
 
 // addColumn adds a column a database made by an earlier version lacks.
@@ -146,7 +158,10 @@ func addColumn(db *sql.DB, table, column, def string) error {
 }
 
 // Close closes the database.
-func (s *SQLite) Close() error { return s.db.Close() }
+func (s *SQLite) Close() error {
+	s.node.Close()
+	return s.db.Close()
+}
 
 func ts(t time.Time) string {
 	if t.IsZero() {
@@ -403,7 +418,7 @@ const nodeCols = `id, name, status, cert_serial, prev_serial, cert_expiry, seal_
 
 // Node returns one node.
 func (s *SQLite) Node(ctx context.Context, id string) (Node, error) {
-	n, err := scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE id = ?`, id))
+	n, err := scanNode(s.node.QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return n, fmt.Errorf("node %s: %w", id, ErrNotFound)
 	}
