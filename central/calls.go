@@ -377,16 +377,16 @@ func (h *Hub) callGrant(ctx context.Context, consumer, resource, mode string) (s
 			ended = g // the newest, as grants come oldest first
 		}
 	}
+	// The grant that ended in this mode says more than one in another.
 	apply := fmt.Sprintf("'qz-agent apply %s --mode %s …'", resource, mode)
 	switch {
-	case other.ID != "":
-		return other, refuse(http.StatusForbidden, "grant %s for %s is for mode %s, not %s: apply with %s once it ends (a node holds one active grant per resource)",
-			other.ID, resource, other.Mode, mode, apply)
 	case ended.ID != "" && ended.Status == store.GrantRevoked:
 		return ended, refuse(http.StatusForbidden, "grant %s for %s in mode %s was revoked: apply again with %s", ended.ID, resource, mode, apply)
 	case ended.ID != "":
 		return ended, refuse(http.StatusForbidden, "grant %s for %s in mode %s expired on %s: apply again with %s", ended.ID, resource, mode,
 			ended.Expires.In(calendar.CST).Format(time.DateTime)+" CST", apply)
+	case other.ID != "":
+		return other, refuse(http.StatusForbidden, "grant %s for %s is for mode %s, not %s: apply with %s", other.ID, resource, other.Mode, mode, apply)
 	}
 	return store.Grant{}, refuse(http.StatusForbidden, "node %s has no grant for %s in mode %s: apply with %s and wait for approval", consumer, resource, mode, apply)
 }
@@ -517,7 +517,8 @@ func (h *Hub) forward(job api.CallJob, provider string) (*pendingCall, *callErro
 			seen = "last seen " + t.In(calendar.CST).Format(time.DateTime) + " CST"
 		}
 		h.metrics.seenMu.Unlock()
-		return nil, &callError{status: api.CallFailed, code: http.StatusServiceUnavailable,
+		// Recorded as a timeout: no answer came, the hub only did not wait.
+		return nil, &callError{status: api.CallTimeout, code: http.StatusServiceUnavailable,
 			msg: fmt.Sprintf("provider %s is not connected (%s): its agent is offline; try again later", provider, seen)}
 	}
 	p := &pendingCall{job: job, provider: provider, answer: make(chan callResult, 1)}

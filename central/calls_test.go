@@ -223,10 +223,17 @@ func verifyReq(id string) api.CallRequest {
 // one-line reason, and leaves a call record and an audit record that name
 // the reason but not the parameter's value.
 func TestCallRefusals(t *testing.T) {
-	c := newCallHub(t, "none", "batch", "revoked", "quota", "rate", "fields", "ok", "query", "queryid")
+	c := newCallHub(t, "none", "batch", "revoked", "quota", "rate", "fields", "ok", "query", "queryid", "both")
 	c.grant("batch", api.ModeBatch, nil, 0, 0)
 	c.grant("revoked", api.ModeVerify, nil, 0, 0)
 	if err := c.h.Store().RevokeGrant(context.Background(), "g-revoked", false); err != nil {
+		t.Fatal(err)
+	}
+	c.grant("both", api.ModeVerify, nil, 0, 0)
+	if err := c.h.Store().RevokeGrant(context.Background(), "g-both", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.h.Store().AddGrant(context.Background(), store.Grant{ID: "g-both-batch", Resource: "gaj.hukou", Provider: "gaj", Consumer: "both", Mode: api.ModeBatch}); err != nil {
 		t.Fatal(err)
 	}
 	c.grant("quota", api.ModeVerify, nil, 0, 2)
@@ -248,6 +255,7 @@ func TestCallRefusals(t *testing.T) {
 		{"no grant", "none", verifyReq(goodID), 0, 403, "node none has no grant for gaj.hukou in mode verify: apply with 'qz-agent apply gaj.hukou --mode verify …' and wait for approval", ""},
 		{"wrong mode", "batch", verifyReq(goodID), 0, 403, "grant g-batch for gaj.hukou is for mode batch, not verify: apply with 'qz-agent apply gaj.hukou --mode verify …'", ""},
 		{"revoked grant", "revoked", verifyReq(goodID), 0, 403, "grant g-revoked for gaj.hukou in mode verify was revoked", ""},
+		{"revoked beside a batch grant", "both", verifyReq(goodID), 0, 403, "grant g-both for gaj.hukou in mode verify was revoked", ""},
 		{"over quota", "quota", verifyReq(goodID), 2, 429, "grant g-quota's daily quota of 2 calls is used up; it renews at 00:00 CST", ""},
 		{"over rate", "rate", verifyReq(goodID), 1, 429, "grant g-rate allows 0.01 calls a second; slow down", ""},
 		{"invalid ID number", "ok", verifyReq(badID), 0, 400, "id_no: invalid identity number: the check character is 1", "parameter id_no is not a valid citizen_id"},
@@ -323,6 +331,9 @@ func TestCallAnswered(t *testing.T) {
 	c := newCallHub(t, "mzj", "wjw", "other")
 	c.grant("mzj", api.ModeVerify, nil, 0, 0)
 	c.grant("wjw", api.ModeQuery, []string{"姓名"}, 0, 0)
+	if err := c.h.Store().AddGrant(context.Background(), store.Grant{ID: "g-mzj-batch", Resource: "gaj.hukou", Provider: "gaj", Consumer: "mzj", Mode: api.ModeBatch}); err != nil {
+		t.Fatal(err)
+	}
 	c.poll("gaj", 0)
 
 	got := c.callAsync("mzj", verifyReq("11010519491231002x"))
@@ -451,7 +462,7 @@ func TestCallBadAnswer(t *testing.T) {
 }
 
 // TestCallProviderAway: with no poll from the provider the call fails at
-// once (503); with a poll that takes the call and never answers, it times
+// once (503, recorded as a timeout); with a poll that takes the call and never answers, it times
 // out (504) after the call's timeout, and a late answer finds nothing.
 func TestCallProviderAway(t *testing.T) {
 	c := newCallHub(t, "mzj")
@@ -465,7 +476,7 @@ func TestCallProviderAway(t *testing.T) {
 	if took := time.Since(start); took >= c.h.cfg.CallTimeout {
 		t.Errorf("no poll: the call waited %s, its whole timeout", took)
 	}
-	if rec := c.record("mzj", "call.failed"); rec.Status != api.CallFailed {
+	if rec := c.record("mzj", "call.timeout"); rec.Status != api.CallTimeout || !strings.Contains(rec.Reason, "not connected") {
 		t.Errorf("record: %+v", rec)
 	}
 

@@ -47,7 +47,7 @@ func newHubMetrics(h *Hub) *hubMetrics {
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "errors_total",
 			Help: "Errors by kind: handshake, rejected, internal, refused."}, []string{"kind"}),
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metrics.Namespace, Name: "calls_total",
-			Help: "Query and verify calls by mode and status: answered, refused (by the hub), failed (by the provider, or not connected), timeout."}, []string{"mode", "status"}),
+			Help: "Query and verify calls by mode and status: answered, refused (by the hub's checks), failed (the provider could not answer, or its answer failed the receipt check), timeout (no answer in time, or the provider not connected)."}, []string{"mode", "status"}),
 		callSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: metrics.Namespace, Name: "call_seconds",
 			Help:    "Time from the hub receiving an answered call to its answer, by mode.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}, []string{"mode"}),

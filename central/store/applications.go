@@ -66,7 +66,7 @@ func (s *SQLite) SubmitApplication(ctx context.Context, consumer string, req api
 			return err
 		}
 		a.Provider = provider
-		if err := s.oneGrant(ctx, tx, req.Resource, consumer); err != nil {
+		if err := s.oneGrant(ctx, tx, req.Resource, consumer, req.Mode); err != nil {
 			return err
 		}
 		fields, _ := json.Marshal(req.Fields)
@@ -95,15 +95,17 @@ func (s *SQLite) SubmitApplication(ctx context.Context, consumer string, req api
 	return a, err
 }
 
-// oneGrant refuses a second active grant of a resource to one consumer:
-// its copy lives in one place, and the end of one grant (destruction
-// included) must not touch what another delivers.
-func (s *SQLite) oneGrant(ctx context.Context, tx *sql.Tx, resource, consumer string) error {
+// oneGrant refuses a second active grant of a resource in one mode to one
+// consumer: a copy lives in one place, and the end of one grant
+// (destruction included) must not touch what another delivers. Grants in
+// different modes stand side by side: a batch copy and query or verify
+// calls of the same resource are separate decisions.
+func (s *SQLite) oneGrant(ctx context.Context, tx *sql.Tx, resource, consumer, mode string) error {
 	var held string
-	err := tx.QueryRowContext(ctx, `SELECT id FROM grants WHERE resource = ? AND consumer = ? AND status = ? AND (expires = '' OR expires > ?)`,
-		resource, consumer, GrantActive, ts(s.now())).Scan(&held)
+	err := tx.QueryRowContext(ctx, `SELECT id FROM grants WHERE resource = ? AND consumer = ? AND mode = ? AND status = ? AND (expires = '' OR expires > ?)`,
+		resource, consumer, mode, GrantActive, ts(s.now())).Scan(&held)
 	if err == nil {
-		return fmt.Errorf("node %s already holds grant %s for %s: it must end before another is made: %w", consumer, held, resource, ErrInvalid)
+		return fmt.Errorf("node %s already holds grant %s for %s in mode %s: it must end before another is made: %w", consumer, held, resource, mode, ErrInvalid)
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil
@@ -171,7 +173,7 @@ func (s *SQLite) step(ctx context.Context, tx *sql.Tx, id, state, actor, reason 
 // grantFor makes the grant of an approved application, with the masking
 // rules the provider set.
 func (s *SQLite) grantFor(ctx context.Context, tx *sql.Tx, a *api.Application, actor string, d api.Decision) error {
-	if err := s.oneGrant(ctx, tx, a.Resource, a.Consumer); err != nil {
+	if err := s.oneGrant(ctx, tx, a.Resource, a.Consumer, a.Mode); err != nil {
 		return err
 	}
 	if d.Days < 0 || d.Days > 3660 {

@@ -170,6 +170,14 @@ func TestGrantLimits(t *testing.T) {
 	if got, err := s.Grant(ctx, "g-v"); err != nil || got.Rate != 2.5 || got.Quota != 300 {
 		t.Errorf("grant read back: %+v %v", got, err)
 	}
+	// One active grant per resource and mode: a batch grant may stand
+	// beside the verify grant, a second verify grant may not.
+	if err := s.AddGrant(ctx, Grant{ID: "g-v2", Resource: "gaj.hukou", Provider: "gaj", Consumer: "wjw", Mode: api.ModeVerify}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "already holds grant g-v") {
+		t.Errorf("a second verify grant: %v", err)
+	}
+	if err := s.AddGrant(ctx, Grant{ID: "g-b", Resource: "gaj.hukou", Provider: "gaj", Consumer: "wjw", Mode: api.ModeBatch}); err != nil {
+		t.Errorf("a batch grant beside the verify grant: %v", err)
+	}
 
 	a, err := s.SubmitApplication(ctx, "mzj", api.ApplicationRequest{Resource: "gaj.hukou", Fields: []string{"姓名"}, Mode: api.ModeVerify, Purpose: "核验"}, time.Now())
 	if err != nil {

@@ -532,7 +532,7 @@ func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
 		if err := checkLimits(g.Mode, g.Rate, g.Quota); err != nil {
 			return err
 		}
-		if err := s.oneGrant(ctx, tx, g.Resource, g.Consumer); err != nil {
+		if err := s.oneGrant(ctx, tx, g.Resource, g.Consumer, g.Mode); err != nil {
 			return err
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO grants (id, resource, provider, consumer, mode, fields, status, created, expires, application, masks, destroy, rate, quota) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
