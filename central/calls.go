@@ -223,7 +223,10 @@ func (h *Hub) runCall(r *http.Request, rec *api.CallRecord) (*api.CallAnswer, *c
 		return nil, cerr
 	}
 	rec.Provider = g.Provider
-	params, err := decl.CheckParams(req.Params)
+	// The job carries the parameters as the consumer sent them (checked,
+	// not normalised), so that the receipt's digest of them is one the
+	// consumer can compute; the provider normalises them to bind them.
+	_, err = decl.CheckParams(req.Params)
 	if err != nil {
 		e := refuse(http.StatusBadRequest, "%v", err)
 		e.reason = paramProblem(decl, req.Params) // the checks' messages may quote the value
@@ -267,7 +270,7 @@ func (h *Hub) runCall(r *http.Request, rec *api.CallRecord) (*api.CallAnswer, *c
 		timeout = min(timeout, time.Duration(req.TimeoutMS)*time.Millisecond)
 	}
 	job := api.CallJob{ID: rec.ID, Grant: g.ID, Resource: g.Resource, Call: decl.Name, Mode: req.Mode, Consumer: rec.Consumer,
-		Params: params, Values: values, Asked: rec.Asked, Deadline: rec.Asked.Add(timeout)}
+		Params: req.Params, Values: values, Asked: rec.Asked, Deadline: rec.Asked.Add(timeout)}
 	p, cerr := h.forward(job, g.Provider)
 	if cerr != nil {
 		return nil, cerr
@@ -294,7 +297,7 @@ func (h *Hub) runCall(r *http.Request, rec *api.CallRecord) (*api.CallAnswer, *c
 	case res.failed != "":
 		return nil, &callError{status: api.CallFailed, code: http.StatusBadGateway,
 			msg:    fmt.Sprintf("provider %s could not answer: %s", g.Provider, res.failed),
-			reason: fmt.Sprintf("provider %s could not answer: %s", g.Provider, redact(res.failed, params, values))}
+			reason: fmt.Sprintf("provider %s could not answer: %s", g.Provider, redact(res.failed, req.Params, values))}
 	case res.bad != nil:
 		h.log.Warn("provider sent an invalid call answer", "provider", g.Provider, "call", job.ID, "err", res.bad)
 		return nil, &callError{status: api.CallFailed, code: http.StatusBadGateway,

@@ -129,6 +129,11 @@ var ErrBadParam = errors.New("bad call parameter")
 // CheckParams checks a call's parameters: exactly the declared ones, each
 // valid for its type. It returns them normalised (an ID number's x as X).
 func (d *CallDecl) CheckParams(in map[string]string) (map[string]string, error) {
+	for k := range in {
+		if !slices.ContainsFunc(d.Params, func(p CallParam) bool { return p.Name == k }) {
+			return nil, fmt.Errorf("%w: call %s has no parameter %q (it takes: %s)", ErrBadParam, d.Name, k, strings.Join(d.ParamNames(), ", "))
+		}
+	}
 	out := make(map[string]string, len(d.Params))
 	for _, p := range d.Params {
 		v, ok := in[p.Name]
@@ -140,11 +145,6 @@ func (d *CallDecl) CheckParams(in map[string]string) (map[string]string, error) 
 			return nil, err
 		}
 		out[p.Name] = n
-	}
-	for k := range in {
-		if !slices.ContainsFunc(d.Params, func(p CallParam) bool { return p.Name == k }) {
-			return nil, fmt.Errorf("%w: call %s has no parameter %q (it takes: %s)", ErrBadParam, d.Name, k, strings.Join(d.ParamNames(), ", "))
-		}
 	}
 	return out, nil
 }
