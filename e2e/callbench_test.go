@@ -173,6 +173,7 @@ func TestCallBenchmarks(t *testing.T) {
 		t.Errorf("%d verifications failed; first: %v", vfails.Load(), firstErr.Load())
 	}
 	rate := float64(done.Load()) / vTook.Seconds()
+	endRun(prov.p, cons.p, h.p) // with QZ_CPUPROFILE, each writes its profile
 
 	p50, p99 := pct(lat, 0.5), pct(lat, 0.99)
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }

@@ -86,7 +86,7 @@ func households(n int) []person {
 	for i := range n {
 		birth := fmt.Sprintf("19%02d%02d%02d", 50+i%40, 1+i%12, 1+i%28)
 		out = append(out, person{
-			id:      citizenID("110105", birth, i),
+			id:      citizenID(fmt.Sprintf("%06d", 110105+i/1000), birth, i), // unique: one region per thousand
 			name:    fmt.Sprintf("居民%03d", i),
 			address: fmt.Sprintf("北京市朝阳区建国路%d号院%d号楼", 80+i, 1+i%9),
 			birth:   birth[:4] + "-" + birth[4:6] + "-" + birth[6:],
