@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -39,6 +38,12 @@ const (
 	callIdle = 3 * time.Second
 	// callDefaultTime bounds a call whose job carries no deadline.
 	callDefaultTime = 30 * time.Second
+	// callPosters send answers to the hub; each takes every answer
+	// ready when it is free (up to callBatch) and sends them in one
+	// request, so under load a call costs the hub about one request
+	// instead of two, while a lone answer still goes at once.
+	callPosters = 2
+	callBatch   = 256
 )
 
 // Statuses of qz_calls_total.
@@ -53,8 +58,15 @@ const (
 // resource declares calls.
 func (a *Agent) callLoop(ctx context.Context) {
 	s := &callServer{a: a, log: a.log.With("loop", "calls"), sem: make(chan struct{}, callWorkers),
-		signer: newCallSigner(a.id.Seal)}
+		signer: newCallSigner(a.id.Seal), out: make(chan answered, 4*callWorkers)}
 	var wg sync.WaitGroup
+	for range callPosters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.postLoop(ctx)
+		}()
+	}
 	for range callPolls {
 		wg.Add(1)
 		go func() {
@@ -72,6 +84,7 @@ type callServer struct {
 	log    *slog.Logger
 	sem    chan struct{} // a slot per running worker
 	signer batch.Signer
+	out    chan answered // answers for the posters
 
 	pollFails atomic.Int64 // failed polls in a row, across polls
 	postFails atomic.Int64 // answers the hub could not be given, in a row
@@ -194,33 +207,105 @@ func (s *callServer) serve(ctx context.Context, job api.CallJob) {
 	if deadline.IsZero() {
 		deadline = start.Add(callDefaultTime)
 	}
-	status := callLate
-	if start.Before(deadline) {
-		var ans api.CallAnswer
-		ans, status = s.answer(ctx, job, deadline)
-		if err := s.post(ctx, &ans, deadline); err != nil {
-			var he *hubError
-			switch {
-			case errors.As(err, &he) && he.Status == http.StatusNotFound:
-				status = callLate
-			case ctx.Err() != nil:
-				return
+	if !start.Before(deadline) {
+		s.done(ctx, answered{job: job, status: callLate, start: start})
+		return
+	}
+	ans, status := s.answer(ctx, job, deadline)
+	select {
+	case s.out <- answered{ans: ans, status: status, job: job, start: start, deadline: deadline}:
+	case <-ctx.Done():
+	}
+}
+
+// answered is an answer on its way to the hub.
+type answered struct {
+	ans      api.CallAnswer
+	status   string
+	job      api.CallJob
+	start    time.Time
+	deadline time.Time
+}
+
+// postLoop sends answers to the hub: each request carries every answer
+// ready by then.
+func (s *callServer) postLoop(ctx context.Context) {
+	for {
+		var batch []answered
+		select {
+		case x := <-s.out:
+			batch = append(batch, x)
+		case <-ctx.Done():
+			return
+		}
+	more:
+		for len(batch) < callBatch {
+			select {
+			case x := <-s.out:
+				batch = append(batch, x)
 			default:
-				status = callFailed
-				s.a.fail(errHub)
-				if s.postFails.Add(1) == 1 {
-					s.log.Warn("cannot give the hub a call's answer; the consumer's call times out", "call_id", job.ID, "err", err)
-				}
+				break more
 			}
-		} else if s.postFails.Load() != 0 {
-			s.postFails.Store(0)
+		}
+		s.postAll(ctx, batch)
+	}
+}
+
+// postAll sends answers in one request and counts each by what became of it.
+func (s *callServer) postAll(ctx context.Context, batch []answered) {
+	as := make([]api.CallAnswer, len(batch))
+	deadline := batch[0].deadline
+	for i, b := range batch {
+		as[i] = b.ans
+		deadline = later(deadline, b.deadline)
+	}
+	results, err := s.post(ctx, as, deadline)
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		s.a.fail(errHub)
+		if s.postFails.Add(1) == 1 {
+			s.log.Warn("cannot give the hub calls' answers; the consumers' calls time out", "calls", len(batch), "err", err)
+		}
+		for i := range batch {
+			batch[i].status = callFailed
+		}
+	} else if s.postFails.Load() != 0 {
+		s.postFails.Store(0)
+	}
+	for i, r := range results {
+		if i >= len(batch) || r.ID != batch[i].ans.ID {
+			break
+		}
+		switch r.Status {
+		case http.StatusNoContent:
+		case http.StatusNotFound:
+			batch[i].status = callLate
+		default:
+			batch[i].status = callFailed
+			s.log.Warn("the hub refused a call's answer", "call_id", r.ID, "status", r.Status, "err", r.Error)
 		}
 	}
-	s.a.metrics.calls.WithLabelValues(job.Resource, job.Mode, status).Inc()
-	if s.log.Enabled(ctx, slog.LevelDebug) {
-		s.log.Debug("call served", "call_id", job.ID, "resource", job.Resource, "call", job.Call, "mode", job.Mode,
-			"consumer", job.Consumer, "status", status, "took", time.Since(start))
+	for _, b := range batch {
+		s.done(ctx, b)
 	}
+}
+
+// done counts a served call and logs it at debug level (never its values).
+func (s *callServer) done(ctx context.Context, b answered) {
+	s.a.metrics.calls.WithLabelValues(b.job.Resource, b.job.Mode, b.status).Inc()
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.Debug("call served", "call_id", b.job.ID, "resource", b.job.Resource, "call", b.job.Call, "mode", b.job.Mode,
+			"consumer", b.job.Consumer, "status", b.status, "took", time.Since(b.start))
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // answer builds the answer to a job: a refusal, a failure or a signed
@@ -513,18 +598,18 @@ func scrub(msg string, job api.CallJob) string {
 
 // post gives the hub a job's answer, trying again on a network failure
 // while the call may still be waiting.
-func (s *callServer) post(ctx context.Context, ans *api.CallAnswer, deadline time.Time) error {
-	path := "/v1/calls/" + url.PathEscape(ans.ID) + "/answer"
+func (s *callServer) post(ctx context.Context, as []api.CallAnswer, deadline time.Time) ([]api.AnswerResult, error) {
 	for attempt := 0; ; attempt++ {
+		var results []api.AnswerResult
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := s.a.call(pctx, http.MethodPost, path, ans, nil)
+		err := s.a.call(pctx, http.MethodPost, "/v1/calls/answers", as, &results)
 		cancel()
 		var he *hubError
 		if err == nil || errors.As(err, &he) || attempt == 2 || ctx.Err() != nil || time.Now().After(deadline) {
-			return err
+			return results, err
 		}
 		if !sleepCtx(ctx, time.Duration(100<<attempt)*time.Millisecond) {
-			return err
+			return nil, err
 		}
 	}
 }

@@ -618,32 +618,71 @@ func (h *Hub) nextCalls(w http.ResponseWriter, r *http.Request) {
 // posts its answer, which the hub checks against the signed receipt
 // before handing it to the waiting consumer.
 func (h *Hub) answerCall(w http.ResponseWriter, r *http.Request) {
-	me, id := nodeID(r), r.PathValue("id")
+	id := r.PathValue("id")
+	var a api.CallAnswer
+	if err := json.NewDecoder(io.LimitReader(r.Body, 8<<20)).Decode(&a); err != nil {
+		httpError(w, http.StatusBadRequest, fmt.Sprintf("malformed answer to call %s (%v): send a JSON call answer of at most 8 MiB", clip(id), err))
+		return
+	}
+	a.ID = id
+	res := h.takeAnswer(r.Context(), nodeID(r), &a)
+	if res.Status != http.StatusNoContent {
+		httpError(w, res.Status, res.Error)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// answerCalls takes several answers in one request (POST /v1/calls/answers):
+// a provider answering many calls at once sends them together, which
+// halves the requests a call costs the hub. Each answer gets its own
+// result, as answerCall would have answered it alone.
+func (h *Hub) answerCalls(w http.ResponseWriter, r *http.Request) {
+	var as []api.CallAnswer
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<20)).Decode(&as); err != nil {
+		httpError(w, http.StatusBadRequest, fmt.Sprintf("malformed call answers (%v): send a JSON list of call answers, 64 MiB at most", err))
+		return
+	}
+	if len(as) > 1024 {
+		httpError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("%d answers in one request: send at most 1024", len(as)))
+		return
+	}
+	me := nodeID(r)
+	out := make([]api.AnswerResult, len(as))
+	for i := range as {
+		out[i] = h.takeAnswer(r.Context(), me, &as[i])
+	}
+	writeJSON(w, out)
+}
+
+// takeAnswer hands a provider's answer to the consumer waiting for it,
+// after checking it against its receipt. The result's status is 204 when
+// the answer was taken, 404 when the call is unknown or timed out, 403
+// when it went to another provider and 422 when the answer does not match
+// its receipt (the consumer then gets a 502).
+func (h *Hub) takeAnswer(ctx context.Context, me string, a *api.CallAnswer) api.AnswerResult {
+	id := a.ID
+	fail := func(code int, format string, args ...any) api.AnswerResult {
+		return api.AnswerResult{ID: id, Status: code, Error: fmt.Sprintf(format, args...)}
+	}
 	c := h.calls
 	c.mu.Lock()
 	p, ok := c.waiting[id]
 	c.mu.Unlock()
 	if !ok {
-		httpError(w, http.StatusNotFound, fmt.Sprintf("call %s is unknown or already timed out", clip(id)))
-		return
+		return fail(http.StatusNotFound, "call %s is unknown or already timed out", clip(id))
 	}
 	if p.provider != me {
-		httpError(w, http.StatusForbidden, fmt.Sprintf("call %s went to provider %s, not to node %s", id, p.provider, me))
-		return
+		return fail(http.StatusForbidden, "call %s went to provider %s, not to node %s", id, p.provider, me)
 	}
-	var a api.CallAnswer
-	if err := json.NewDecoder(io.LimitReader(r.Body, 8<<20)).Decode(&a); err != nil {
-		httpError(w, http.StatusBadRequest, fmt.Sprintf("malformed answer to call %s (%v): send a JSON call answer of at most 8 MiB", id, err))
-		return
-	}
-	res := callResult{answer: a}
+	res := callResult{answer: *a}
 	if a.Error != "" {
 		res.failed = a.Error
 		if len(res.failed) > 2000 {
 			res.failed = res.failed[:2000] + "…"
 		}
 	} else {
-		res.bad = h.checkAnswer(r.Context(), p.job, me, &a)
+		res.bad = h.checkAnswer(ctx, p.job, me, a)
 	}
 	c.mu.Lock()
 	_, ok = c.waiting[id]
@@ -654,12 +693,11 @@ func (h *Hub) answerCall(w http.ResponseWriter, r *http.Request) {
 	c.mu.Unlock()
 	switch {
 	case !ok:
-		httpError(w, http.StatusNotFound, fmt.Sprintf("call %s is unknown or already timed out", id))
+		return fail(http.StatusNotFound, "call %s is unknown or already timed out", id)
 	case res.bad != nil:
-		httpError(w, http.StatusUnprocessableEntity, fmt.Sprintf("answer to call %s rejected: %v", id, res.bad))
-	default:
-		w.WriteHeader(http.StatusNoContent)
+		return fail(http.StatusUnprocessableEntity, "answer to call %s rejected: %v", id, res.bad)
 	}
+	return api.AnswerResult{ID: id, Status: http.StatusNoContent}
 }
 
 // checkAnswer checks an answer against its receipt: sealed by the

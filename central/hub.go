@@ -57,6 +57,9 @@ type Hub struct {
 
 	calls *callState // query and verify calls (calls.go)
 
+	nodes    map[string]store.Node // nodes as last read, for the check of every request (see cachedNode)
+	nodesGen <-chan struct{}       // the grantsGen they were read under
+
 	lastRefusal time.Time          // last audited enrolment refusal
 	refusals    int                // refusals since, not yet audited
 	uploads     map[string]*upload // grant/seq → the upload writing it
@@ -221,6 +224,7 @@ func (h *Hub) adopt(n store.Node, c *x509.Certificate) bool {
 	}
 	serial := c.SerialNumber.Text(16)
 	detail := "issued " + pki.Issued(c).UTC().Format(time.RFC3339) + ", after the backup restored (taken " + h.restoredFrom.UTC().Format(time.RFC3339) + ")"
+	defer h.forgetNode(n.ID)
 	if err := h.store.Adopt(context.Background(), n.ID, serial, c.NotAfter, detail); err != nil {
 		h.log.Warn("cannot adopt a certificate issued after the backup", "node", n.ID, "err", err)
 		return false
@@ -385,6 +389,7 @@ func (h *Hub) Handler() http.Handler {
 	mux.Handle("POST /v1/calls", h.node(h.call))
 	mux.Handle("GET /v1/calls/next", h.node(h.nextCalls))
 	mux.Handle("POST /v1/calls/{id}/answer", h.node(h.answerCall))
+	mux.Handle("POST /v1/calls/answers", h.node(h.answerCalls))
 	mux.Handle("GET /v1/calls", h.node(h.listCalls))
 	return mux
 }
@@ -401,7 +406,7 @@ func (h *Hub) node(fn http.HandlerFunc) http.Handler {
 		// The handshake checked the node, but a connection lives long:
 		// check again on every request so a revocation cuts it off now.
 		c := r.TLS.PeerCertificates[0]
-		n, err := h.store.Node(r.Context(), c.Subject.CommonName)
+		n, err := h.cachedNode(r.Context(), c.Subject.CommonName)
 		if pki.IsOperator(c) {
 			httpError(w, http.StatusForbidden, "an operator certificate is for qz-central --remote only, not for node routes")
 			return
@@ -414,6 +419,41 @@ func (h *Hub) node(fn http.HandlerFunc) http.Handler {
 		h.seen(n.ID)
 		fn(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, n.ID)))
 	})
+}
+
+// cachedNode returns a node as the store last gave it. Every request checks
+// its node, and reading it from the database each time cost more than
+// the rest of a call's checks. The cache is dropped whenever a grant or a
+// node's status changes (revocations by the admin CLI included, through
+// watchGrants within 250 ms), and a node's entry when this hub changes
+// its certificate (enrolment, renewal, adoption).
+func (h *Hub) cachedNode(ctx context.Context, id string) (store.Node, error) {
+	gen := h.grantsChanged()
+	h.mu.Lock()
+	if h.nodesGen != gen {
+		h.nodes, h.nodesGen = map[string]store.Node{}, gen
+	}
+	n, ok := h.nodes[id]
+	h.mu.Unlock()
+	if ok {
+		return n, nil
+	}
+	n, err := h.store.Node(ctx, id)
+	if err == nil {
+		h.mu.Lock()
+		if h.nodesGen == gen {
+			h.nodes[id] = n
+		}
+		h.mu.Unlock()
+	}
+	return n, err
+}
+
+// forgetNode drops a node from the cache, after this hub changed it.
+func (h *Hub) forgetNode(id string) {
+	h.mu.Lock()
+	delete(h.nodes, id)
+	h.mu.Unlock()
 }
 
 func nodeID(r *http.Request) string { return r.Context().Value(ctxKey{}).(string) }
@@ -466,6 +506,7 @@ func (h *Hub) enroll(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	defer h.forgetNode(node)
 	if _, err := h.store.Enroll(ctx, tok.Hash(), cert.SerialNumber.Text(16), cert.NotAfter, req.SealPub); err != nil {
 		h.refuseToken(ctx, w, err)
 		return
@@ -502,6 +543,7 @@ func (h *Hub) renew(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	presented := r.TLS.PeerCertificates[0].SerialNumber.Text(16)
+	defer h.forgetNode(node)
 	if err := h.store.Renew(r.Context(), node, presented, cert.SerialNumber.Text(16), cert.NotAfter); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			httpError(w, http.StatusForbidden, err.Error())

@@ -28,6 +28,7 @@
 //	POST /v1/calls                     CallRequest → CallAnswer (query or verify; the caller is the consumer)
 //	GET  /v1/calls/next?wait=25s       long poll → []CallJob for the calling provider
 //	POST /v1/calls/{id}/answer         CallAnswer, from the provider the call went to
+//	POST /v1/calls/answers             []CallAnswer → []AnswerResult, several answers at once
 //	GET  /v1/calls?grant=G&limit=N     → []CallRecord the caller made or answered, newest first
 package api
 

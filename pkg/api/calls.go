@@ -282,6 +282,15 @@ type CallAnswer struct {
 	Receipt json.RawMessage `json:"receipt,omitempty"`
 }
 
+// AnswerResult is what became of one answer a provider sent in a list
+// (POST /v1/calls/answers): Status 204 when the hub took it, otherwise the
+// status and error the single-answer route would have given.
+type AnswerResult struct {
+	ID     string `json:"id"`
+	Status int    `json:"status"`
+	Error  string `json:"error,omitempty"`
+}
+
 // Call statuses in the hub's call records.
 const (
 	CallAnswered = "answered" // with a signed receipt
