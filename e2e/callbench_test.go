@@ -7,8 +7,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -149,6 +151,17 @@ func TestCallBenchmarks(t *testing.T) {
 	}
 
 	// Verify: closed loop, as many as the machine answers.
+	procs := map[string]int{"hub": h.p.cmd.Process.Pid, "provider agent": prov.p.cmd.Process.Pid, "consumer agent": cons.p.cmd.Process.Pid,
+		"this test (the application)": os.Getpid()}
+	if out, err := exec.Command("pidof", "mariadbd").Output(); err == nil {
+		if pid, err := strconv.Atoi(strings.Fields(string(out))[0]); err == nil {
+			procs["MariaDB"] = pid
+		}
+	}
+	cpu0 := map[string]time.Duration{}
+	for n, pid := range procs {
+		cpu0[n] = cpuTime(pid)
+	}
 	var done atomic.Int64
 	var vfails atomic.Int64
 	stop := time.Now().Add(time.Duration(verifySecs) * time.Second)
@@ -173,6 +186,13 @@ func TestCallBenchmarks(t *testing.T) {
 		t.Errorf("%d verifications failed; first: %v", vfails.Load(), firstErr.Load())
 	}
 	rate := float64(done.Load()) / vTook.Seconds()
+	var perCall []string
+	for _, n := range []string{"hub", "provider agent", "consumer agent", "MariaDB", "this test (the application)"} {
+		if pid, ok := procs[n]; ok && done.Load() > 0 {
+			used := cpuTime(pid) - cpu0[n]
+			perCall = append(perCall, fmt.Sprintf("%s %.0f µs", n, float64(used.Microseconds())/float64(done.Load())))
+		}
+	}
 	endRun(prov.p, cons.p, h.p) // with QZ_CPUPROFILE, each writes its profile
 
 	p50, p99 := pct(lat, 0.5), pct(lat, 0.99)
@@ -194,11 +214,29 @@ func TestCallBenchmarks(t *testing.T) {
 		len(lat), qTook.Seconds(), ms(p50), ms(p99), ms(pct(lat, 1)), verdict(len(lat) > 0 && p50 <= 5*time.Millisecond && p99 <= 20*time.Millisecond))
 	fmt.Fprintf(&b, "| verification (比对验证), %d concurrent callers for %.0f s | %.0f calls/s (%d calls) | ≥ 2,000 calls/s | %s |\n\n",
 		workers, vTook.Seconds(), rate, done.Load(), verdict(rate >= 2000))
+	fmt.Fprintf(&b, "CPU time per verification, by process: %s.\n\n", strings.Join(perCall, ", "))
 	b.WriteString(callsEnd + "\n")
 	t.Logf("\n%s", b.String())
 	if err := writeSection("../docs/benchmarks.md", b.String()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// cpuTime is the CPU time (user and system) a process has used so far.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name (in parentheses, may hold spaces):
+	// utime and stime are the 12th and 13th, in clock ticks (100 a second).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * 10 * time.Millisecond
 }
 
 // writeSection replaces the calls section of a page (or adds it at the end).
