@@ -229,15 +229,52 @@ func Call(ctx context.Context, cfg Config, req api.CallRequest) (*api.CallAnswer
 	return c.do(ctx, req)
 }
 
-// CallRecords lists the hub's records of calls this node made or answered.
-func CallRecords(ctx context.Context, cfg Config, grant string, limit int) ([]api.CallRecord, error) {
+// CallLine is a call record with what became of checking its receipt's
+// seal here: "verified", or "BAD: why".
+type CallLine struct {
+	api.CallRecord
+	Seal string `json:"seal,omitempty"`
+}
+
+// CallRecords lists the hub's records of calls this node made or
+// answered, each receipt's seal checked with the provider's key.
+func CallRecords(ctx context.Context, cfg Config, grant string, limit int) ([]CallLine, error) {
+	hub, _, err := hubClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer hub.Close()
 	q := url.Values{"limit": {strconv.Itoa(limit)}}
 	if grant != "" {
 		q.Set("grant", grant)
 	}
 	var recs []api.CallRecord
-	_, err := hubCall(ctx, cfg, http.MethodGet, "/v1/calls?"+q.Encode(), nil, &recs)
-	return recs, err
+	if err := call(ctx, hub, http.MethodGet, "/v1/calls?"+q.Encode(), nil, &recs); err != nil {
+		return nil, err
+	}
+	keys := map[string]seal.PublicKey{}
+	key := func(node, keyID string) (seal.PublicKey, error) {
+		k, ok := keys[node+"/"+keyID]
+		if !ok {
+			var err error
+			if k, err = fetchSealKey(ctx, hub, node, keyID); err != nil {
+				return k, err
+			}
+			keys[node+"/"+keyID] = k
+		}
+		return k, nil
+	}
+	out := make([]CallLine, len(recs))
+	for i, r := range recs {
+		out[i].CallRecord = r
+		if len(r.Receipt) > 0 {
+			out[i].Seal = "verified"
+			if err := receipt.CheckCallSeal(r.Receipt, key); err != nil {
+				out[i].Seal = "BAD: " + err.Error()
+			}
+		}
+	}
+	return out, nil
 }
 
 // printAnswer prints a call's answer: a query's rows as a table, a
@@ -284,7 +321,7 @@ func printAnswer(w io.Writer, ans *api.CallAnswer, asJSON bool) error {
 }
 
 // printCallRecords prints the hub's call records, newest first.
-func printCallRecords(w io.Writer, recs []api.CallRecord, asJSON bool) error {
+func printCallRecords(w io.Writer, recs []CallLine, asJSON bool) error {
 	if asJSON {
 		return printJSON(w, recs)
 	}
@@ -295,10 +332,7 @@ func printCallRecords(w io.Writer, recs []api.CallRecord, asJSON bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ASKED\tID\tMODE\tCONSUMER→PROVIDER\tRESOURCE/CALL\tSTATUS\tMS\tRECEIPT\tREASON")
 	for _, r := range recs {
-		rc := "-"
-		if len(r.Receipt) > 0 {
-			rc = "signed"
-		}
+		rc := orDash(r.Seal)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s→%s\t%s/%s\t%s\t%.1f\t%s\t%s\n", r.Asked.Local().Format(time.DateTime), r.ID, r.Mode,
 			r.Consumer, orDash(r.Provider), r.Resource, r.Call, r.Status, r.TookMS, rc, r.Reason)
 	}

@@ -351,15 +351,20 @@ func TestQueryAndVerify(t *testing.T) {
 		}
 		pub := key.Public()
 		for _, n := range []*node{cons, prov} {
-			var recs []api.CallRecord
+			var recs []struct {
+				api.CallRecord
+				Seal string `json:"seal"`
+			}
 			out := mustRun(t, "qz-agent", ag(n, "calls", "--limit", "1000", "--json")...)
 			if err := json.Unmarshal([]byte(out), &recs); err != nil {
 				t.Fatalf("calls --json: %v\n%s", err, out)
 			}
 			byID := map[string]api.CallRecord{}
+			seals := map[string]string{}
 			refused := 0
 			for _, r := range recs {
-				byID[r.ID] = r
+				byID[r.ID] = r.CallRecord
+				seals[r.ID] = r.Seal
 				if r.Status == api.CallRefused {
 					refused++
 				}
@@ -374,13 +379,16 @@ func TestQueryAndVerify(t *testing.T) {
 				if err != nil || rc.Verify(pub) != nil || rc.ID != id || rc.Consumer != "mzj" || rc.Provider != "gaj" {
 					t.Errorf("%s: call %s: receipt %s does not verify (%v)", n.id, id, r.Receipt, err)
 				}
+				if seals[id] != "verified" {
+					t.Errorf("%s: qz-agent calls says the seal of call %s is %q", n.id, id, seals[id])
+				}
 			}
 			if n == cons && refused < 5 {
 				t.Errorf("the consumer sees %d refused calls, want at least 5", refused)
 			}
 		}
 		out := h.central("calls", "--limit", "1000")
-		if !strings.Contains(out, "answered") || !strings.Contains(out, "refused") {
+		if !strings.Contains(out, "answered") || !strings.Contains(out, "refused") || !strings.Contains(out, "verified") || strings.Contains(out, "BAD") {
 			t.Errorf("qz-central calls:\n%s", out)
 		}
 	})

@@ -115,3 +115,17 @@ func AnswerDigest(fields []string, rows [][]*string, found bool, matches map[str
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
+
+// CheckCallSeal checks a stored call receipt's seal with the provider's
+// key, found by key(node, keyID); nil when it verifies.
+func CheckCallSeal(raw []byte, key func(node, keyID string) (seal.PublicKey, error)) error {
+	c, err := ParseCall(raw)
+	if err != nil {
+		return err
+	}
+	pub, err := key(c.Provider, c.SealKeyID)
+	if err != nil {
+		return fmt.Errorf("seal key %s of %s: %w", c.SealKeyID, c.Provider, err)
+	}
+	return c.Verify(pub)
+}
