@@ -42,7 +42,9 @@ func TestCallReceipt(t *testing.T) {
 		func(c *Call) { c.Rows = 2 },
 		func(c *Call) { c.Found = false },
 		func(c *Call) { c.AnswerDigest = AnswerDigest(nil, nil, false, map[string]bool{"name": true}) },
-		func(c *Call) { c.ParamsDigest = ParamsDigest("c1", map[string]string{"id_no": "11010519491231003X"}, nil) },
+		func(c *Call) {
+			c.ParamsDigest = ParamsDigest("c1", map[string]string{"id_no": "11010519491231003X"}, nil)
+		},
 		func(c *Call) { c.Answered = c.Answered.Add(time.Second) },
 	} {
 		d := c
