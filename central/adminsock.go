@@ -239,6 +239,10 @@ func (h *Hub) adminExec(ctx context.Context, actor, role string, args []string) 
 			h.store.Audit(ctx, actor, "admin.refuse", cmd, err.Error())
 		default:
 			err = admin(store.WithActor(ctx, actor), h.cfg, h.store, cmd, pos, o, &stdout, &stderr)
+			// A revocation run here takes effect now, not at watchGrants'
+			// next look: what the hub keeps in memory of nodes and
+			// grants is dropped with the generation.
+			h.changed()
 		}
 	}
 	out.Stdout, out.Stderr = stdout.String(), stderr.String()

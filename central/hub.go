@@ -756,11 +756,17 @@ func (h *Hub) watchGrants(ctx context.Context) {
 			continue
 		}
 		last = v
-		h.mu.Lock()
-		close(h.grantsGen)
-		h.grantsGen = make(chan struct{})
-		h.mu.Unlock()
+		h.changed()
 	}
+}
+
+// changed wakes everything waiting for grants or nodes to change, and drops
+// what is kept of them in memory.
+func (h *Hub) changed() {
+	h.mu.Lock()
+	close(h.grantsGen)
+	h.grantsGen = make(chan struct{})
+	h.mu.Unlock()
 }
 
 // sealKey serves a node's seal public key: the one with ?key=ID (current or
