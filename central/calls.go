@@ -326,6 +326,13 @@ func clip(s string) string {
 // paramProblem says which parameter a call's checks refused, without its
 // value, for the records.
 func paramProblem(d *api.CallDecl, params map[string]string) string {
+	// In the order CheckParams finds them, so the record says what the
+	// consumer was told.
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		if !slices.Contains(d.ParamNames(), k) {
+			return fmt.Sprintf("call %s has no parameter %q", d.Name, clip(k))
+		}
+	}
 	for _, p := range d.Params {
 		v, ok := params[p.Name]
 		if !ok {
@@ -333,11 +340,6 @@ func paramProblem(d *api.CallDecl, params map[string]string) string {
 		}
 		if _, err := p.Check(v); err != nil {
 			return fmt.Sprintf("parameter %s is not a valid %s", p.Name, p.Type)
-		}
-	}
-	for _, k := range slices.Sorted(maps.Keys(params)) {
-		if !slices.Contains(d.ParamNames(), k) {
-			return fmt.Sprintf("call %s has no parameter %q", d.Name, clip(k))
 		}
 	}
 	return "bad parameters"

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -332,15 +333,37 @@ func TestQueryAndVerify(t *testing.T) {
 
 	t.Run("audit", func(t *testing.T) {
 		audit := h.central("audit", "list")
-		for _, w := range []string{"call.query", "call.verify", "call.refused", "call.timeout", "quota", "revoked", "mode batch", "no grant", "check"} {
-			if !strings.Contains(audit, w) {
-				t.Errorf("the audit log does not mention %q", w)
+		var calls []string
+		for _, l := range strings.Split(audit, "\n") {
+			if strings.Contains(l, " call.") {
+				calls = append(calls, l)
 			}
 		}
-		for _, secret := range []string{p.name, p.address} {
+		// Each refusal has its own audit record, with its reason.
+		for _, w := range [][2]string{
+			{"call.refused", "parameter id_no is not a valid citizen_id"},
+			{"call.refused", `call by_id has no parameter "name"`},
+			{"call.refused", "declares no call by_sql"},
+			{"call.refused", "is for mode batch, not query"},
+			{"call.refused", "does not cover field income"},
+			{"call.refused", "daily quota of 12 calls is used up"},
+			{"call.refused", "in mode query was revoked"},
+			{"call.refused", "node wjw has no grant for gaj.huji in mode query"},
+			{"call.timeout", "provider gaj did not answer within 2s"},
+			{"call.query", "status=answered"},
+			{"call.verify", "status=answered"},
+		} {
+			if !slices.ContainsFunc(calls, func(l string) bool { return strings.Contains(l, w[0]) && strings.Contains(l, w[1]) }) {
+				t.Errorf("no %s audit record with %q", w[0], w[1])
+			}
+		}
+		for _, secret := range []string{p.id, p.name, p.address} {
 			if strings.Contains(audit, secret) {
 				t.Errorf("the audit log holds the value %q", secret)
 			}
+		}
+		if out := h.central("audit", "verify"); !strings.Contains(out, "audit log intact") {
+			t.Errorf("audit verify: %s", out)
 		}
 	})
 
