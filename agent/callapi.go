@@ -82,17 +82,10 @@ func (c *caller) check(ctx context.Context, req api.CallRequest, ans *api.CallAn
 	if err := rc.Verify(pub); err != nil {
 		return err
 	}
-	switch {
-	case rc.ID != ans.ID || rc.Consumer != c.me || rc.Resource != req.Resource || rc.Call != req.Call || rc.Mode != req.Mode:
-		return fmt.Errorf("receipt is for call %s of %s/%s (%s) by %s", rc.ID, rc.Resource, rc.Call, rc.Mode, rc.Consumer)
-	case rc.ParamsDigest != receipt.ParamsDigest(ans.ID, req.Params, req.Values):
-		return errors.New("receipt covers other parameters")
-	case rc.AnswerDigest != receipt.AnswerDigest(ans.Fields, ans.Rows, ans.Found, ans.Matches):
-		return errors.New("receipt covers another answer")
-	case req.Mode == api.ModeVerify && (len(ans.Fields) > 0 || len(ans.Rows) > 0):
-		return errors.New("a verification answer carries source values")
-	}
-	return nil
+	// What this node asked, as the provider's receipt must state it.
+	asked := api.CallJob{ID: ans.ID, Grant: ans.Grant, Resource: req.Resource, Call: req.Call, Mode: req.Mode,
+		Consumer: c.me, Params: req.Params, Values: req.Values}
+	return rc.Covers(asked, "", ans)
 }
 
 // callAPIBody is what an application posts to the local call endpoint.
@@ -124,14 +117,14 @@ func (a *Agent) serveCallAPI(ctx context.Context) (addr string, stop func(), err
 		mux.HandleFunc("POST /v1/"+mode+"/{resource}/{call}", func(w http.ResponseWriter, r *http.Request) {
 			var b callAPIBody
 			if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&b); err != nil {
-				httpJSONError(w, http.StatusBadRequest, `the body must be JSON: {"params": {"NAME": "VALUE"}}`+map[bool]string{true: ` with "values": {"FIELD": "VALUE"}`}[mode == api.ModeVerify])
+				api.WriteError(w, http.StatusBadRequest, `the body must be JSON: {"params": {"NAME": "VALUE"}}`+map[bool]string{true: ` with "values": {"FIELD": "VALUE"}`}[mode == api.ModeVerify])
 				return
 			}
 			req := api.CallRequest{Resource: r.PathValue("resource"), Call: r.PathValue("call"), Mode: mode, Params: b.Params, Values: b.Values}
 			if t := r.URL.Query().Get("timeout"); t != "" {
 				d, err := time.ParseDuration(t)
 				if err != nil || d <= 0 {
-					httpJSONError(w, http.StatusBadRequest, "timeout "+strconv.Quote(t)+": want a duration such as 3s")
+					api.WriteError(w, http.StatusBadRequest, "timeout "+strconv.Quote(t)+": want a duration such as 3s")
 					return
 				}
 				req.TimeoutMS = int(d.Milliseconds())
@@ -141,7 +134,7 @@ func (a *Agent) serveCallAPI(ctx context.Context) (addr string, stop func(), err
 				a.callError(w, err)
 				return
 			}
-			writeCallJSON(w, ans)
+			api.WriteJSON(w, ans)
 		})
 	}
 	mux.HandleFunc("GET /v1/calls", func(w http.ResponseWriter, r *http.Request) {
@@ -150,12 +143,12 @@ func (a *Agent) serveCallAPI(ctx context.Context) (addr string, stop func(), err
 			a.callError(w, err)
 			return
 		}
-		writeCallJSON(w, recs)
+		api.WriteJSON(w, recs)
 	})
 	auth := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || subtle.ConstantTimeCompare([]byte(got), token) != 1 {
-			httpJSONError(w, http.StatusUnauthorized, "missing or wrong token: send 'Authorization: Bearer' with the content of "+conf.callTokenFile())
+			api.WriteError(w, http.StatusUnauthorized, "missing or wrong token: send 'Authorization: Bearer' with the content of "+conf.callTokenFile())
 			return
 		}
 		mux.ServeHTTP(w, r)
@@ -175,24 +168,13 @@ func (a *Agent) serveCallAPI(ctx context.Context) (addr string, stop func(), err
 func (a *Agent) callError(w http.ResponseWriter, err error) {
 	var he *hubError
 	if errors.As(err, &he) {
-		httpJSONError(w, he.Status, he.Msg)
+		api.WriteError(w, he.Status, he.Msg)
 		return
 	}
 	if errors.Is(err, context.Canceled) {
 		return
 	}
-	httpJSONError(w, http.StatusBadGateway, "cannot complete the call through the hub: "+err.Error())
-}
-
-func httpJSONError(w http.ResponseWriter, code int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(api.Error{Error: msg})
-}
-
-func writeCallJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
+	api.WriteError(w, http.StatusBadGateway, "cannot complete the call through the hub: "+err.Error())
 }
 
 // loadOrCreateToken reads the call API's token, creating a random one

@@ -724,19 +724,7 @@ func (h *Hub) checkAnswer(ctx context.Context, job api.CallJob, provider string,
 	if rc.Version != receipt.Version || rc.SealAlg != pub.Algorithm() || len(rc.Signature) == 0 {
 		return fmt.Errorf("the receipt is version %d sealed with %s; want version %d sealed with %s", rc.Version, clip(rc.SealAlg), receipt.Version, pub.Algorithm())
 	}
-	switch {
-	case rc.ID != job.ID || rc.Grant != job.Grant || rc.Resource != job.Resource || rc.Call != job.Call || rc.Mode != job.Mode ||
-		rc.Provider != provider || rc.Consumer != job.Consumer:
-		return fmt.Errorf("the receipt is for call %s under grant %s (%s/%s, %s, %s→%s), not this call", clip(rc.ID), clip(rc.Grant),
-			clip(rc.Resource), clip(rc.Call), clip(rc.Mode), clip(rc.Provider), clip(rc.Consumer))
-	case rc.ParamsDigest != receipt.ParamsDigest(job.ID, job.Params, job.Values):
-		return errors.New("the receipt covers other parameters than the call's")
-	case rc.AnswerDigest != receipt.AnswerDigest(a.Fields, a.Rows, a.Found, a.Matches):
-		return errors.New("the receipt covers another answer than the one sent")
-	case job.Mode == api.ModeVerify && (len(a.Fields) > 0 || len(a.Rows) > 0):
-		return errors.New("a verification's answer carries fields or rows; it may say only whether the subject was found and each value matches")
-	}
-	return nil
+	return rc.Covers(job, provider, a)
 }
 
 // cachedSealKey returns a node's seal key by ID, from memory after the first

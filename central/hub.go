@@ -458,16 +458,9 @@ func (h *Hub) forgetNode(id string) {
 
 func nodeID(r *http.Request) string { return r.Context().Value(ctxKey{}).(string) }
 
-func httpError(w http.ResponseWriter, code int, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(api.Error{Error: msg})
-}
+func httpError(w http.ResponseWriter, code int, msg string) { api.WriteError(w, code, msg) }
 
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
-}
+func writeJSON(w http.ResponseWriter, v any) { api.WriteJSON(w, v) }
 
 func (h *Hub) internal(w http.ResponseWriter, op string, err error) {
 	h.metrics.errors.WithLabelValues(errInternal).Inc()

@@ -35,6 +35,7 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"time"
 )
 
@@ -50,6 +51,19 @@ const (
 // Error is the body of every error response.
 type Error struct {
 	Error string `json:"error"`
+}
+
+// WriteError answers with status code and an Error.
+func WriteError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(Error{Error: msg})
+}
+
+// WriteJSON answers 200 with v.
+func WriteJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
 }
 
 // EnrollRequest is what qz-agent enroll sends.

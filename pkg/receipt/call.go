@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/seal"
 )
@@ -67,17 +68,35 @@ func SignCall(c Call, s batch.Signer) (Call, error) {
 // Verify checks c's signature against the provider's key; failures wrap
 // batch.ErrRejected.
 func (c Call) Verify(pub seal.PublicKey) error {
-	if c.Version != Version || c.SealAlg != pub.Algorithm() || c.SealKeyID != pub.KeyID() {
-		return batch.Reject(ErrInvalid, fmt.Sprintf("call receipt version %d sealed by %s key %s", c.Version, c.SealAlg, c.SealKeyID))
-	}
-	msg, err := c.canonical()
-	if err != nil {
-		return batch.Reject(ErrInvalid, err.Error())
-	}
-	if err := pub.Verify(CallDomain, msg, c.Signature); err != nil {
-		return batch.Reject(seal.ErrBadSignature, "call receipt "+c.ID)
+	return verifySealed("call receipt "+c.ID, c.Version, c.SealAlg, c.SealKeyID, c.Signature, c.canonical, CallDomain, pub)
+}
+
+// Covers checks that c is the receipt of call job, answered by provider
+// ("" for any), and of answer a: the same call, grant, nodes, parameters
+// and answer; a verification's answer carries no fields or rows. It does
+// not check the seal: Verify does.
+func (c Call) Covers(job api.CallJob, provider string, a *api.CallAnswer) error {
+	switch {
+	case c.ID != job.ID || c.Grant != job.Grant || c.Resource != job.Resource || c.Call != job.Call || c.Mode != job.Mode ||
+		provider != "" && c.Provider != provider || c.Consumer != job.Consumer:
+		return fmt.Errorf("the receipt is for call %s under grant %s (%s/%s, %s, %s→%s), not this call", clip(c.ID), clip(c.Grant),
+			clip(c.Resource), clip(c.Call), clip(c.Mode), clip(c.Provider), clip(c.Consumer))
+	case c.ParamsDigest != ParamsDigest(job.ID, job.Params, job.Values):
+		return errors.New("the receipt covers other parameters than the call's")
+	case c.AnswerDigest != AnswerDigest(a.Fields, a.Rows, a.Found, a.Matches):
+		return errors.New("the receipt covers another answer than the one sent")
+	case job.Mode == api.ModeVerify && (len(a.Fields) > 0 || len(a.Rows) > 0):
+		return errors.New("a verification's answer carries fields or rows; it may say only whether the subject was found and each value matches")
 	}
 	return nil
+}
+
+// clip shortens what a receipt says for an error message.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
 }
 
 // ParseCall reads a call receipt.

@@ -53,15 +53,22 @@ func SignDestruction(d Destruction, s batch.Signer) (Destruction, error) {
 // Verify checks d's signature against the consumer's key; failures wrap
 // batch.ErrRejected.
 func (d Destruction) Verify(pub seal.PublicKey) error {
-	if d.Version != Version || d.SealAlg != pub.Algorithm() || d.SealKeyID != pub.KeyID() {
-		return batch.Reject(ErrInvalid, fmt.Sprintf("destruction receipt version %d sealed by %s key %s", d.Version, d.SealAlg, d.SealKeyID))
+	return verifySealed("destruction receipt for grant "+d.Grant, d.Version, d.SealAlg, d.SealKeyID, d.Signature, d.canonical, DestructionDomain, pub)
+}
+
+// verifySealed checks a statement sealed as the receipts here are: its
+// version, the key it names, and its signature over canonical (the
+// statement without its signature). Failures wrap batch.ErrRejected.
+func verifySealed(what string, version int, alg, keyID string, sig []byte, canonical func() ([]byte, error), domain string, pub seal.PublicKey) error {
+	if version != Version || alg != pub.Algorithm() || keyID != pub.KeyID() {
+		return batch.Reject(ErrInvalid, fmt.Sprintf("%s: version %d sealed by %s key %s", what, version, alg, keyID))
 	}
-	msg, err := d.canonical()
+	msg, err := canonical()
 	if err != nil {
 		return batch.Reject(ErrInvalid, err.Error())
 	}
-	if err := pub.Verify(DestructionDomain, msg, d.Signature); err != nil {
-		return batch.Reject(seal.ErrBadSignature, "destruction receipt for grant "+d.Grant)
+	if err := pub.Verify(domain, msg, sig); err != nil {
+		return batch.Reject(seal.ErrBadSignature, what)
 	}
 	return nil
 }
