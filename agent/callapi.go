@@ -36,6 +36,9 @@ type caller struct {
 	hub  *transport.Client
 	me   string
 	keys func(ctx context.Context, node, keyID string) (seal.PublicKey, error)
+	// grant, when set, is the grant this node holds for a resource in a
+	// mode, which the receipt must name with its provider.
+	grant func(resource, mode string) (api.GrantInfo, bool)
 }
 
 // do makes one call. A refusal by the hub is a *hubError carrying the
@@ -82,10 +85,44 @@ func (c *caller) check(ctx context.Context, req api.CallRequest, ans *api.CallAn
 	if err := rc.Verify(pub); err != nil {
 		return err
 	}
-	// What this node asked, as the provider's receipt must state it.
+	// A receipt from long ago is an old answer passed off as new.
+	if d := time.Since(rc.Answered); d > receiptSkew || d < -receiptSkew {
+		return fmt.Errorf("the receipt says the call was answered at %s, more than %s from now", rc.Answered.Format(time.RFC3339), receiptSkew)
+	}
+	// What this node asked, as the provider's receipt must state it: the
+	// provider and grant are those this node holds for the resource, when
+	// it knows them (the running agent does; a command on its own does
+	// not).
 	asked := api.CallJob{ID: ans.ID, Grant: ans.Grant, Resource: req.Resource, Call: req.Call, Mode: req.Mode,
 		Consumer: c.me, Params: req.Params, Values: req.Values}
-	return rc.Covers(asked, "", ans)
+	provider := ""
+	if c.grant != nil {
+		// A grant approved a moment ago may not have reached this node
+		// yet; the hub, which checked it, is then taken at its word.
+		if g, ok := c.grant(req.Resource, req.Mode); ok {
+			asked.Grant, provider = g.ID, g.Provider
+		}
+	}
+	return rc.Covers(asked, provider, ans)
+}
+
+// receiptSkew is how far a receipt's time may be from this clock: clocks
+// differ by seconds (qz-agent doctor warns at 2 s), a call lasts at most
+// the hub's call_timeout (5 minutes at most).
+const receiptSkew = 10 * time.Minute
+
+// consumerGrant is the active grant this node holds for a resource in a
+// mode, as the hub last told it.
+func (a *Agent) consumerGrant(resource, mode string) (api.GrantInfo, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := time.Now()
+	for _, g := range a.grants {
+		if g.Consumer == a.id.NodeID && g.Resource == resource && g.Mode == mode && g.Active && (g.Expires.IsZero() || now.Before(g.Expires)) {
+			return g, true
+		}
+	}
+	return api.GrantInfo{}, false
 }
 
 // callAPIBody is what an application posts to the local call endpoint.
@@ -111,7 +148,7 @@ func (a *Agent) serveCallAPI(ctx context.Context) (addr string, stop func(), err
 	if err != nil {
 		return "", nil, err
 	}
-	c := &caller{hub: a.hub, me: a.id.NodeID, keys: a.sealKey}
+	c := &caller{hub: a.hub, me: a.id.NodeID, keys: a.sealKey, grant: a.consumerGrant}
 	mux := http.NewServeMux()
 	for _, mode := range []string{api.ModeQuery, api.ModeVerify} {
 		mux.HandleFunc("POST /v1/"+mode+"/{resource}/{call}", func(w http.ResponseWriter, r *http.Request) {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,9 +99,10 @@ type callServer struct {
 	plans map[string]*callPlan // by grant and call
 }
 
-// poll long-polls the hub for calls and hands each to a worker. It waits
-// for a free worker before taking more, so a slow database holds calls
-// at the hub (which times them out) rather than in this process.
+// poll long-polls the hub for calls and hands each to a worker. It asks
+// for no more calls than there are workers free and waits for a worker
+// before it polls again, so a slow database holds calls at the hub (which
+// times them out) rather than in this process.
 func (s *callServer) poll(ctx context.Context, wg *sync.WaitGroup) {
 	attempt := 0
 	for ctx.Err() == nil {
@@ -177,7 +179,10 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // next is one long poll: the calls waiting for this node, or none when the
 // wait ends.
 func (s *callServer) next(ctx context.Context) ([]api.CallJob, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.a.hub.URL("/v1/calls/next?wait=25s"), nil)
+	// No more calls than there are workers free: the others wait at the
+	// hub, which counts this node as taking calls while a poll waits.
+	free := max(callWorkers-len(s.sem), 1)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.a.hub.URL("/v1/calls/next?wait=25s&max="+strconv.Itoa(free)), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -203,8 +208,14 @@ func (s *callServer) next(ctx context.Context) ([]api.CallJob, error) {
 // serve answers one job and gives the answer to the hub.
 func (s *callServer) serve(ctx context.Context, job api.CallJob) {
 	start := time.Now()
-	deadline := job.Deadline
-	if deadline.IsZero() {
+	// The time left is counted from the job's arrival on this clock, which
+	// may differ from the hub's; an older hub sends only the deadline.
+	deadline := start.Add(time.Duration(job.TimeoutMS) * time.Millisecond)
+	switch {
+	case job.TimeoutMS > 0:
+	case !job.Deadline.IsZero():
+		deadline = job.Deadline
+	default:
 		deadline = start.Add(callDefaultTime)
 	}
 	if !start.Before(deadline) {
@@ -487,7 +498,9 @@ func answerCall(ctx context.Context, src connectors.Caller, p *callPlan, job api
 	def := p.def
 	params, err := def.CheckParams(job.Params)
 	if err != nil {
-		return refusal(job, err.Error()), nil
+		// Problem, not the check's own message, which may quote digits of
+		// the value: the hub records this text.
+		return refusal(job, fmt.Sprintf("%v: the provider's declaration refuses it: %s", api.ErrBadParam, def.Problem(job.Params))), nil
 	}
 	max := def.Rows()
 	if job.Mode == api.ModeVerify {

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/time/rate"
 
@@ -142,6 +143,8 @@ func newCallID() string {
 
 // call is POST /v1/calls: the caller is the consumer.
 func (h *Hub) call(w http.ResponseWriter, r *http.Request) {
+	h.inflight.Add(1)
+	defer h.inflight.Done()
 	start := time.Now()
 	rec := api.CallRecord{ID: newCallID(), Consumer: nodeID(r), Asked: h.now()}
 	ans, cerr := h.runCall(r, &rec)
@@ -204,6 +207,9 @@ func (h *Hub) runCall(r *http.Request, rec *api.CallRecord) (*api.CallAnswer, *c
 		return nil, refuse(http.StatusNotFound, "resource %s is not in the catalog: find resources with 'qz-agent catalog search'", rec.Resource)
 	}
 	rec.Provider = v.Provider
+	if !slices.Contains(v.Entry.Modes, req.Mode) {
+		return nil, refuse(http.StatusForbidden, "resource %s is no longer offered in mode %s (its catalog entry offers: %s)", rec.Resource, req.Mode, strings.Join(v.Entry.Modes, ", "))
+	}
 	decl, ok := v.Entry.CallNamed(req.Call)
 	if !ok {
 		var names []string
@@ -229,7 +235,7 @@ func (h *Hub) runCall(r *http.Request, rec *api.CallRecord) (*api.CallAnswer, *c
 	_, err = decl.CheckParams(req.Params)
 	if err != nil {
 		e := refuse(http.StatusBadRequest, "%v", err)
-		e.reason = paramProblem(decl, req.Params) // the checks' messages may quote the value
+		e.reason = decl.Problem(req.Params) // the checks' messages may quote the value
 		return nil, e
 	}
 	var values map[string]string
@@ -273,6 +279,7 @@ func (h *Hub) runCall(r *http.Request, rec *api.CallRecord) (*api.CallAnswer, *c
 		Params: req.Params, Values: values, Asked: rec.Asked, Deadline: rec.Asked.Add(timeout)}
 	p, cerr := h.forward(job, g.Provider)
 	if cerr != nil {
+		h.giveBack(lim) // it never reached the provider
 		return nil, cerr
 	}
 	t := time.NewTimer(timeout)
@@ -317,32 +324,14 @@ func (h *Hub) callInternal(op string, err error) *callError {
 
 // clip bounds a name from the request before it goes into a record.
 func clip(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
+	if len(s) <= 64 {
+		return s
 	}
-	return s
-}
-
-// paramProblem says which parameter a call's checks refused, without its
-// value, for the records.
-func paramProblem(d *api.CallDecl, params map[string]string) string {
-	// In the order CheckParams finds them, so the record says what the
-	// consumer was told.
-	for _, k := range slices.Sorted(maps.Keys(params)) {
-		if !slices.Contains(d.ParamNames(), k) {
-			return fmt.Sprintf("call %s has no parameter %q", d.Name, clip(k))
-		}
+	n := 64
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n-- // never half a character: the audit record must stay valid UTF-8
 	}
-	for _, p := range d.Params {
-		v, ok := params[p.Name]
-		if !ok {
-			return fmt.Sprintf("parameter %s (%s) is missing", p.Name, p.Type)
-		}
-		if _, err := p.Check(v); err != nil {
-			return fmt.Sprintf("parameter %s is not a valid %s", p.Name, p.Type)
-		}
-	}
-	return "bad parameters"
+	return strings.ToValidUTF8(s[:n], "�") + "…"
 }
 
 // redact takes a call's parameter and value text out of a provider's
@@ -507,6 +496,13 @@ func (h *Hub) takeQuota(ctx context.Context, l *grantLimit, grant string) (bool,
 	return true, nil
 }
 
+// giveBack returns a call to the quota it was counted against.
+func (h *Hub) giveBack(l *grantLimit) {
+	l.mu.Lock()
+	l.used = max(l.used-1, 0)
+	l.mu.Unlock()
+}
+
 // forward queues a call for its provider and wakes the provider's polls.
 // A provider with no poll waiting and none lately is offline: the call
 // ends at once rather than after its timeout.
@@ -522,9 +518,10 @@ func (h *Hub) forward(job api.CallJob, provider string) (*pendingCall, *callErro
 			seen = "last seen " + t.In(calendar.CST).Format(time.DateTime) + " CST"
 		}
 		h.metrics.seenMu.Unlock()
-		// Recorded as a timeout: no answer came, the hub only did not wait.
-		return nil, &callError{status: api.CallTimeout, code: http.StatusServiceUnavailable,
-			msg: fmt.Sprintf("provider %s is not connected (%s): its agent is offline; try again later", provider, seen)}
+		// Recorded as refused: the call never left the hub, and does not
+		// count against the grant's quota.
+		return nil, &callError{status: api.CallRefused, code: http.StatusServiceUnavailable,
+			msg: fmt.Sprintf("provider %s is not connected (%s): its agent is offline, or busy with as many calls as it takes at once; try again later", provider, seen)}
 	}
 	p := &pendingCall{job: job, provider: provider, answer: make(chan callResult, 1)}
 	c.waiting[job.ID] = p
@@ -566,6 +563,13 @@ func (h *Hub) nextCalls(w http.ResponseWriter, r *http.Request) {
 	me := nodeID(r)
 	wait, _ := time.ParseDuration(r.URL.Query().Get("wait"))
 	wait = min(max(wait, 0), 60*time.Second)
+	// max is how many calls the provider can start now: it asks for no
+	// more than it has workers free, so calls wait here, where the hub
+	// sees them, not in a busy agent.
+	limit := maxCallJobs
+	if m, err := strconv.Atoi(r.URL.Query().Get("max")); err == nil && m > 0 {
+		limit = min(m, maxCallJobs)
+	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	c := h.calls
@@ -580,16 +584,22 @@ func (h *Hub) nextCalls(w http.ResponseWriter, r *http.Request) {
 	}()
 	out := []api.CallJob{}
 	for {
+		if r.Context().Err() != nil {
+			c.mu.Unlock()
+			return // a poll that has gone takes no calls
+		}
 		now := h.now()
 		n := 0
 		for _, p := range q.jobs {
-			if len(out) == maxCallJobs {
+			if len(out) == limit {
 				q.jobs[n] = p
 				n++
 				continue
 			}
 			if _, live := c.waiting[p.job.ID]; live && now.Before(p.job.Deadline) {
-				out = append(out, p.job)
+				j := p.job
+				j.TimeoutMS = max(int(j.Deadline.Sub(now).Milliseconds()), 1)
+				out = append(out, j)
 			}
 		}
 		clear(q.jobs[n:])

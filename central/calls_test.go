@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/qianzhi/qianzhi/central/store"
 	"github.com/qianzhi/qianzhi/pkg/api"
@@ -462,7 +463,7 @@ func TestCallBadAnswer(t *testing.T) {
 }
 
 // TestCallProviderAway: with no poll from the provider the call fails at
-// once (503, recorded as a timeout); with a poll that takes the call and never answers, it times
+// once (503, recorded as refused and not counted against the quota); with a poll that takes the call and never answers, it times
 // out (504) after the call's timeout, and a late answer finds nothing.
 func TestCallProviderAway(t *testing.T) {
 	c := newCallHub(t, "mzj")
@@ -470,14 +471,18 @@ func TestCallProviderAway(t *testing.T) {
 	start := time.Now()
 	w := c.do("mzj", http.MethodPost, "/v1/calls", verifyReq(goodID))
 	if w.Code != http.StatusServiceUnavailable || !strings.HasPrefix(errorText(w), "provider gaj is not connected (") ||
-		!strings.HasSuffix(errorText(w), "): its agent is offline; try again later") {
+		!strings.HasSuffix(errorText(w), "): its agent is offline, or busy with as many calls as it takes at once; try again later") {
 		t.Fatalf("no poll: %d %q", w.Code, errorText(w))
 	}
 	if took := time.Since(start); took >= c.h.cfg.CallTimeout {
 		t.Errorf("no poll: the call waited %s, its whole timeout", took)
 	}
-	if rec := c.record("mzj", "call.timeout"); rec.Status != api.CallTimeout || !strings.Contains(rec.Reason, "not connected") {
+	if rec := c.record("mzj", "call.refused"); rec.Status != api.CallRefused || !strings.Contains(rec.Reason, "not connected") {
 		t.Errorf("record: %+v", rec)
+	}
+	// It never reached the provider, so it does not count against the quota.
+	if n, err := c.h.Store().CallCount(context.Background(), "g-mzj", time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Errorf("%d calls counted against the quota (%v), want 0", n, err)
 	}
 
 	c.poll("gaj", 0)
@@ -656,4 +661,82 @@ func BenchmarkVerifyCalls(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "calls/s")
+}
+
+// TestCallModeWithdrawn: once the approved catalog entry stops offering a
+// mode, calls in it are refused even under a grant that is still active.
+func TestCallModeWithdrawn(t *testing.T) {
+	c := newCallHub(t, "mzj")
+	c.grant("mzj", api.ModeQuery, nil, 1000, 0)
+	ctx := context.Background()
+	vs, err := c.h.Store().CatalogVersions(ctx, "gaj.hukou")
+	if err != nil || len(vs) == 0 {
+		t.Fatal(vs, err)
+	}
+	e := vs[len(vs)-1].Entry
+	e.Modes = []string{api.ModeBatch, api.ModeVerify}
+	if _, _, err := c.h.Store().SubmitCatalog(ctx, "gaj", e, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.h.Store().ReviewCatalog(ctx, "gaj.hukou", 2, true, "", "operator"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // the hub reads the catalog again at most once a second
+	req := api.CallRequest{Resource: "gaj.hukou", Call: "by_id", Mode: api.ModeQuery, Params: map[string]string{"id_no": goodID}}
+	if w := c.do("mzj", http.MethodPost, "/v1/calls", req); w.Code != http.StatusForbidden || !strings.Contains(errorText(w), "no longer offered in mode query") {
+		t.Fatalf("a call in a withdrawn mode: %d %q", w.Code, errorText(w))
+	}
+}
+
+// TestCallPollMax: a provider's poll takes no more calls than it asks for,
+// the rest wait for its next poll, and each job says how long it has left.
+func TestCallPollMax(t *testing.T) {
+	c := newCallHub(t, "mzj")
+	c.grant("mzj", api.ModeVerify, nil, 1000, 0)
+	c.poll("gaj", 0) // the provider is connected
+	var got []<-chan *httptest.ResponseRecorder
+	for range 3 {
+		got = append(got, c.callAsync("mzj", verifyReq(goodID)))
+	}
+	var jobs []api.CallJob
+	waitUntil := time.Now().Add(5 * time.Second)
+	for len(jobs) < 3 && time.Now().Before(waitUntil) {
+		w := c.do("gaj", http.MethodGet, "/v1/calls/next?wait=1s&max=2", nil)
+		var js []api.CallJob
+		if err := json.Unmarshal(w.Body.Bytes(), &js); err != nil {
+			t.Fatal(err)
+		}
+		if len(js) > 2 {
+			t.Fatalf("a poll asking for 2 calls took %d", len(js))
+		}
+		jobs = append(jobs, js...)
+	}
+	if len(jobs) != 3 {
+		t.Fatalf("%d calls handed out, want 3", len(jobs))
+	}
+	for _, j := range jobs {
+		if j.TimeoutMS <= 0 || j.TimeoutMS > 3000 {
+			t.Errorf("job %s has %d ms left; the hub's call_timeout is 3s", j.ID, j.TimeoutMS)
+		}
+		a := answer(t, j, c.seals["gaj"], api.CallAnswer{Found: true, Matches: map[string]bool{"姓名": true}}, nil)
+		c.do("gaj", http.MethodPost, "/v1/calls/"+j.ID+"/answer", a)
+	}
+	for _, g := range got {
+		if w := <-g; w.Code != http.StatusOK {
+			t.Errorf("call: %d %s", w.Code, w.Body)
+		}
+	}
+}
+
+// TestClip: a clipped name never splits a character, so the audit
+// record that holds it stays valid UTF-8 (and its export keeps its hash).
+func TestClip(t *testing.T) {
+	s := strings.Repeat("户", 30) // 90 bytes
+	c := clip(s)
+	if !utf8.ValidString(c) || !strings.HasSuffix(c, "…") || len(c) > 64+len("…") {
+		t.Errorf("clip(%q) = %q", s, c)
+	}
+	if clip("gaj.huji") != "gaj.huji" {
+		t.Error("a short name was changed")
+	}
 }

@@ -47,6 +47,7 @@ type Hub struct {
 	now   func() time.Time
 
 	metrics      *hubMetrics
+	inflight     sync.WaitGroup     // calls being served (see Close)
 	restoredFrom time.Time          // when the backup this hub was restored from was taken
 	cal          *calendar.Calendar // see calendar()
 	calAt        time.Time          // modification time of HolidaysDir when cal was loaded
@@ -59,6 +60,7 @@ type Hub struct {
 
 	nodes    map[string]store.Node // nodes as last read, for the check of every request (see cachedNode)
 	nodesGen <-chan struct{}       // the grantsGen they were read under
+	nodesSeq uint64                // counts forgetNode calls (see cachedNode)
 
 	lastRefusal time.Time          // last audited enrolment refusal
 	refusals    int                // refusals since, not yet audited
@@ -176,6 +178,16 @@ func (h *Hub) Store() store.Store { return h.store }
 
 // Close writes the call records still waiting and closes the database.
 func (h *Hub) Close() error {
+	// Calls still running when the server stopped end as their requests
+	// are cancelled; each is recorded before the writer closes. The wait
+	// is bounded so a stop never hangs on them.
+	done := make(chan struct{})
+	go func() { h.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		h.log.Error("calls still running 10s after the hub stopped serving; their records are lost")
+	}
 	h.calls.writer.close()
 	return h.store.Close()
 }
@@ -434,6 +446,7 @@ func (h *Hub) cachedNode(ctx context.Context, id string) (store.Node, error) {
 		h.nodes, h.nodesGen = map[string]store.Node{}, gen
 	}
 	n, ok := h.nodes[id]
+	seq := h.nodesSeq
 	h.mu.Unlock()
 	if ok {
 		return n, nil
@@ -441,7 +454,9 @@ func (h *Hub) cachedNode(ctx context.Context, id string) (store.Node, error) {
 	n, err := h.store.Node(ctx, id)
 	if err == nil {
 		h.mu.Lock()
-		if h.nodesGen == gen {
+		// Kept only if nothing changed a node meanwhile: a renewal that
+		// committed after this read must not be hidden by it.
+		if h.nodesGen == gen && h.nodesSeq == seq {
 			h.nodes[id] = n
 		}
 		h.mu.Unlock()
@@ -453,6 +468,7 @@ func (h *Hub) cachedNode(ctx context.Context, id string) (store.Node, error) {
 func (h *Hub) forgetNode(id string) {
 	h.mu.Lock()
 	delete(h.nodes, id)
+	h.nodesSeq++
 	h.mu.Unlock()
 }
 

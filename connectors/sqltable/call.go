@@ -50,7 +50,9 @@ func (s *source) Call(ctx context.Context, c *connectors.CallDef, params map[str
 			}
 		}
 	}
-	rows, err := s.db.QueryContext(ctx, cc.query, args...)
+	qctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rows, err := s.db.QueryContext(qctx, cc.query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("call %s: %w", c.Name, s.classify(err))
 	}
@@ -97,6 +99,13 @@ func (s *source) Call(ctx context.Context, c *connectors.CallDef, params map[str
 			row[i] = t
 		}
 		out = append(out, row)
+	}
+	if len(out) == max && rows.Next() {
+		// More rows than the answer takes: closing the rows would read
+		// them all (the MySQL protocol has no other way to stop a result),
+		// so the query is cancelled instead, at the cost of its connection.
+		cancel()
+		return out, nil
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("call %s: %w", c.Name, s.classify(err))

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -129,9 +130,9 @@ var ErrBadParam = errors.New("bad call parameter")
 // CheckParams checks a call's parameters: exactly the declared ones, each
 // valid for its type. It returns them normalised (an ID number's x as X).
 func (d *CallDecl) CheckParams(in map[string]string) (map[string]string, error) {
-	for k := range in {
+	for _, k := range slices.Sorted(maps.Keys(in)) {
 		if !slices.ContainsFunc(d.Params, func(p CallParam) bool { return p.Name == k }) {
-			return nil, fmt.Errorf("%w: call %s has no parameter %q (it takes: %s)", ErrBadParam, d.Name, k, strings.Join(d.ParamNames(), ", "))
+			return nil, fmt.Errorf("%w: call %s has no parameter %q (it takes: %s)", ErrBadParam, d.Name, truncate(k), strings.Join(d.ParamNames(), ", "))
 		}
 	}
 	out := make(map[string]string, len(d.Params))
@@ -147,6 +148,27 @@ func (d *CallDecl) CheckParams(in map[string]string) (map[string]string, error) 
 		out[p.Name] = n
 	}
 	return out, nil
+}
+
+// Problem says what is wrong with params without quoting any value (the
+// checks' own messages may quote digits of an ID number), for records that
+// must hold no personal data. It names the problem CheckParams finds first.
+func (d *CallDecl) Problem(params map[string]string) string {
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		if !slices.Contains(d.ParamNames(), k) {
+			return fmt.Sprintf("call %s has no parameter %q", d.Name, truncate(k))
+		}
+	}
+	for _, p := range d.Params {
+		v, ok := params[p.Name]
+		if !ok {
+			return fmt.Sprintf("parameter %s (%s) is missing", p.Name, p.Type)
+		}
+		if _, err := p.Check(v); err != nil {
+			return fmt.Sprintf("parameter %s is not a valid %s", p.Name, p.Type)
+		}
+	}
+	return "bad parameters"
 }
 
 // ParamNames lists the call's parameter names in order.
@@ -220,10 +242,14 @@ func (p CallParam) Check(v string) (string, error) {
 }
 
 func truncate(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "…"
+	if len(s) <= 40 {
+		return s
 	}
-	return s
+	n := 40
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return strings.ToValidUTF8(s[:n], "�") + "…"
 }
 
 // CallRequest is a consumer's call (POST /v1/calls).
@@ -254,6 +280,10 @@ type CallJob struct {
 	Values   map[string]string `json:"values,omitempty"`
 	Asked    time.Time         `json:"asked"`
 	Deadline time.Time         `json:"deadline"`
+	// TimeoutMS is the time the call had left when the hub handed it
+	// out: the provider times it from its own arrival, as its clock may
+	// differ from the hub's.
+	TimeoutMS int `json:"timeout_ms,omitempty"`
 }
 
 // CallAnswer is a call's answer: the provider posts it to the hub
