@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -738,5 +739,37 @@ func TestClip(t *testing.T) {
 	}
 	if clip("gaj.huji") != "gaj.huji" {
 		t.Error("a short name was changed")
+	}
+}
+
+// TestCallRefusalFlood: a node sending calls that cannot succeed in a loop
+// gets every refusal, but past a burst they are summed up in one audit
+// record instead of one each.
+func TestCallRefusalFlood(t *testing.T) {
+	c := newCallHub(t, "mzj")
+	const n = refusalBurst + 100
+	for range n {
+		if w := c.do("mzj", http.MethodPost, "/v1/calls", verifyReq(goodID)); w.Code != http.StatusForbidden {
+			t.Fatalf("a call without a grant: %d %s", w.Code, w.Body)
+		}
+	}
+	ctx := context.Background()
+	recs, err := c.h.Store().Calls(ctx, "mzj", "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) >= n || len(recs) < refusalBurst {
+		t.Errorf("%d of %d refusals recorded one by one, want about %d", len(recs), n, refusalBurst)
+	}
+	c.h.flushCallRefusals(ctx)
+	log, err := c.h.Store().AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("%d more refused calls", n-len(recs))
+	if !slices.ContainsFunc(log, func(r store.AuditRecord) bool {
+		return r.Action == "call.refused" && r.Subject == "summary" && strings.HasPrefix(r.Detail, want) && strings.Contains(r.Detail, "has no grant")
+	}) {
+		t.Errorf("no summary %q in the audit log", want)
 	}
 }

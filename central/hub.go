@@ -346,6 +346,7 @@ func (h *Hub) Purge(ctx context.Context) {
 		os.Remove(h.payloadPath(b.Grant, b.Sequence))
 	}
 	h.flushRefusals(ctx)
+	h.flushCallRefusals(ctx)
 	// Uploads abandoned half-way (the grant ended, the provider's spool
 	// was lost) would otherwise hold disk space forever.
 	ents, _ := os.ReadDir(h.cfg.partialDir())
