@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -294,6 +295,27 @@ func CallRecords(ctx context.Context, cfg Config, grant string, limit int) ([]Ca
 		}
 	}
 	return out, nil
+}
+
+// readDashValues reads from r, one line each, the values given as "-" on
+// the command line: parameters first, then values, each in name order.
+func readDashValues(r io.Reader, sets ...map[string]string) error {
+	var sc *bufio.Scanner
+	for _, m := range sets {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if m[k] != "-" {
+				continue
+			}
+			if sc == nil {
+				sc = bufio.NewScanner(r)
+			}
+			if !sc.Scan() {
+				return fmt.Errorf("%s=- reads its value from standard input, which ended first: give one line per value", k)
+			}
+			m[k] = strings.TrimRight(sc.Text(), "\r")
+		}
+	}
+	return nil
 }
 
 // printAnswer prints a call's answer: a query's rows as a table, a

@@ -53,7 +53,9 @@ Usage:
   qz-agent receipts [--grant G] [--json]          batches provided, and the consumers' receipts checked
   qz-agent call RESOURCE CALL --param NAME=VALUE… [--value FIELD=VALUE…] [--json]
                                                   a query (查询引用), or with --value a verification (比对验证),
-                                                  through the hub; the answer is checked against its signed receipt
+                                                  through the hub; the answer is checked against its signed receipt;
+                                                  NAME=- reads the value from standard input (one line each), so
+                                                  ID numbers stay out of the process list and shell history
   qz-agent calls [--grant G] [--limit N] [--json] calls this node made or answered, with their receipts
   qz-agent batch inspect FILE [--seal-key KEY]    print a batch's header and check its seal
   qz-agent version
@@ -287,6 +289,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return printReceipts(stdout, ls, *asJSON)
 	case "call":
 		if err := cli.Want(pos, 2, "qz-agent call RESOURCE CALL --param NAME=VALUE…"); err != nil {
+			return err
+		}
+		if err := readDashValues(os.Stdin, params, values); err != nil {
 			return err
 		}
 		req := api.CallRequest{Resource: pos[0], Call: pos[1], Mode: api.ModeQuery, Params: params, TimeoutMS: int(callTimeout.Milliseconds())}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -195,6 +196,15 @@ func TestQueryAndVerify(t *testing.T) {
 			t.Errorf("text answer:\n%s", out)
 		}
 		answered = append(answered, lastCallID(t, out))
+		// The ID number read from standard input, out of the process list.
+		cmd := exec.Command(filepath.Join(binDir, "qz-agent"), ag(cons, "call", "gaj.huji", "by_id", "--param", "id_no=-")...)
+		cmd.Stdin = strings.NewReader(people[4].id + "\n")
+		b, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(b), people[4].name) {
+			t.Errorf("id_no=- with the number on standard input: %v\n%s", err, b)
+		} else {
+			answered = append(answered, lastCallID(t, string(b)))
+		}
 	})
 
 	token, err := os.ReadFile(filepath.Join(cons.state, "call-api.token"))
