@@ -236,7 +236,11 @@ func (a *Agent) openSource(ctx context.Context, r Entry) connectors.Source {
 
 // backoff sleeps for an increasing delay, returning false if ctx ended.
 func backoff(ctx context.Context, attempt int) bool {
-	d := min(time.Duration(1<<min(attempt, 5))*250*time.Millisecond, 10*time.Second)
+	return sleepCtx(ctx, min(time.Duration(1<<min(attempt, 5))*250*time.Millisecond, 10*time.Second))
+}
+
+// sleepCtx sleeps for d, returning false if ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -165,17 +165,6 @@ func declaresCalls(c *Config) bool {
 	return false
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 // next is one long poll: the calls waiting for this node, or none when the
 // wait ends.
 func (s *callServer) next(ctx context.Context) ([]api.CallJob, error) {
