@@ -33,8 +33,9 @@ import (
 // Query (查询引用) and verify (比对验证) calls pass through the hub: a
 // consumer posts a call, the hub checks it against the catalog and the
 // consumer's grant, queues it for the provider's agent (which long-polls
-// for calls), waits for the answer, checks the provider's signed receipt
-// and hands the answer back. The answer is never stored: each call leaves
+// for calls), waits for the answer, checks that the provider's receipt
+// covers the call and the answer (its seal is checked by the consumer's
+// agent, which relies on it) and hands the answer back. The answer is never stored: each call leaves
 // a record (with the receipt, for an answered one) and an audit record.
 //
 // Everything a call reads is held in memory so that the database is only
