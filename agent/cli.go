@@ -50,7 +50,8 @@ Usage:
   qz-agent copy RESOURCE --to NODE [--detach]     a full copy (批量复制) under NODE's grant, with progress; resumes after any interruption
   qz-agent copy status [--json]                   each copy: state, rows, files, bytes, batches
   qz-agent verify RESOURCE --with NODE            compare a table with NODE's copy, bucket by bucket; a difference exits non-zero
-  qz-agent receipts [--grant G] [--json]          batches provided, and the consumers' receipts checked
+  qz-agent receipts [--grant G] [--json]          batches provided, and the consumers' receipts checked (exit 1 if one fails)
+  qz-agent receipts --destroyed [--grant G]       ended grants provided, and the consumers' destruction receipts checked
   qz-agent call RESOURCE CALL --param NAME=VALUE… [--value FIELD=VALUE…] [--json]
                                                   a query (查询引用), or with --value a verification (比对验证),
                                                   through the hub; the answer is checked against its signed receipt;
@@ -93,6 +94,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	text := fs.String("text", "", "the answer")
 	days := fs.Int("days", 0, "the grant's term in days (0: no end)")
 	destroy := fs.Bool("destroy", false, "the consumer destroys what it received once the grant ends")
+	destroyed := fs.Bool("destroyed", false, "receipts: the consumers' destruction receipts of ended grants instead")
 	to := fs.String("to", "", "the consumer's node ID")
 	with := fs.String("with", "", "the consumer's node ID")
 	timeout := fs.Duration("timeout", 10*time.Minute, "how long to wait for the verdict")
@@ -282,11 +284,24 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return printCopies(stdout, cs)
 	case "receipts":
+		if *destroyed {
+			ls, err := ListDestructions(ctx, cfg, *grantID)
+			if err != nil {
+				return err
+			}
+			if err := printDestructions(stdout, ls, *asJSON); err != nil {
+				return err
+			}
+			return failedDestructions(ls)
+		}
 		ls, err := ListReceipts(ctx, cfg, *grantID)
 		if err != nil {
 			return err
 		}
-		return printReceipts(stdout, ls, *asJSON)
+		if err := printReceipts(stdout, ls, *asJSON); err != nil {
+			return err
+		}
+		return failedReceipts(ls)
 	case "call":
 		if err := cli.Want(pos, 2, "qz-agent call RESOURCE CALL --param NAME=VALUE…"); err != nil {
 			return err

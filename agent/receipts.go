@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/batch"
+	"github.com/qianzhi/qianzhi/pkg/calendar"
 	"github.com/qianzhi/qianzhi/pkg/receipt"
 	"github.com/qianzhi/qianzhi/pkg/seal"
 	"github.com/qianzhi/qianzhi/transport"
@@ -57,7 +59,7 @@ func ListReceipts(ctx context.Context, cfg Config, grant string) ([]ReceiptLine,
 		for _, r := range recs {
 			l := ReceiptLine{Grant: g.ID, Resource: g.Resource, Consumer: g.Consumer, Seq: r.Sequence, Size: r.Size, Stored: r.Stored}
 			if len(r.Receipt) == 0 {
-				l.Problem = "not applied yet"
+				l.Problem = problemPending
 				out = append(out, l)
 				continue
 			}
@@ -136,6 +138,133 @@ func fetchSealKey(ctx context.Context, hub *transport.Client, node, keyID string
 		return seal.PublicKey{}, fmt.Errorf("hub sent seal key %s for %s", pub.KeyID(), keyID)
 	}
 	return pub, nil
+}
+
+// failedReceipts is the error of a listing in which some receipt failed
+// its check (a batch not applied yet is no failure), or nil.
+func failedReceipts(ls []ReceiptLine) error {
+	bad := 0
+	for _, l := range ls {
+		if !l.Verified && l.Problem != problemPending {
+			bad++
+		}
+	}
+	if bad > 0 {
+		return fmt.Errorf("%d of %d receipts failed their check (see RECEIPT above); the consumer's statement cannot be relied on: ask the hub operator and the consumer", bad, len(ls))
+	}
+	return nil
+}
+
+// problemPending is the problem of a batch that has no receipt yet.
+const problemPending = "not applied yet"
+
+// DestructionLine is one ended grant this node provided under which the
+// consumer was to destroy what it received, and its destruction receipt.
+type DestructionLine struct {
+	Grant     string    `json:"grant"`
+	Resource  string    `json:"resource"`
+	Consumer  string    `json:"consumer"`
+	Status    string    `json:"status"`
+	Destroyed time.Time `json:"destroyed,omitzero"`
+	What      string    `json:"what,omitempty"`
+	// Verified is true when the receipt checks out against the consumer's
+	// seal key and names this grant, resource, provider and consumer.
+	Verified bool   `json:"verified"`
+	Problem  string `json:"problem,omitempty"`
+}
+
+// ListDestructions asks the hub for the destruction receipts of the ended
+// grants this node provides (or only grant, if not empty) and checks each
+// one's seal here.
+func ListDestructions(ctx context.Context, cfg Config, grant string) ([]DestructionLine, error) {
+	hub, id, err := hubClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer hub.Close()
+	var recs []api.DestructionRecord
+	if err := call(ctx, hub, http.MethodGet, "/v1/destructions?"+url.Values{"grant": {grant}}.Encode(), nil, &recs); err != nil {
+		return nil, err
+	}
+	out := []DestructionLine{}
+	for _, r := range recs {
+		if r.Provider != id.NodeID {
+			continue // consumed here, not provided
+		}
+		l := DestructionLine{Grant: r.Grant, Resource: r.Resource, Consumer: r.Consumer, Status: r.Status}
+		if len(r.Receipt) == 0 {
+			l.Problem = problemPending
+			out = append(out, l)
+			continue
+		}
+		d, err := checkDestruction(r, id.NodeID, func(keyID string) (seal.PublicKey, error) {
+			return fetchSealKey(ctx, hub, r.Consumer, keyID)
+		})
+		if d != nil {
+			l.Destroyed, l.What = d.Destroyed, d.What
+		}
+		if err != nil {
+			l.Problem = err.Error()
+		} else {
+			l.Verified = true
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// checkDestruction verifies a consumer's destruction receipt for one of
+// this provider's grants: signed by the consumer's key, naming the grant.
+func checkDestruction(r api.DestructionRecord, me string, key func(keyID string) (seal.PublicKey, error)) (*receipt.Destruction, error) {
+	var d receipt.Destruction
+	if err := json.Unmarshal(r.Receipt, &d); err != nil {
+		return nil, fmt.Errorf("unreadable destruction receipt: %w", err)
+	}
+	k, err := key(d.SealKeyID)
+	if err != nil {
+		return &d, err
+	}
+	if err := d.Verify(k); err != nil {
+		return &d, err
+	}
+	if d.Grant != r.Grant || d.Resource != r.Resource || d.Provider != me || d.Consumer != r.Consumer {
+		return &d, fmt.Errorf("receipt names another grant")
+	}
+	return &d, nil
+}
+
+// failedDestructions is the error of a listing in which some destruction
+// receipt failed its check, or nil.
+func failedDestructions(ls []DestructionLine) error {
+	bad := 0
+	for _, l := range ls {
+		if !l.Verified && l.Problem != problemPending {
+			bad++
+		}
+	}
+	if bad > 0 {
+		return fmt.Errorf("%d of %d destruction receipts failed their check (see RECEIPT above); ask the hub operator and the consumer", bad, len(ls))
+	}
+	return nil
+}
+
+func printDestructions(w io.Writer, ls []DestructionLine, asJSON bool) error {
+	if asJSON {
+		return printJSON(w, ls)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GRANT\tRESOURCE\tCONSUMER\tENDED\tDESTROYED (China time)\tWHAT\tRECEIPT")
+	for _, l := range ls {
+		at, verdict := "-", "verified"
+		if !l.Destroyed.IsZero() {
+			at = l.Destroyed.In(calendar.CST).Format(time.DateTime)
+		}
+		if !l.Verified {
+			verdict = l.Problem
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.Grant, l.Resource, l.Consumer, l.Status, at, l.What, verdict)
+	}
+	return tw.Flush()
 }
 
 func printReceipts(w io.Writer, ls []ReceiptLine, asJSON bool) error {

@@ -319,3 +319,31 @@ func (h *Hub) destruction(w http.ResponseWriter, r *http.Request) {
 	h.log.Info("destruction receipt recorded", "grant", d.Grant, "consumer", me, "what", d.What)
 	w.WriteHeader(http.StatusNoContent)
 }
+
+// listDestructions lets a node see the destruction receipts of the ended
+// grants it takes part in (or of one, with ?grant=), each exactly as the consumer
+// signed it: the provider checks the signature itself rather than take the
+// hub's word that its data was destroyed.
+func (h *Hub) listDestructions(w http.ResponseWriter, r *http.Request) {
+	me := nodeID(r)
+	want := r.URL.Query().Get("grant")
+	gs, err := h.store.GrantsFor(r.Context(), me)
+	if err != nil {
+		h.internal(w, "list grants", err)
+		return
+	}
+	out := []api.DestructionRecord{}
+	for _, g := range gs {
+		if !g.Destroy || g.Active(h.now()) || (want != "" && g.ID != want) {
+			continue
+		}
+		raw, at, err := h.store.Destruction(r.Context(), g.ID)
+		if err != nil {
+			h.internal(w, "load destruction receipt", err)
+			return
+		}
+		out = append(out, api.DestructionRecord{Grant: g.ID, Resource: g.Resource, Provider: g.Provider, Consumer: g.Consumer,
+			Status: g.Status, Recorded: at, Receipt: raw})
+	}
+	writeJSON(w, out)
+}

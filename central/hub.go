@@ -386,6 +386,7 @@ func (h *Hub) Handler() http.Handler {
 	mux.Handle("GET /v1/applications", h.node(h.listApplications))
 	mux.Handle("POST /v1/applications/{id}/decision", h.node(h.decideApplication))
 	mux.Handle("POST /v1/destructions", h.node(h.destruction))
+	mux.Handle("GET /v1/destructions", h.node(h.listDestructions))
 	mux.Handle("POST /v1/feedback", h.node(h.submitFeedback))
 	mux.Handle("GET /v1/feedback", h.node(h.listFeedback))
 	mux.Handle("POST /v1/feedback/{id}/answer", h.node(h.answerFeedback))

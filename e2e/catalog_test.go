@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"database/sql"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/user"
@@ -8,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qianzhi/qianzhi/agent"
 )
 
 const hukouCatalog = `    catalog:
@@ -244,6 +248,39 @@ func TestRevokeWithDestruction(t *testing.T) {
 	}
 	if !logHas(cons.logPath(), "destroyed the data received under an ended grant") {
 		t.Fatal("the consumer did not log the destruction")
+	}
+
+	// The provider fetches the destruction receipt and checks its seal
+	// itself; a receipt changed at the hub fails the check and the command.
+	var ds []agent.DestructionLine
+	if err := json.Unmarshal([]byte(mustRun(t, "qz-agent", "receipts", "--destroyed", "--json", "--config", prov.cfg)), &ds); err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 1 || ds[0].Grant != g || !ds[0].Verified || ds[0].Consumer != "mzj" || !strings.Contains(ds[0].What, "files") {
+		t.Fatalf("the provider's view of the destruction receipts: %+v", ds)
+	}
+	tamperHubDB(t, h, `UPDATE destructions SET receipt = CAST(replace(CAST(receipt AS TEXT), '"what":"', '"what":"0 ') AS BLOB)`)
+	stdout, stderr, err := run("qz-agent", "receipts", "--destroyed", "--config", prov.cfg)
+	if err == nil || !strings.Contains(stderr, "1 of 1 destruction receipts failed their check") || !strings.Contains(stdout, "signature") {
+		t.Fatalf("a destruction receipt changed at the hub: err %v\n%s%s", err, stdout, stderr)
+	}
+}
+
+// tamperHubDB changes the hub's database behind its back, as someone with
+// access to its disk could.
+func tamperHubDB(t *testing.T, h *hub, stmt string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", filepath.Join(h.dir, "state", "central.db")+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	res, err := db.Exec(stmt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		t.Fatalf("%s changed nothing", stmt)
 	}
 }
 

@@ -61,6 +61,12 @@ func TestReceiptsAndPurge(t *testing.T) {
 			t.Errorf("provider could not verify the receipt of batch %d: %s", l.Seq, l.Problem)
 		}
 	}
+	// A receipt changed at the hub fails the provider's own check, and the
+	// command says so with its exit code.
+	tamperHubDB(t, h, `UPDATE batches SET receipt = CAST(replace(CAST(receipt AS TEXT), '"applied":"2', '"applied":"1') AS BLOB) WHERE seq = 1`)
+	if stdout, stderr, err := run("qz-agent", "receipts", "--config", prov.cfg); err == nil || !strings.Contains(stderr, "1 of ") || !strings.Contains(stdout, "signature") {
+		t.Errorf("a receipt changed at the hub: err %v\n%s%s", err, stdout, stderr)
+	}
 	if list := h.central("batch", "list"); strings.Count(list, "purged") != len(ls) {
 		t.Errorf("batch list does not show all %d batches purged:\n%s", len(ls), list)
 	}

@@ -24,6 +24,7 @@
 //	GET  /v1/deliveries?wait=25s       long poll → []Delivery
 //	POST /v1/receipts                  a signed receipt
 //	GET  /v1/receipts?grant=G[&seq=N]  → []ReceiptRecord, for the grant's provider or consumer
+//	GET  /v1/destructions[?grant=G]    → []DestructionRecord of the caller's grants revoked with destruction
 //	POST /v1/rejections                Rejection
 //	POST /v1/calls                     CallRequest → CallAnswer (query or verify; the caller is the consumer)
 //	GET  /v1/calls/next?wait=25s       long poll → []CallJob for the calling provider
@@ -138,6 +139,19 @@ type ReceiptRecord struct {
 	Stored    time.Time       `json:"stored"`
 	Receipted time.Time       `json:"receipted,omitzero"`
 	Receipt   json.RawMessage `json:"receipt,omitempty"`
+}
+
+// DestructionRecord is an ended grant that asked for destruction and, once the
+// consumer has destroyed what it received, its signed destruction receipt
+// (the JSON exactly as signed).
+type DestructionRecord struct {
+	Grant    string          `json:"grant"`
+	Resource string          `json:"resource"`
+	Provider string          `json:"provider"`
+	Consumer string          `json:"consumer"`
+	Status   string          `json:"status"` // revoked or expired
+	Recorded time.Time       `json:"recorded,omitzero"`
+	Receipt  json.RawMessage `json:"receipt,omitempty"`
 }
 
 // Rejection is a consumer's report that a delivered batch failed its checks.
