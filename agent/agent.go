@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -364,7 +365,23 @@ func (a *Agent) fetchGrants(ctx context.Context, version string) ([]api.GrantInf
 	if err := json.NewDecoder(resp.Body).Decode(&gs); err != nil {
 		return nil, "", err
 	}
-	return gs, resp.Header.Get(api.HeaderVersion), nil
+	return a.wellFormed(gs), resp.Header.Get(api.HeaderVersion), nil
+}
+
+// wellFormed drops grants whose IDs could not be used safely: a grant ID
+// and a resource ID name files in the spool and the inbox, so one the hub
+// sends with a '/' or '..' in it must never reach a path.
+func (a *Agent) wellFormed(gs []api.GrantInfo) []api.GrantInfo {
+	out := gs[:0]
+	for _, g := range gs {
+		err := errors.Join(api.ValidID("grant", g.ID), api.ValidID("resource", g.Resource))
+		if err != nil {
+			a.log.Warn("hub listed a malformed grant; ignored", "err", err)
+			continue
+		}
+		out = append(out, g)
+	}
+	return out
 }
 
 func (a *Agent) setGrants(ctx context.Context, gs []api.GrantInfo) {
