@@ -227,3 +227,34 @@ func TestKeyedReceipt(t *testing.T) {
 		t.Error("a keyed receipt without the nodes' keys was signed")
 	}
 }
+
+// BenchmarkCallKey is what keying costs a call on each side: the call's
+// key from a peer already seen, and the keyed digest of the parameters;
+// BenchmarkCallKeyNewPeer adds the ECDH of a peer not seen before.
+func BenchmarkCallKey(b *testing.B) {
+	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	k2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	a, _ := NewCallKeyer(k1)
+	peer, _ := NewCallKeyer(k2)
+	params := map[string]string{"id_no": "11010519491231002X"}
+	for b.Loop() {
+		key, err := a.CallKey(peer.Public(), "6f1c2a9e0b7d4e3f8a1b2c3d4e5f6071", "mzj", "gaj")
+		if err != nil {
+			b.Fatal(err)
+		}
+		KeyedParamsDigest(key, "6f1c2a9e0b7d4e3f8a1b2c3d4e5f6071", params, nil)
+	}
+}
+
+func BenchmarkCallKeyNewPeer(b *testing.B) {
+	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	k2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	a, _ := NewCallKeyer(k1)
+	peer, _ := NewCallKeyer(k2)
+	for b.Loop() {
+		clear(a.prks)
+		if _, err := a.CallKey(peer.Public(), "6f1c2a9e0b7d4e3f8a1b2c3d4e5f6071", "mzj", "gaj"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
