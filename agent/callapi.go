@@ -302,12 +302,17 @@ func Call(ctx context.Context, cfg Config, req api.CallRequest) (*api.CallAnswer
 type CallLine struct {
 	api.CallRecord
 	Seal string `json:"seal,omitempty"`
+	// CallKey (hex), for a keyed receipt agreed with this node's key, is
+	// the call's key, derived again here: with it the receipt's digests
+	// prove the call's parameters and answer (see receipt.KeyedParamsDigest).
+	CallKey string `json:"call_key,omitempty"`
 }
 
 // CallRecords lists the hub's records of calls this node made or
-// answered, each receipt's seal checked with the provider's key.
+// answered, each receipt's seal checked with the provider's key, and the
+// call's key of each keyed receipt derived again from this node's key.
 func CallRecords(ctx context.Context, cfg Config, grant string, limit int) ([]CallLine, error) {
-	hub, _, err := hubClient(cfg)
+	hub, id, err := hubClient(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -332,6 +337,8 @@ func CallRecords(ctx context.Context, cfg Config, grant string, limit int) ([]Ca
 		}
 		return k, nil
 	}
+	// A node key that cannot agree call keys lists no call keys.
+	agree, _ := receipt.NewCallKeyer(id.Cert.PrivateKey)
 	out := make([]CallLine, len(recs))
 	for i, r := range recs {
 		out[i].CallRecord = r
@@ -339,10 +346,35 @@ func CallRecords(ctx context.Context, cfg Config, grant string, limit int) ([]Ca
 			out[i].Seal = "verified"
 			if err := receipt.CheckCallSeal(r.Receipt, key); err != nil {
 				out[i].Seal = "BAD: " + err.Error()
+				continue
 			}
+			out[i].CallKey = callKeyOf(agree, id.NodeID, r.Receipt)
 		}
 	}
 	return out, nil
+}
+
+// callKeyOf derives again the call's key of a keyed receipt this node was
+// party to with its own key ("" for any other receipt).
+func callKeyOf(agree *receipt.CallKeyer, me string, raw []byte) string {
+	rc, err := receipt.ParseCall(raw)
+	if agree == nil || err != nil || rc.Version != receipt.CallKeyed {
+		return ""
+	}
+	var peer []byte
+	switch {
+	case rc.Consumer == me && bytes.Equal(rc.ConsumerKey, agree.Public()):
+		peer = rc.ProviderKey
+	case rc.Provider == me && bytes.Equal(rc.ProviderKey, agree.Public()):
+		peer = rc.ConsumerKey
+	default:
+		return "" // agreed with a key of this node's from before a re-enrolment
+	}
+	key, err := agree.CallKey(peer, rc.ID, rc.Consumer, rc.Provider)
+	if err != nil {
+		return ""
+	}
+	return hex.EncodeToString(key)
 }
 
 // readDashValues reads from r, one line each, the values given as "-" on

@@ -591,5 +591,22 @@ func hubBlind(t *testing.T, h *hub, cons, prov *node, ans api.CallAnswer, params
 		if err != nil || !bytes.Equal(again, key) {
 			t.Errorf("%s derives call key %x again from its node key (%v), want %x", side.n.id, again, err, key)
 		}
+		// qz-agent calls lists it beside the record.
+		type line struct {
+			ID      string `json:"id"`
+			Seal    string `json:"seal"`
+			CallKey string `json:"call_key"`
+		}
+		var lines []line
+		out := mustRun(t, "qz-agent", "calls", "--limit", "1000", "--json", "--config", side.n.cfg)
+		if err := json.Unmarshal([]byte(out), &lines); err != nil {
+			t.Fatalf("calls --json: %v\n%s", err, out)
+		}
+		i := slices.IndexFunc(lines, func(l line) bool { return l.ID == ans.ID })
+		if i < 0 {
+			t.Errorf("%s: qz-agent calls does not list call %s", side.n.id, ans.ID)
+		} else if lines[i].Seal != "verified" || lines[i].CallKey != ans.CallKey {
+			t.Errorf("%s: qz-agent calls lists call %s with %+v, want its seal verified and call key %s", side.n.id, ans.ID, lines[i], ans.CallKey)
+		}
 	}
 }
