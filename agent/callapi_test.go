@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +17,15 @@ import (
 
 // TestCallerCheck: the consumer uses an answer only when the provider's
 // receipt verifies, is recent, names this node's grant and provider, and
-// covers the question asked and the answer got.
+// covers the question asked and the answer got: with plain digests
+// (version 1) and with digests keyed with the call's key (version 2).
 func TestCallerCheck(t *testing.T) {
+	for _, version := range []int{receipt.CallPlain, receipt.CallKeyed} {
+		t.Run(fmt.Sprintf("version %d", version), func(t *testing.T) { testCallerCheck(t, version) })
+	}
+}
+
+func testCallerCheck(t *testing.T, version int) {
 	key, _ := seal.Generate()
 	other, _ := seal.Generate()
 	req := api.CallRequest{Resource: "gaj.huji", Call: "by_id", Mode: api.ModeVerify,
@@ -26,12 +34,31 @@ func TestCallerCheck(t *testing.T) {
 	c := &caller{me: "mzj",
 		keys:  func(context.Context, string, string) (seal.PublicKey, error) { return key.Public(), nil },
 		grant: func(string, string) (api.GrantInfo, bool) { return grant, true }}
+	// The digests as the version makes them: plain, or keyed with the
+	// call's key agreed between the consumer's and the provider's keys.
+	params := func(id string, p, v map[string]string) string { return receipt.ParamsDigest(id, p, v) }
+	answerDigest := func(m map[string]bool) string { return receipt.AnswerDigest(nil, nil, true, m) }
+	var consKey, provKey []byte
+	if version == receipt.CallKeyed {
+		ck, _ := pki.NewKey()
+		pk, _ := pki.NewKey()
+		cons, _ := receipt.NewCallKeyer(ck)
+		prov, _ := receipt.NewCallKeyer(pk)
+		c.agree, req.ConsumerKey = cons, cons.Public()
+		consKey, provKey = cons.Public(), prov.Public()
+		k, err := prov.CallKey(consKey, "c-1", "mzj", "gaj")
+		if err != nil {
+			t.Fatal(err)
+		}
+		params = func(id string, p, v map[string]string) string { return receipt.KeyedParamsDigest(k, id, p, v) }
+		answerDigest = func(m map[string]bool) string { return receipt.KeyedAnswerDigest(k, nil, nil, true, m) }
+	}
 	answer := func(signer *seal.PrivateKey, change func(*receipt.Call)) *api.CallAnswer {
 		a := &api.CallAnswer{ID: "c-1", Grant: "g-1", Resource: req.Resource, Call: req.Call, Mode: req.Mode,
 			Found: true, Matches: map[string]bool{"name": true}}
-		rc := receipt.Call{ID: a.ID, Grant: "g-1", Resource: req.Resource, Call: req.Call, Mode: req.Mode, Provider: "gaj", Consumer: "mzj",
-			Asked: time.Now(), Answered: time.Now(), ParamsDigest: receipt.ParamsDigest(a.ID, req.Params, req.Values),
-			AnswerDigest: receipt.AnswerDigest(nil, nil, true, a.Matches), Found: true}
+		rc := receipt.Call{Version: version, ID: a.ID, Grant: "g-1", Resource: req.Resource, Call: req.Call, Mode: req.Mode, Provider: "gaj", Consumer: "mzj",
+			Asked: time.Now(), Answered: time.Now(), ParamsDigest: params(a.ID, req.Params, req.Values),
+			AnswerDigest: answerDigest(a.Matches), Found: true, ConsumerKey: consKey, ProviderKey: provKey}
 		if change != nil {
 			change(&rc)
 		}
@@ -54,7 +81,7 @@ func TestCallerCheck(t *testing.T) {
 		{"an old receipt", answer(key, func(rc *receipt.Call) { rc.Answered = time.Now().Add(-time.Hour) }), "more than 10m0s from now"},
 		{"another grant", answer(key, func(rc *receipt.Call) { rc.Grant = "g-2" }), "not this call"},
 		{"another provider", answer(key, func(rc *receipt.Call) { rc.Provider = "rsj" }), "not this call"},
-		{"other parameters", answer(key, func(rc *receipt.Call) { rc.ParamsDigest = receipt.ParamsDigest("c-1", nil, nil) }), "other parameters"},
+		{"other parameters", answer(key, func(rc *receipt.Call) { rc.ParamsDigest = params("c-1", nil, nil) }), "other parameters"},
 		{"another answer", func() *api.CallAnswer { a := answer(key, nil); a.Matches["name"] = false; return a }(), "another answer"},
 	} {
 		if err := c.check(context.Background(), req, tc.ans); err == nil || !strings.Contains(err.Error(), tc.want) {
