@@ -40,11 +40,30 @@ type caller struct {
 	// grant, when set, is the grant this node holds for a resource in a
 	// mode, which the receipt must name with its provider.
 	grant func(resource, mode string) (api.GrantInfo, bool)
+	// agree, when set, agrees call keys from this node's key: calls then
+	// carry its public key and get keyed (version 2) receipts.
+	agree *receipt.CallKeyer
+}
+
+// newCaller is a caller for the node of identity id. A node key that
+// cannot agree call keys leaves calls with plain receipts, which is
+// logged where the running agent's caller is made.
+func newCaller(hub *transport.Client, id *Identity, keys func(ctx context.Context, node, keyID string) (seal.PublicKey, error)) (*caller, error) {
+	c := &caller{hub: hub, me: id.NodeID, keys: keys}
+	agree, err := receipt.NewCallKeyer(id.Cert.PrivateKey)
+	if err != nil {
+		return c, err
+	}
+	c.agree = agree
+	return c, nil
 }
 
 // do makes one call. A refusal by the hub is a *hubError carrying the
 // hub's status and one-line reason.
 func (c *caller) do(ctx context.Context, req api.CallRequest) (*api.CallAnswer, error) {
+	if c.agree != nil {
+		req.ConsumerKey = c.agree.Public()
+	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
@@ -66,6 +85,7 @@ func (c *caller) do(ctx context.Context, req api.CallRequest) (*api.CallAnswer, 
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&ans); err != nil {
 		return nil, fmt.Errorf("read the call's answer: %w", err)
 	}
+	ans.CallKey = "" // only this node can know it: check sets it
 	if err := c.check(ctx, req, &ans); err != nil {
 		return nil, fmt.Errorf("the answer to call %s does not match its receipt, so it is not used: %w", ans.ID, err)
 	}
@@ -73,7 +93,9 @@ func (c *caller) do(ctx context.Context, req api.CallRequest) (*api.CallAnswer, 
 }
 
 // check verifies the receipt's seal by the provider and that it covers this
-// question and this answer.
+// question and this answer. For a keyed receipt it agrees the call's key
+// with the provider's key the receipt names, checks the digests with it,
+// and hands it on in ans.CallKey.
 func (c *caller) check(ctx context.Context, req api.CallRequest, ans *api.CallAnswer) error {
 	rc, err := receipt.ParseCall(ans.Receipt)
 	if err != nil {
@@ -95,7 +117,7 @@ func (c *caller) check(ctx context.Context, req api.CallRequest, ans *api.CallAn
 	// it knows them (the running agent does; a command on its own does
 	// not).
 	asked := api.CallJob{ID: ans.ID, Grant: ans.Grant, Resource: req.Resource, Call: req.Call, Mode: req.Mode,
-		Consumer: c.me, Params: req.Params, Values: req.Values}
+		Consumer: c.me, Params: req.Params, Values: req.Values, ConsumerKey: req.ConsumerKey}
 	provider := ""
 	if c.grant != nil {
 		// A grant approved a moment ago may not have reached this node
@@ -104,7 +126,27 @@ func (c *caller) check(ctx context.Context, req api.CallRequest, ans *api.CallAn
 			asked.Grant, provider = g.ID, g.Provider
 		}
 	}
-	return rc.Covers(asked, provider, ans)
+	// A version 1 receipt comes from a provider's agent older than keyed
+	// receipts (or a call sent without this node's key); its plain
+	// digests are checked as they were.
+	var key []byte
+	if rc.Version == receipt.CallKeyed {
+		if c.agree == nil {
+			return errors.New("the receipt is keyed with a call key, and this node's key cannot agree one")
+		}
+		// The provider is the one the receipt names (and the grant's, when
+		// known, by Covers): the key agreed with another would not check.
+		if key, err = c.agree.CallKey(rc.ProviderKey, ans.ID, c.me, rc.Provider); err != nil {
+			return fmt.Errorf("the receipt's provider key: %w", err)
+		}
+	}
+	if err := rc.Covers(asked, provider, ans, key); err != nil {
+		return err
+	}
+	if key != nil {
+		ans.CallKey = hex.EncodeToString(key)
+	}
+	return nil
 }
 
 // receiptSkew is how far a receipt's time may be from this clock: clocks
@@ -149,7 +191,11 @@ func (a *Agent) serveCallAPI(ctx context.Context) (addr string, stop func(), err
 	if err != nil {
 		return "", nil, err
 	}
-	c := &caller{hub: a.hub, me: a.id.NodeID, keys: a.sealKey, grant: a.consumerGrant}
+	c, err := newCaller(a.hub, a.id, a.sealKey)
+	if err != nil {
+		a.log.Warn("the node key cannot agree call keys: this node's calls get plain receipts, and the hub's records of them could confirm guessed parameters; re-enrol the node for a P-256 key", "err", err)
+	}
+	c.grant = a.consumerGrant
 	mux := http.NewServeMux()
 	for _, mode := range []string{api.ModeQuery, api.ModeVerify} {
 		mux.HandleFunc("POST /v1/"+mode+"/{resource}/{call}", func(w http.ResponseWriter, r *http.Request) {
@@ -243,9 +289,11 @@ func Call(ctx context.Context, cfg Config, req api.CallRequest) (*api.CallAnswer
 		return nil, err
 	}
 	defer hub.Close()
-	c := &caller{hub: hub, me: id.NodeID, keys: func(ctx context.Context, node, keyID string) (seal.PublicKey, error) {
+	// A node key that cannot agree call keys gives plain receipts, as the
+	// running agent's log says.
+	c, _ := newCaller(hub, id, func(ctx context.Context, node, keyID string) (seal.PublicKey, error) {
 		return fetchSealKey(ctx, hub, node, keyID)
-	}}
+	})
 	return c.do(ctx, req)
 }
 
@@ -254,12 +302,17 @@ func Call(ctx context.Context, cfg Config, req api.CallRequest) (*api.CallAnswer
 type CallLine struct {
 	api.CallRecord
 	Seal string `json:"seal,omitempty"`
+	// CallKey (hex), for a keyed receipt agreed with this node's key, is
+	// the call's key, derived again here: with it the receipt's digests
+	// prove the call's parameters and answer (see receipt.KeyedParamsDigest).
+	CallKey string `json:"call_key,omitempty"`
 }
 
 // CallRecords lists the hub's records of calls this node made or
-// answered, each receipt's seal checked with the provider's key.
+// answered, each receipt's seal checked with the provider's key, and the
+// call's key of each keyed receipt derived again from this node's key.
 func CallRecords(ctx context.Context, cfg Config, grant string, limit int) ([]CallLine, error) {
-	hub, _, err := hubClient(cfg)
+	hub, id, err := hubClient(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -284,6 +337,8 @@ func CallRecords(ctx context.Context, cfg Config, grant string, limit int) ([]Ca
 		}
 		return k, nil
 	}
+	// A node key that cannot agree call keys lists no call keys.
+	agree, _ := receipt.NewCallKeyer(id.Cert.PrivateKey)
 	out := make([]CallLine, len(recs))
 	for i, r := range recs {
 		out[i].CallRecord = r
@@ -291,10 +346,35 @@ func CallRecords(ctx context.Context, cfg Config, grant string, limit int) ([]Ca
 			out[i].Seal = "verified"
 			if err := receipt.CheckCallSeal(r.Receipt, key); err != nil {
 				out[i].Seal = "BAD: " + err.Error()
+				continue
 			}
+			out[i].CallKey = callKeyOf(agree, id.NodeID, r.Receipt)
 		}
 	}
 	return out, nil
+}
+
+// callKeyOf derives again the call's key of a keyed receipt this node was
+// party to with its own key ("" for any other receipt).
+func callKeyOf(agree *receipt.CallKeyer, me string, raw []byte) string {
+	rc, err := receipt.ParseCall(raw)
+	if agree == nil || err != nil || rc.Version != receipt.CallKeyed {
+		return ""
+	}
+	var peer []byte
+	switch {
+	case rc.Consumer == me && bytes.Equal(rc.ConsumerKey, agree.Public()):
+		peer = rc.ProviderKey
+	case rc.Provider == me && bytes.Equal(rc.ProviderKey, agree.Public()):
+		peer = rc.ConsumerKey
+	default:
+		return "" // agreed with a key of this node's from before a re-enrolment
+	}
+	key, err := agree.CallKey(peer, rc.ID, rc.Consumer, rc.Provider)
+	if err != nil {
+		return ""
+	}
+	return hex.EncodeToString(key)
 }
 
 // readDashValues reads from r, one line each, the values given as "-" on

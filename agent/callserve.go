@@ -60,6 +60,12 @@ const (
 func (a *Agent) callLoop(ctx context.Context) {
 	s := &callServer{a: a, log: a.log.With("loop", "calls"), sem: make(chan struct{}, callWorkers),
 		signer: newCallSigner(a.id.Seal), out: make(chan answered, 4*callWorkers)}
+	keys, err := receipt.NewCallKeyer(a.id.Cert.PrivateKey)
+	if err != nil {
+		// Calls are still answered, with plain (version 1) receipts.
+		s.log.Warn("the node key cannot agree call keys: call receipts will not be keyed, and the hub's records of calls could confirm guessed parameters; re-enrol the node for a P-256 key", "err", err)
+	}
+	s.keys = keys
 	var wg sync.WaitGroup
 	for range callPosters {
 		wg.Add(1)
@@ -85,7 +91,8 @@ type callServer struct {
 	log    *slog.Logger
 	sem    chan struct{} // a slot per running worker
 	signer batch.Signer
-	out    chan answered // answers for the posters
+	keys   *receipt.CallKeyer // nil: receipts are not keyed
+	out    chan answered      // answers for the posters
 
 	pollFails atomic.Int64 // failed polls in a row, across polls
 	postFails atomic.Int64 // answers the hub could not be given, in a row
@@ -317,7 +324,7 @@ func (s *callServer) answer(ctx context.Context, job api.CallJob, deadline time.
 	}
 	cctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	ans, cause := answerCall(cctx, src, p, job, s.a.id.NodeID, s.signer, nil)
+	ans, cause := answerCall(cctx, src, p, job, s.a.id.NodeID, s.signer, s.keys, nil)
 	switch {
 	case cause != nil:
 		if n := s.dbFails.Add(1); n%1000 == 1 {
@@ -480,11 +487,26 @@ func refusal(job api.CallJob, why string) api.CallAnswer {
 // quotes neither SQL nor values, and its cause, for the provider's log
 // only, as the second result. now, if not nil, stands in for time.Now.
 //
+// When the job carries the consumer's key and keys is not nil, the
+// receipt's digests are keyed with the call's key agreed with it (a
+// version 2 receipt), so the hub that keeps the receipt cannot confirm a
+// guess of the parameters; otherwise (a consumer's agent older than keyed
+// receipts) they are plain SHA-256 (version 1).
+//
 // A query answers the granted fields, masked per grant; a verification
 // answers only whether the subject exists and whether each value
 // matches (see sameValue).
-func answerCall(ctx context.Context, src connectors.Caller, p *callPlan, job api.CallJob, provider string, signer batch.Signer, now func() time.Time) (api.CallAnswer, error) {
+func answerCall(ctx context.Context, src connectors.Caller, p *callPlan, job api.CallJob, provider string, signer batch.Signer, keys *receipt.CallKeyer, now func() time.Time) (api.CallAnswer, error) {
 	def := p.def
+	var key []byte
+	if keys != nil && len(job.ConsumerKey) > 0 {
+		// Agreed before the database is asked: a key that cannot agree
+		// one is refused at no cost to it.
+		var err error
+		if key, err = keys.CallKey(job.ConsumerKey, job.ID, job.Consumer, provider); err != nil {
+			return refusal(job, fmt.Sprintf("the call's consumer_key cannot agree a call key (%v): the consumer's agent sends the public key of its node certificate", err)), nil
+		}
+	}
 	params, err := def.CheckParams(job.Params)
 	if err != nil {
 		// Problem, not the check's own message, which may quote digits of
@@ -540,13 +562,20 @@ func answerCall(ctx context.Context, src connectors.Caller, p *callPlan, job api
 	if now == nil {
 		now = time.Now
 	}
-	rc, err := receipt.SignCall(receipt.Call{
+	rc := receipt.Call{
 		ID: job.ID, Grant: job.Grant, Resource: job.Resource, Call: job.Call, Mode: job.Mode,
 		Provider: provider, Consumer: job.Consumer, Asked: job.Asked, Answered: now(),
-		ParamsDigest: receipt.ParamsDigest(job.ID, job.Params, job.Values),
-		AnswerDigest: receipt.AnswerDigest(ans.Fields, ans.Rows, ans.Found, ans.Matches),
-		Rows:         len(ans.Rows), Found: ans.Found,
-	}, signer)
+		Rows: len(ans.Rows), Found: ans.Found,
+	}
+	if key != nil {
+		rc.Version, rc.ConsumerKey, rc.ProviderKey = receipt.CallKeyed, job.ConsumerKey, keys.Public()
+		rc.ParamsDigest = receipt.KeyedParamsDigest(key, job.ID, job.Params, job.Values)
+		rc.AnswerDigest = receipt.KeyedAnswerDigest(key, ans.Fields, ans.Rows, ans.Found, ans.Matches)
+	} else {
+		rc.ParamsDigest = receipt.ParamsDigest(job.ID, job.Params, job.Values)
+		rc.AnswerDigest = receipt.AnswerDigest(ans.Fields, ans.Rows, ans.Found, ans.Matches)
+	}
+	rc, err = receipt.SignCall(rc, signer)
 	if err == nil {
 		ans.Receipt, err = json.Marshal(rc)
 	}

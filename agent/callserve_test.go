@@ -128,7 +128,7 @@ func TestAnswerQuery(t *testing.T) {
 	}
 	src := &fakeCaller{rows: [][][]byte{zhang(), zhang(), zhang(), zhang()}}
 	job := testJob(api.ModeQuery)
-	ans, cause := answerCall(context.Background(), src, p, job, testProvider, newCallSigner(key), nil)
+	ans, cause := answerCall(context.Background(), src, p, job, testProvider, newCallSigner(key), nil, nil)
 	if cause != nil || ans.Error != "" {
 		t.Fatalf("error %q, cause %v", ans.Error, cause)
 	}
@@ -155,7 +155,7 @@ func TestAnswerQuery(t *testing.T) {
 	}
 
 	t.Run("not found", func(t *testing.T) {
-		ans, cause := answerCall(context.Background(), &fakeCaller{}, p, job, testProvider, newCallSigner(key), nil)
+		ans, cause := answerCall(context.Background(), &fakeCaller{}, p, job, testProvider, newCallSigner(key), nil, nil)
 		if cause != nil || ans.Error != "" || ans.Found || ans.Rows != nil {
 			t.Fatalf("answer %+v, cause %v", ans, cause)
 		}
@@ -206,7 +206,7 @@ func TestAnswerVerify(t *testing.T) {
 			src := &fakeCaller{rows: tc.rows}
 			job := testJob(api.ModeVerify)
 			job.Values = tc.values
-			ans, cause := answerCall(context.Background(), src, p, job, testProvider, newCallSigner(key), nil)
+			ans, cause := answerCall(context.Background(), src, p, job, testProvider, newCallSigner(key), nil, nil)
 			if cause != nil || ans.Error != "" {
 				t.Fatalf("error %q, cause %v", ans.Error, cause)
 			}
@@ -266,7 +266,7 @@ func TestAnswerRefusals(t *testing.T) {
 			src := &fakeCaller{rows: [][][]byte{zhang()}}
 			job := testJob(api.ModeVerify)
 			job.Params, job.Values = tc.params, tc.values
-			ans, cause := answerCall(context.Background(), src, p, job, testProvider, newCallSigner(key), nil)
+			ans, cause := answerCall(context.Background(), src, p, job, testProvider, newCallSigner(key), nil, nil)
 			if cause != nil || !strings.Contains(ans.Error, tc.want) || ans.Receipt != nil || ans.Found || ans.Matches != nil {
 				t.Fatalf("answer %+v, cause %v; want an error with %q", ans, cause, tc.want)
 			}
@@ -279,7 +279,7 @@ func TestAnswerRefusals(t *testing.T) {
 		dbErr := errors.New("Error 1064: syntax error near '" + testID + "' in SELECT secret FROM household")
 		job := testJob(api.ModeVerify)
 		job.Values = map[string]string{"name": "张三丰"}
-		ans, cause := answerCall(context.Background(), &fakeCaller{err: dbErr}, p, job, testProvider, newCallSigner(key), nil)
+		ans, cause := answerCall(context.Background(), &fakeCaller{err: dbErr}, p, job, testProvider, newCallSigner(key), nil, nil)
 		if cause != dbErr || ans.Receipt != nil || ans.Matches != nil {
 			t.Fatalf("answer %+v, cause %v", ans, cause)
 		}
@@ -404,7 +404,7 @@ func BenchmarkAnswerVerify(b *testing.B) {
 	signer := newCallSigner(key)
 	b.ReportAllocs()
 	for b.Loop() {
-		if ans, _ := answerCall(context.Background(), src, p, job, testProvider, signer, nil); ans.Error != "" {
+		if ans, _ := answerCall(context.Background(), src, p, job, testProvider, signer, nil, nil); ans.Error != "" {
 			b.Fatal(ans.Error)
 		}
 	}

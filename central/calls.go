@@ -1,6 +1,7 @@
 package central
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -34,9 +35,12 @@ import (
 // consumer posts a call, the hub checks it against the catalog and the
 // consumer's grant, queues it for the provider's agent (which long-polls
 // for calls), waits for the answer, checks that the provider's receipt
-// covers the call and the answer (its seal is checked by the consumer's
-// agent, which relies on it) and hands the answer back. The answer is never stored: each call leaves
-// a record (with the receipt, for an answered one) and an audit record.
+// names the call and fits the answer (its seal, and a keyed receipt's
+// digests, which the hub cannot compute, are checked by the consumer's
+// agent, which relies on them) and hands the answer back. The answer is
+// never stored: each call leaves a record (with the receipt, for an
+// answered one) and an audit record, neither of which lets the hub
+// confirm a guess of the parameters when the receipt is keyed.
 //
 // Everything a call reads is held in memory so that the database is only
 // written, once per group of calls: the approved catalog (read again at
@@ -326,6 +330,9 @@ func (h *Hub) runCall(r *http.Request, rec *api.CallRecord) (*api.CallAnswer, *c
 			return nil, refuse(http.StatusForbidden, "grant %s covers none of the fields call %s answers (%s): apply for them", g.ID, decl.Name, strings.Join(decl.Fields, ", "))
 		}
 	}
+	if len(req.ConsumerKey) > 0 && (r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || !bytes.Equal(req.ConsumerKey, r.TLS.PeerCertificates[0].RawSubjectPublicKeyInfo)) {
+		return nil, refuse(http.StatusBadRequest, "consumer_key is not the public key of the certificate node %s connected with: send that key (PKIX DER), or none", rec.Consumer)
+	}
 	lim := h.grantLimits(g)
 	if !lim.lim.Allow() {
 		return nil, refuse(http.StatusTooManyRequests, "grant %s allows %g calls a second; slow down", g.ID, lim.rate)
@@ -343,7 +350,7 @@ func (h *Hub) runCall(r *http.Request, rec *api.CallRecord) (*api.CallAnswer, *c
 		timeout = min(timeout, time.Duration(req.TimeoutMS)*time.Millisecond)
 	}
 	job := api.CallJob{ID: rec.ID, Grant: g.ID, Resource: g.Resource, Call: decl.Name, Mode: req.Mode, Consumer: rec.Consumer,
-		Params: req.Params, Values: values, Asked: rec.Asked, Deadline: rec.Asked.Add(timeout)}
+		Params: req.Params, Values: values, Asked: rec.Asked, Deadline: rec.Asked.Add(timeout), ConsumerKey: req.ConsumerKey}
 	p, cerr := h.forward(job, g.Provider)
 	if cerr != nil {
 		h.giveBack(lim) // it never reached the provider
@@ -798,10 +805,19 @@ func (h *Hub) checkAnswer(ctx context.Context, job api.CallJob, provider string,
 	if err != nil {
 		return fmt.Errorf("receipt seal key: %w", err)
 	}
-	if rc.Version != receipt.Version || rc.SealAlg != pub.Algorithm() || len(rc.Signature) == 0 {
-		return fmt.Errorf("the receipt is version %d sealed with %s; want version %d sealed with %s", rc.Version, clip(rc.SealAlg), receipt.Version, pub.Algorithm())
+	if rc.Version != receipt.CallPlain && rc.Version != receipt.CallKeyed || rc.SealAlg != pub.Algorithm() || len(rc.Signature) == 0 {
+		return fmt.Errorf("the receipt is version %d sealed with %s; want version %d or %d sealed with %s", rc.Version, clip(rc.SealAlg),
+			receipt.CallPlain, receipt.CallKeyed, pub.Algorithm())
 	}
-	return rc.Covers(job, provider, a)
+	if rc.Version == receipt.CallKeyed {
+		// The digests are keyed with the call's key, which the hub never
+		// has (so that its records cannot confirm a guessed parameter):
+		// the consumer's agent checks them.
+		return rc.Describes(job, provider, a)
+	}
+	// A version 1 receipt, from a provider's agent older than keyed
+	// receipts: its plain digests can be checked here.
+	return rc.Covers(job, provider, a, nil)
 }
 
 // cachedSealKey returns a node's seal key by ID, from memory after the first

@@ -773,3 +773,84 @@ func TestCallRefusalFlood(t *testing.T) {
 		t.Errorf("no summary %q in the audit log", want)
 	}
 }
+
+// TestCallKeyed: a consumer's key reaches the provider with the call only
+// when it is the key of the certificate the consumer connected with; the
+// hub takes a keyed receipt, which it cannot check the digests of, after
+// checking what it can (the call, the nodes, the consumer's key, the
+// count of rows and whether the subject was found); and its record holds
+// no plain digest of the parameters.
+func TestCallKeyed(t *testing.T) {
+	c := newCallHub(t, "mzj", "rsj")
+	c.grant("mzj", api.ModeVerify, nil, 1000, 0)
+	pk, _ := pki.NewKey()
+	prov, err := receipt.NewCallKeyer(pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyed := func(j api.CallJob, a api.CallAnswer, change func(*receipt.Call)) api.CallAnswer {
+		key, err := prov.CallKey(j.ConsumerKey, j.ID, j.Consumer, "gaj")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return answer(t, j, c.seals["gaj"], a, func(rc *receipt.Call) {
+			rc.Version, rc.ConsumerKey, rc.ProviderKey = receipt.CallKeyed, j.ConsumerKey, prov.Public()
+			rc.ParamsDigest = receipt.KeyedParamsDigest(key, j.ID, j.Params, j.Values)
+			rc.AnswerDigest = receipt.KeyedAnswerDigest(key, a.Fields, a.Rows, a.Found, a.Matches)
+			if change != nil {
+				change(rc)
+			}
+		})
+	}
+	req := verifyReq(goodID)
+	req.ConsumerKey = c.certs["rsj"].RawSubjectPublicKeyInfo
+	c.poll("gaj", 0)
+	if w := c.do("mzj", http.MethodPost, "/v1/calls", req); w.Code != http.StatusBadRequest || !strings.Contains(errorText(w), "consumer_key is not the public key of the certificate node mzj connected with") {
+		t.Errorf("another node's key: %d %q", w.Code, errorText(w))
+	}
+
+	req.ConsumerKey = c.certs["mzj"].RawSubjectPublicKeyInfo
+	good := api.CallAnswer{Found: true, Matches: map[string]bool{"姓名": true}}
+	for _, tc := range []struct {
+		name   string
+		change func(*receipt.Call)
+		msg    string // "" when the hub takes it
+	}{
+		{"rows", func(rc *receipt.Call) { rc.Rows = 1 }, "the receipt says 1 rows"},
+		{"not found", func(rc *receipt.Call) { rc.Found = false }, "found false"},
+		{"keyed with another consumer key", func(rc *receipt.Call) { rc.ConsumerKey = prov.Public() }, "another consumer key"},
+		{"another call", func(rc *receipt.Call) { rc.ID = "0123" }, "the receipt is for call 0123"},
+		{"good", nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.poll("gaj", 0)
+			got := c.callAsync("mzj", req)
+			job := c.pollOne("gaj")
+			if !bytes.Equal(job.ConsumerKey, req.ConsumerKey) {
+				t.Fatalf("the job carries consumer key %x, want the consumer's", job.ConsumerKey)
+			}
+			a := keyed(job, good, tc.change)
+			w := c.do("gaj", http.MethodPost, "/v1/calls/"+job.ID+"/answer", a)
+			res := <-got
+			if tc.msg != "" {
+				if w.Code != http.StatusUnprocessableEntity || !strings.Contains(errorText(w), tc.msg) || res.Code != http.StatusBadGateway {
+					t.Errorf("the provider is told %d %q, the consumer %d: want 422 %q and 502", w.Code, errorText(w), res.Code, tc.msg)
+				}
+				return
+			}
+			if w.Code != http.StatusNoContent || res.Code != http.StatusOK {
+				t.Fatalf("answer: %d %s; call: %d %s", w.Code, w.Body, res.Code, res.Body)
+			}
+			rec := c.record("mzj", "call.verify")
+			if !bytes.Equal(rec.Receipt, a.Receipt) {
+				t.Errorf("record %+v", rec)
+			}
+			plain := receipt.ParamsDigest(job.ID, req.Params, req.Values)
+			log, _ := c.h.Store().AuditLog(context.Background())
+			all, _ := json.Marshal([]any{rec, log})
+			if bytes.Contains(all, []byte(plain)) {
+				t.Error("the hub's records hold the plain digest of the parameters")
+			}
+		})
+	}
+}

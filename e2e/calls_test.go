@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,8 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qianzhi/qianzhi/agent"
 	"github.com/qianzhi/qianzhi/internal/mariadbtest"
 	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/pki"
 	"github.com/qianzhi/qianzhi/pkg/receipt"
 	"github.com/qianzhi/qianzhi/pkg/seal"
 )
@@ -215,6 +220,7 @@ func TestQueryAndVerify(t *testing.T) {
 	var addr string
 	waitFor(t, 10*time.Second, "the call API address in status", func() bool { addr = cons.status().CallAPI; return addr != "" })
 
+	var apiAns api.CallAnswer // a query through the local API, with its call key
 	t.Run("local API", func(t *testing.T) {
 		if code, body := callAPI(t, addr, "", "/v1/query/gaj.huji/by_id", map[string]any{"params": map[string]string{"id_no": p.id}}); code != http.StatusUnauthorized || !bytes.Contains(body, []byte("call-api.token")) {
 			t.Errorf("no token: %d %s", code, body)
@@ -228,6 +234,11 @@ func TestQueryAndVerify(t *testing.T) {
 			t.Fatalf("query through the local API: %d %s", code, body)
 		}
 		answered = append(answered, a.ID)
+		apiAns = a
+	})
+
+	t.Run("the hub cannot confirm a guess", func(t *testing.T) {
+		hubBlind(t, h, cons, prov, apiAns, map[string]string{"id_no": p.id}, people[8].id)
 	})
 
 	t.Run("verify", func(t *testing.T) {
@@ -435,4 +446,167 @@ func lastCallID(t *testing.T, out string) string {
 		t.Fatalf("no call ID in:\n%s", out)
 	}
 	return strings.Fields(out[i+5:])[0]
+}
+
+// hubBlind takes everything the hub keeps of an answered call (its row in
+// the calls table with the receipt, its audit records, a backup of the hub
+// and the hub's log) and shows that none of it confirms the call's
+// parameters: the plain digest of the right guess is nowhere, nor is any
+// digest keyed with what the hub holds (nothing, the call ID, the two
+// public keys the receipt names, a key agreed with the hub's own keys).
+// The consumer, with the call key its agent handed over or derived again
+// from its node key, and the provider, from its own node key, each prove
+// the parameters; a wrong guess does not pass.
+func hubBlind(t *testing.T, h *hub, cons, prov *node, ans api.CallAnswer, params map[string]string, wrong string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(h.dir, "state", "central.db")+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var stored [][]byte
+	collect := func(q string, args ...any) int {
+		rows, err := db.Query(q, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		cols, _ := rows.Columns()
+		n := 0
+		for rows.Next() {
+			vals := make([]any, len(cols))
+			for i := range vals {
+				vals[i] = new(sql.RawBytes)
+			}
+			if err := rows.Scan(vals...); err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range vals {
+				stored = append(stored, slices.Clone([]byte(*v.(*sql.RawBytes))))
+			}
+			n++
+		}
+		return n
+	}
+	if collect(`SELECT * FROM calls WHERE id = ?`, ans.ID) != 1 || collect(`SELECT * FROM audit WHERE subject = ? OR detail LIKE ?`, ans.ID, "%"+ans.ID+"%") == 0 {
+		t.Fatalf("the hub has no call record or no audit record of call %s", ans.ID)
+	}
+	var raw []byte
+	if err := db.QueryRow(`SELECT receipt FROM calls WHERE id = ?`, ans.ID).Scan(&raw); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := receipt.ParseCall(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{rc.ParamsDigest, rc.AnswerDigest} {
+		stored = append(stored, []byte(v))
+	}
+	bk := filepath.Join(t.TempDir(), "backup")
+	h.central("backup", bk)
+	filepath.WalkDir(bk, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			b, _ := os.ReadFile(path)
+			stored = append(stored, b)
+		}
+		return err
+	})
+	hubLog, _ := os.ReadFile(filepath.Join(h.dir, "hub.log"))
+	stored = append(stored, hubLog)
+	for _, v := range params {
+		if bytes.Contains(hubLog, []byte(v)) {
+			t.Errorf("the hub's log holds the parameter %q", v)
+		}
+	}
+	found := func(digest string) bool {
+		return slices.ContainsFunc(stored, func(b []byte) bool { return bytes.Contains(b, []byte(digest)) })
+	}
+
+	if rc.Version != receipt.CallKeyed {
+		t.Errorf("the receipt is version %d, want %d (keyed)", rc.Version, receipt.CallKeyed)
+	}
+	if d := receipt.ParamsDigest(ans.ID, params, nil); found(d) {
+		t.Errorf("the hub stores the plain digest of the right guess (%s): a guessed ID number is confirmed", d)
+	}
+	// Keys the hub could try: what it holds or is sent.
+	tries := [][]byte{nil, []byte(ans.ID), rc.ConsumerKey, rc.ProviderKey, append(slices.Clone(rc.ConsumerKey), rc.ProviderKey...)}
+	for _, k := range tries[2:] {
+		sum := sha256.Sum256(k)
+		tries = append(tries, sum[:])
+	}
+	for _, f := range []string{"ca.key", "server.key"} {
+		pem, err := os.ReadFile(filepath.Join(h.dir, "state", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := pki.ParseKeyPEM(pem)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hk, err := receipt.NewCallKeyer(k)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for _, peer := range [][]byte{rc.ConsumerKey, rc.ProviderKey} {
+			ck, err := hk.CallKey(peer, ans.ID, rc.Consumer, rc.Provider)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tries = append(tries, ck)
+		}
+	}
+	for i, k := range tries {
+		if d := receipt.KeyedParamsDigest(k, ans.ID, params, nil); found(d) {
+			t.Errorf("a digest keyed with what the hub holds (try %d) is stored: the hub can confirm the guess", i)
+		}
+	}
+
+	// The consumer proves the parameters with the key its agent gave it,
+	// and derives the same key again from its node key; so does the
+	// provider from its own.
+	key, err := hex.DecodeString(ans.CallKey)
+	if err != nil || len(key) != 32 {
+		t.Fatalf("the consumer's agent handed over call key %q", ans.CallKey)
+	}
+	if receipt.KeyedParamsDigest(key, ans.ID, params, nil) != rc.ParamsDigest ||
+		receipt.KeyedAnswerDigest(key, ans.Fields, ans.Rows, ans.Found, ans.Matches) != rc.AnswerDigest {
+		t.Error("the consumer's call key does not prove the parameters and the answer the receipt covers")
+	}
+	if receipt.KeyedParamsDigest(key, ans.ID, map[string]string{"id_no": wrong}, nil) == rc.ParamsDigest {
+		t.Error("a wrong guess passes with the call key")
+	}
+	for _, side := range []struct {
+		n    *node
+		peer []byte
+	}{{cons, rc.ProviderKey}, {prov, rc.ConsumerKey}} {
+		id, err := agent.LoadIdentity(filepath.Join(side.n.state, "identity"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := receipt.NewCallKeyer(id.Cert.PrivateKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := k.CallKey(side.peer, ans.ID, rc.Consumer, rc.Provider)
+		if err != nil || !bytes.Equal(again, key) {
+			t.Errorf("%s derives call key %x again from its node key (%v), want %x", side.n.id, again, err, key)
+		}
+		// qz-agent calls lists it beside the record.
+		type line struct {
+			ID      string `json:"id"`
+			Seal    string `json:"seal"`
+			CallKey string `json:"call_key"`
+		}
+		var lines []line
+		out := mustRun(t, "qz-agent", "calls", "--limit", "1000", "--json", "--config", side.n.cfg)
+		if err := json.Unmarshal([]byte(out), &lines); err != nil {
+			t.Fatalf("calls --json: %v\n%s", err, out)
+		}
+		i := slices.IndexFunc(lines, func(l line) bool { return l.ID == ans.ID })
+		if i < 0 {
+			t.Errorf("%s: qz-agent calls does not list call %s", side.n.id, ans.ID)
+		} else if lines[i].Seal != "verified" || lines[i].CallKey != ans.CallKey {
+			t.Errorf("%s: qz-agent calls lists call %s with %+v, want its seal verified and call key %s", side.n.id, ans.ID, lines[i], ans.CallKey)
+		}
+	}
 }

@@ -13,7 +13,8 @@ import (
 var callsSchema = []string{
 	// One row per query or verify call, whatever became of it. The
 	// parameters and the answer are never stored: only the provider's
-	// signed receipt, which holds their digests.
+	// signed receipt, which holds their digests (keyed, in a version 2
+	// receipt, with a key the hub never has: see receipt.CallKeyer).
 	`CREATE TABLE IF NOT EXISTS calls (
 		id TEXT PRIMARY KEY,
 		grant_id TEXT NOT NULL DEFAULT '',

@@ -264,6 +264,12 @@ type CallRequest struct {
 	Values map[string]string `json:"values,omitempty"`
 	// TimeoutMS shortens the hub's call timeout for this call (0: the hub's).
 	TimeoutMS int `json:"timeout_ms,omitempty"`
+	// ConsumerKey is the public key (PKIX DER) of the certificate the
+	// consumer connects with. With it the provider agrees the call's key
+	// with the consumer and keys the receipt's digests (a version 2
+	// receipt), so the hub cannot tell from them what was asked; the hub
+	// refuses a key that is not the connection's.
+	ConsumerKey []byte `json:"consumer_key,omitempty"`
 }
 
 // CallJob is a call the hub hands the provider's agent (GET /v1/calls/next).
@@ -284,6 +290,9 @@ type CallJob struct {
 	// out: the provider times it from its own arrival, as its clock may
 	// differ from the hub's.
 	TimeoutMS int `json:"timeout_ms,omitempty"`
+	// ConsumerKey is the consumer's CallRequest.ConsumerKey, if it sent
+	// one.
+	ConsumerKey []byte `json:"consumer_key,omitempty"`
 }
 
 // CallAnswer is a call's answer: the provider posts it to the hub
@@ -310,6 +319,12 @@ type CallAnswer struct {
 	// Receipt is the provider's signed call receipt (调用记录凭证), JSON
 	// exactly as signed (see receipt.Call).
 	Receipt json.RawMessage `json:"receipt,omitempty"`
+	// CallKey (hex) is the call's key, which keys a version 2 receipt's
+	// digests. Only the consumer's agent sets it, in the answer it hands
+	// its own application, after checking the receipt with it: kept with
+	// the parameters and the receipt, it proves what this call asked and
+	// got, and nothing about any other call. It never passes the hub.
+	CallKey string `json:"call_key,omitempty"`
 }
 
 // AnswerResult is what became of one answer a provider sent in a list

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/qianzhi/qianzhi/pkg/batch"
@@ -53,14 +54,15 @@ func SignDestruction(d Destruction, s batch.Signer) (Destruction, error) {
 // Verify checks d's signature against the consumer's key; failures wrap
 // batch.ErrRejected.
 func (d Destruction) Verify(pub seal.PublicKey) error {
-	return verifySealed("destruction receipt for grant "+d.Grant, d.Version, d.SealAlg, d.SealKeyID, d.Signature, d.canonical, DestructionDomain, pub)
+	return verifySealed("destruction receipt for grant "+d.Grant, d.Version, []int{Version}, d.SealAlg, d.SealKeyID, d.Signature, d.canonical, DestructionDomain, pub)
 }
 
 // verifySealed checks a statement sealed as the receipts here are: its
-// version, the key it names, and its signature over canonical (the
-// statement without its signature). Failures wrap batch.ErrRejected.
-func verifySealed(what string, version int, alg, keyID string, sig []byte, canonical func() ([]byte, error), domain string, pub seal.PublicKey) error {
-	if version != Version || alg != pub.Algorithm() || keyID != pub.KeyID() {
+// version (one of versions), the key it names, and its signature over
+// canonical (the statement without its signature). Failures wrap
+// batch.ErrRejected.
+func verifySealed(what string, version int, versions []int, alg, keyID string, sig []byte, canonical func() ([]byte, error), domain string, pub seal.PublicKey) error {
+	if !slices.Contains(versions, version) || alg != pub.Algorithm() || keyID != pub.KeyID() {
 		return batch.Reject(ErrInvalid, fmt.Sprintf("%s: version %d sealed by %s key %s", what, version, alg, keyID))
 	}
 	msg, err := canonical()
