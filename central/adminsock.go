@@ -203,7 +203,7 @@ const roleHost = "host"
 
 // hostOnly are commands only the hub host's user may run: operators are
 // managed where their certificates are made.
-var hostOnly = []string{"operator revoke"}
+var hostOnly = []string{"operator revoke", "audit accept-cut"}
 
 // allowed reports whether a role may run a command.
 func allowed(role, cmd string) bool {

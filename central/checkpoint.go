@@ -86,24 +86,43 @@ func (h *Hub) checkAnchor(ctx context.Context) error {
 	}
 	cp := cps[0]
 	if err := cp.Verify(h.ca.Cert); err != nil {
-		return fmt.Errorf("%w: the newest checkpoint in the hub's database does not verify (%v): the database was altered; restore the hub's state from a backup ('qz-central restore DIR')", ErrAuditCut, err)
+		return fmt.Errorf("%w: the newest checkpoint in the hub's database does not verify (%v): the database was altered; restore the hub's state from a backup ('qz-central restore DIR')%s", ErrAuditCut, err, orAcceptCut)
 	}
 	head, _, err := h.store.AuditHead(ctx)
 	if err != nil {
 		return err
 	}
 	if head < cp.Seq {
-		return fmt.Errorf("%w: the log ends at record %d, but the hub signed record %d at %s: %s were removed; restore the hub's state from a backup taken after that time ('qz-central restore DIR'), then check it with 'qz-central audit verify --against DIR' and the agents' checkpoints",
-			ErrAuditCut, head, cp.Seq, cst(cp.At), recordRange(head+1, cp.Seq))
+		return fmt.Errorf("%w: the log ends at record %d, but the hub signed record %d at %s: %s were removed; restore the hub's state from a backup taken after that time ('qz-central restore DIR') and check it with 'qz-central audit verify --against DIR' and the agents' checkpoints%s",
+			ErrAuditCut, head, cp.Seq, cst(cp.At), recordRange(head+1, cp.Seq), orAcceptCut)
 	}
 	hash, err := h.store.AuditRecordHash(ctx, cp.Seq)
 	if err != nil {
 		return err
 	}
 	if hash != cp.Head {
-		return fmt.Errorf("%w: record %d is not the one the hub signed at %s: the log up to it was rewritten; restore the hub's state from a backup ('qz-central restore DIR')", ErrAuditCut, cp.Seq, cst(cp.At))
+		return fmt.Errorf("%w: record %d is not the one the hub signed at %s: the log up to it was rewritten; restore the hub's state from a backup ('qz-central restore DIR')%s", ErrAuditCut, cp.Seq, cst(cp.At), orAcceptCut)
 	}
 	return nil
+}
+
+// orAcceptCut ends the start refusals: the way on when no backup helps.
+const orAcceptCut = "; if no backup holds them, 'qz-central audit accept-cut --reason TEXT' records the loss in the audit log and lets the hub start"
+
+// staleCheckpoints are the hub's own checkpoints the log no longer holds:
+// past its end, of a record with another hash, or not verifying.
+func staleCheckpoints(recs []store.AuditRecord, cps []anchor.Checkpoint, ca *x509.Certificate) []anchor.Checkpoint {
+	hashes := make(map[int64]string, len(recs))
+	for _, r := range recs {
+		hashes[r.Seq] = r.Hash
+	}
+	var out []anchor.Checkpoint
+	for _, c := range cps {
+		if c.Verify(ca) != nil || hashes[c.Seq] != c.Head {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // signCheckpoint signs and keeps a checkpoint of the log's head, if records

@@ -156,8 +156,44 @@ func TestHubRefusesCutLog(t *testing.T) {
 	defer cancel()
 	err = h.Serve(sctx, func(string, string) { t.Error("the hub listened on a cut log") })
 	want := fmt.Sprintf("records %d–%d were removed; restore the hub's state from a backup", head-4, head)
-	if !errors.Is(err, ErrAuditCut) || !strings.Contains(err.Error(), want) {
-		t.Fatalf("start on a cut log: %v, want %q", err, want)
+	if !errors.Is(err, ErrAuditCut) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "audit accept-cut --reason") {
+		t.Fatalf("start on a cut log: %v, want %q and the way on without a backup", err, want)
+	}
+	h.Close()
+
+	// Without a backup, the operator accepts the loss, with a reason; the
+	// hub starts again and the log says what was lost.
+	run := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := Run(ctx, append(args, "--config", c.cfg), &out, &out)
+		return out.String(), err
+	}
+	if _, err := run("audit", "accept-cut"); err == nil || !strings.Contains(err.Error(), "needs --reason") {
+		t.Fatalf("accept-cut without a reason: %v", err)
+	}
+	if out, err := run("audit", "accept-cut", "--reason", "disk failure, no backup since"); err != nil || !strings.Contains(out, fmt.Sprintf("records %d–%d no longer as the hub signed them; 1 checkpoints dropped", head-4, head)) {
+		t.Fatalf("accept-cut: %v %s", err, out)
+	}
+	if out, err := run("audit", "accept-cut", "--reason", "again"); err != nil || !strings.Contains(out, "nothing to accept") {
+		t.Fatalf("accept-cut again: %v %s", err, out)
+	}
+	h, err = Open(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	sctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	started := false
+	if err := h.Serve(sctx, func(string, string) { started = true; cancel() }); err != nil || !started {
+		t.Fatalf("start after accept-cut: %v (listened: %t)", err, started)
+	}
+	recs, _ := h.Store().AuditLog(ctx)
+	if r := recs[len(recs)-1]; r.Action != "audit.cut" || !strings.Contains(r.Detail, "reason=disk failure, no backup since") {
+		t.Fatalf("last record %+v, want the audit.cut", r)
+	}
+	if cps, _ := h.Store().Checkpoints(ctx, 0, 1); len(cps) != 1 || cps[0].Seq != recs[len(recs)-1].Seq {
+		t.Fatalf("the restarted hub signed %+v, want its new head", cps)
 	}
 }
 

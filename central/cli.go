@@ -3,6 +3,7 @@ package central
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -58,6 +59,9 @@ Usage:
                                       check the audit log's hash chain, and hold it to the hub's signed
                                       checkpoints (--against: those gathered from agents with
                                       'qz-agent audit checkpoints --export DIR'); names records cut or rewritten
+  qz-central audit accept-cut --reason TEXT
+                                      when no backup holds records the hub's checkpoints signed: drop those
+                                      checkpoints and record the loss (audit.cut), so the hub starts again
   qz-central audit checkpoints [--export DIR]
                                       the signed checkpoints the hub keeps; --export writes them for a later --against
   qz-central audit list
@@ -481,6 +485,8 @@ func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []st
 		return auditVerify(ctx, cfg, st, o.against, stdout)
 	case "audit checkpoints":
 		return auditCheckpoints(ctx, st, o.export, stdout)
+	case "audit accept-cut":
+		return acceptCut(ctx, cfg, st, o.reason, stdout)
 	}
 	return cli.Usagef("unknown command %q; run 'qz-central help'", strings.Join(append([]string{cmd}, pos...), " "))
 }
@@ -514,16 +520,19 @@ func auditVerify(ctx context.Context, cfg Config, st store.Store, against string
 		}
 		files = append(files, fs...)
 	}
-	b, err := os.ReadFile(cfg.caCert())
+	ca, err := loadCACert(cfg)
 	if err != nil {
-		return fmt.Errorf("read the hub's CA certificate, which checkpoints are checked against: %w", err)
-	}
-	ca, err := pki.ParseCertPEM(b)
-	if err != nil {
-		return fmt.Errorf("%s: %w", cfg.caCert(), err)
+		return err
 	}
 	rep := verifyAgainst(recs, files, ca)
 	if err := joinProblems(append(problems, rep.Problems...)); err != nil {
+		// A loss the operator accepted is still a loss; say where the
+		// log records it.
+		for _, r := range recs {
+			if r.Action == "audit.cut" {
+				err = fmt.Errorf("%w\n(record %d, audit.cut by %s at %s: %s: %s)", err, r.Seq, r.Actor, cst(r.At), r.Subject, r.Detail)
+			}
+		}
 		return err
 	}
 	fmt.Fprintf(stdout, "audit log intact: %d records\n", len(recs))
@@ -539,6 +548,63 @@ func auditVerify(ctx context.Context, cfg Config, st store.Store, against string
 		fmt.Fprintf(stdout, "%s came after it: not anchored yet, a cut there would not show\n", recordRange(rep.Newest.Seq+1, last))
 	}
 	return nil
+}
+
+// acceptCut drops the hub's checkpoints that its log no longer holds and
+// records the loss, with the operator's reason, in the same transaction:
+// the hub's signature over the lost records is kept in that record, and
+// the agents' copies go on showing the loss to audit verify --against.
+func acceptCut(ctx context.Context, cfg Config, st store.Store, reason string, stdout io.Writer) error {
+	if strings.TrimSpace(reason) == "" {
+		return cli.Usagef("accept-cut needs --reason: why the records are gone and no backup holds them, for whoever reads the log later")
+	}
+	ca, err := loadCACert(cfg)
+	if err != nil {
+		return err
+	}
+	recs, err := st.AuditLog(ctx)
+	if err != nil {
+		return err
+	}
+	cps, err := st.Checkpoints(ctx, 0, 0)
+	if err != nil {
+		return err
+	}
+	stale := staleCheckpoints(recs, cps, ca)
+	if len(stale) == 0 {
+		fmt.Fprintln(stdout, "nothing to accept: the log holds what every checkpoint of the hub signed")
+		return nil
+	}
+	newest := stale[len(stale)-1]
+	last := int64(len(recs))
+	subject := fmt.Sprintf("record %d", newest.Seq)
+	if newest.Seq > last {
+		subject = recordRange(last+1, newest.Seq)
+	}
+	seqs := make([]int64, len(stale))
+	for i, c := range stale {
+		seqs[i] = c.Seq
+	}
+	detail := fmt.Sprintf("checkpoints_dropped=%d newest_seq=%d newest_head=%s newest_signed=%s reason=%s", len(stale), newest.Seq, newest.Head, newest.At.Format(time.RFC3339), reason)
+	if err := st.DropCheckpoints(ctx, seqs, subject, detail); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "recorded in the audit log (audit.cut): %s no longer as the hub signed them; %d checkpoints dropped; the hub starts again, and 'audit verify --against' goes on reporting the loss from the agents' checkpoints\n", subject, len(stale))
+	return nil
+}
+
+// loadCACert reads the hub's CA certificate, which checkpoints are checked
+// against.
+func loadCACert(cfg Config) (*x509.Certificate, error) {
+	b, err := os.ReadFile(cfg.caCert())
+	if err != nil {
+		return nil, fmt.Errorf("read the hub's CA certificate, which checkpoints are checked against: %w", err)
+	}
+	ca, err := pki.ParseCertPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.caCert(), err)
+	}
+	return ca, nil
 }
 
 // auditCheckpoints lists the hub's checkpoints, or exports them into dir.

@@ -98,3 +98,17 @@ func (s *SQLite) Checkpoints(ctx context.Context, after int64, limit int) ([]anc
 	slices.Reverse(out)
 	return out, rows.Err()
 }
+
+// DropCheckpoints deletes the hub's checkpoints of the given records and,
+// in the same transaction, appends the audit record (action audit.cut)
+// that says so: an operator accepting that the log lost what they signed.
+func (s *SQLite) DropCheckpoints(ctx context.Context, seqs []int64, subject, detail string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, seq := range seqs {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM audit_checkpoints WHERE seq = ?`, seq); err != nil {
+				return fmt.Errorf("drop audit checkpoint %d: %w", seq, err)
+			}
+		}
+		return s.audit(ctx, tx, Actor(ctx), "audit.cut", subject, detail)
+	})
+}

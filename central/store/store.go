@@ -277,5 +277,8 @@ type Store interface {
 	// lists the newest limit kept after record seq, oldest first.
 	PutCheckpoint(ctx context.Context, c anchor.Checkpoint) error
 	Checkpoints(ctx context.Context, after int64, limit int) ([]anchor.Checkpoint, error)
+	// DropCheckpoints deletes the hub's checkpoints of records seqs and
+	// appends an audit.cut record, in one transaction.
+	DropCheckpoints(ctx context.Context, seqs []int64, subject, detail string) error
 	Close() error
 }
