@@ -174,7 +174,6 @@ func (h *Hub) auditCheckpoints(w http.ResponseWriter, r *http.Request) {
 // anchorReport is what verifyAgainst found.
 type anchorReport struct {
 	Checked  int             // checkpoints whose signature verified
-	Forged   int             // checkpoints not believed
 	Holders  []string        // who held them
 	Newest   *heldCheckpoint // the believed checkpoint of the highest record
 	Problems []error         // forged checkpoints, cut or rewritten records
@@ -189,7 +188,7 @@ type heldCheckpoint struct {
 func (c heldCheckpoint) String() string {
 	who := "agent " + c.holder
 	if c.holder == "hub" {
-		who = "the hub's database"
+		who = "the hub's own copy" // its database, or an export of it
 	}
 	return fmt.Sprintf("checkpoint %s from %s signed head %d", cst(c.At), who, c.Seq)
 }
@@ -215,7 +214,6 @@ func verifyAgainst(recs []store.AuditRecord, files []anchor.File, ca *x509.Certi
 		for _, c := range f.Checkpoints {
 			hc := heldCheckpoint{c, f.Holder}
 			if err := c.Verify(ca); err != nil {
-				rep.Forged++
 				rep.Problems = append(rep.Problems, fmt.Errorf("%s is not believed: %w", hc, err))
 				continue
 			}
@@ -244,7 +242,7 @@ func verifyAgainst(recs []store.AuditRecord, files []anchor.File, ca *x509.Certi
 		}
 		from := int64(1)
 		for j := i - 1; j >= 0; j-- {
-			if hashes[held[j].Seq] == held[j].Head {
+			if held[j].Seq < c.Seq && hashes[held[j].Seq] == held[j].Head {
 				from = held[j].Seq + 1
 				break
 			}
