@@ -206,8 +206,16 @@ func TestAuditVerifyAgainstCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	head, _, _ := c.h.Store().AuditHead(ctx)
-	c.h.Close()
 	dir := filepath.Join(t.TempDir(), "anchors")
+	// A remote operator's request naming a folder is refused by the hub
+	// too: it would write there as the hub's user.
+	if r := c.h.adminExec(ctx, "operator:wang", "operator", []string{"audit", "checkpoints", "--export", dir}); !strings.Contains(r.Error, "run it on the hub host") {
+		t.Fatalf("remote export through the hub: %+v", r)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Fatal("the hub wrote the folder for a remote operator")
+	}
+	c.h.Close()
 	run := func(args ...string) (string, error) {
 		var out bytes.Buffer
 		err := Run(ctx, append(args, "--config", c.cfg), &out, &out)
@@ -227,6 +235,11 @@ func TestAuditVerifyAgainstCommand(t *testing.T) {
 	}
 	if out, err := run("audit", "verify", "--against", dir); err != nil || !strings.Contains(out, "held by hub, gaj") {
 		t.Fatalf("intact: %v %s", err, out)
+	}
+	// From elsewhere, the folder would be the hub host's: refused before
+	// anything is dialled.
+	if _, err := run("audit", "checkpoints", "--export", dir, "--remote", "127.0.0.1:1", "--operator", t.TempDir()); err == nil || !strings.Contains(err.Error(), "run it there") {
+		t.Fatalf("remote export: %v", err)
 	}
 	if _, err := run("audit", "verify", "--against", t.TempDir()); err == nil || !strings.Contains(err.Error(), "no audit-checkpoints-*.json files") {
 		t.Fatalf("empty folder: %v", err)
