@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qianzhi/qianzhi/central/store"
 	"github.com/qianzhi/qianzhi/pkg/anchor"
 )
 
@@ -21,19 +23,13 @@ import (
 // the hub's own checkpoints are deleted too, plain audit verify passes the
 // cut, but audit verify --against the agent's exported checkpoints names
 // the missing records and the agent that held the proof. A forged
-// checkpoint is reported as not believed, not taken for a cut.
+// checkpoint is reported as not believed, not taken for a cut; a log
+// rewritten and re-hashed, which the chain passes, is found too.
 func TestAuditAnchor(t *testing.T) {
 	h := newHub(t, hubOpts{extra: "audit_checkpoint_interval: 1s\n"})
 	h.start()
 	n := newNode(t, h, "gaj", nodeOpts{})
 	n.start()
-	for i := range 25 {
-		h.addNode(fmt.Sprintf("n%02d", i))
-	}
-	total := auditRecords(t, h)
-	if total < 25 {
-		t.Fatalf("only %d audit records", total)
-	}
 	held := func() []anchor.Checkpoint {
 		var cps []anchor.Checkpoint
 		out := mustRun(t, "qz-agent", "audit", "checkpoints", "--json", "--config", n.cfg)
@@ -42,10 +38,22 @@ func TestAuditAnchor(t *testing.T) {
 		}
 		return cps
 	}
-	waitFor(t, 30*time.Second, fmt.Sprintf("the agent to hold a checkpoint of record %d", total), func() bool {
-		cps := held()
-		return len(cps) > 0 && cps[len(cps)-1].Seq == int64(total)
-	})
+	holds := func(seq int) {
+		t.Helper()
+		waitFor(t, 30*time.Second, fmt.Sprintf("the agent to hold a checkpoint of record %d", seq), func() bool {
+			cps := held()
+			return len(cps) > 0 && cps[len(cps)-1].Seq == int64(seq)
+		})
+	}
+	// A checkpoint inside what will remain of the log, then 25 records more.
+	h.addNode("n-first")
+	mid := auditRecords(t, h)
+	holds(mid)
+	for i := range 25 {
+		h.addNode(fmt.Sprintf("n%02d", i))
+	}
+	total := auditRecords(t, h)
+	holds(total)
 	anchors := filepath.Join(t.TempDir(), "anchors")
 	if out := mustRun(t, "qz-agent", "audit", "checkpoints", "--export", anchors, "--config", n.cfg); !strings.Contains(out, "written to") {
 		t.Fatalf("export: %s", out)
@@ -113,6 +121,38 @@ func TestAuditAnchor(t *testing.T) {
 	}
 	if strings.Contains(errOut, "missing") {
 		t.Fatalf("a forged checkpoint was believed:\n%s", errOut)
+	}
+
+	// A rewrite: record 2 changed and every record after it re-hashed, so
+	// the chain passes; the agent's checkpoint of record mid does not.
+	recs := func() []store.AuditRecord {
+		st, err := store.OpenSQLite(filepath.Join(h.dir, "state", "central.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		log, err := st.AuditLog(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return log
+	}()
+	for i := 1; i < len(recs); i++ {
+		if i == 1 {
+			recs[i].Detail = "name=某部门"
+		}
+		recs[i].Prev = recs[i-1].Hash
+		recs[i].Hash = store.AuditHash(recs[i])
+		if _, err := db.Exec(`UPDATE audit SET detail = ?, prev = ?, hash = ? WHERE seq = ?`, recs[i].Detail, recs[i].Prev, recs[i].Hash, recs[i].Seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out := h.central("audit", "verify"); !strings.Contains(out, "audit log intact") {
+		t.Fatalf("plain verify after the re-hash: %s", out)
+	}
+	_, errOut, err = run("qz-central", "audit", "verify", "--against", anchors, "--config", h.cfg)
+	if want := fmt.Sprintf("record %d is not the one the hub signed (checkpoint ", mid); err == nil || !strings.Contains(errOut, want) || !regexp.MustCompile(fmt.Sprintf(`one of records \d+–%d was changed and the log re-hashed after it`, mid)).MatchString(errOut) {
+		t.Fatalf("verify --against after a rewrite: %v\n%s\nwant %q", err, errOut, want)
 	}
 }
 
