@@ -59,6 +59,9 @@ Usage:
                                                   ID numbers stay out of the process list and shell history
   qz-agent calls [--grant G] [--limit N] [--json] calls this node made or answered, with their receipts
   qz-agent batch inspect FILE [--seal-key KEY]    print a batch's header and check its seal
+  qz-agent audit checkpoints [--export DIR] [--json]
+                                                  the hub's signed audit checkpoints this agent keeps; --export writes
+                                                  them for the hub operator's 'qz-central audit verify --against DIR'
   qz-agent version
 
 Every command takes --config FILE (default ` + DefaultConfigPath + ` when present).
@@ -72,7 +75,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	cmd, rest := args[0], args[1:]
-	if (cmd == "config" || cmd == "batch" || cmd == "catalog" || cmd == "feedback") && len(rest) > 0 || cmd == "copy" && len(rest) > 0 && rest[0] == "status" {
+	if (cmd == "config" || cmd == "batch" || cmd == "catalog" || cmd == "feedback" || cmd == "audit") && len(rest) > 0 || cmd == "copy" && len(rest) > 0 && rest[0] == "status" {
 		cmd, rest = cmd+" "+rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
@@ -103,6 +106,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	quota := fs.Int("quota", 0, "calls a day the grant allows (query and verify; 0: the hub's default)")
 	limit := fs.Int("limit", 100, "at most this many records")
 	callTimeout := fs.Duration("call-timeout", 0, "give up on the call after this long (0: the hub's timeout)")
+	export := fs.String("export", "", "folder to write the audit checkpoints to (audit checkpoints)")
 	params := cli.Pairs{}
 	fs.Var(params, "param", "NAME=VALUE parameter of the call (repeatable)")
 	values := cli.Pairs{}
@@ -318,6 +322,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return printAnswer(stdout, ans, *asJSON)
+	case "audit checkpoints":
+		return auditCheckpoints(cfg, *export, *asJSON, stdout)
 	case "calls":
 		recs, err := CallRecords(ctx, cfg, *grantID, *limit)
 		if err != nil {

@@ -32,6 +32,7 @@ var stateSchema = []string{
 	`CREATE TABLE IF NOT EXISTS runtime (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
 	// Monotonic counters, for status and for tests that bound re-sent bytes.
 	`CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS audit_checkpoints (seq INTEGER PRIMARY KEY, at TEXT NOT NULL, body BLOB NOT NULL)`, // the hub's, see checkpoints.go
 }
 
 // Counter names.

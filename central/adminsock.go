@@ -203,7 +203,7 @@ const roleHost = "host"
 
 // hostOnly are commands only the hub host's user may run: operators are
 // managed where their certificates are made.
-var hostOnly = []string{"operator revoke"}
+var hostOnly = []string{"operator revoke", "audit accept-cut"}
 
 // allowed reports whether a role may run a command.
 func allowed(role, cmd string) bool {
@@ -230,6 +230,8 @@ func (h *Hub) adminExec(ctx context.Context, actor, role string, args []string) 
 		switch {
 		case slices.Contains([]string{"init", "run", "config check", "calendar", "version", "operator add", "backup", "restore"}, cmd):
 			err = cli.Usagef("%s runs on the hub host on its own, not through the hub", cmd)
+		case readsHostFolder(cmd, o):
+			err = cli.Usagef("%s reads or writes a folder named on its command line: run it on the hub host, not through the hub", cmd)
 		case !allowed(role, cmd):
 			who := map[bool]string{true: "hub " + store.RoleReviewer, false: "hub " + store.RoleOperator}[slices.Contains(reviewOnly, cmd)]
 			if slices.Contains(hostOnly, cmd) {

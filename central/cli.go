@@ -3,6 +3,7 @@ package central
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/qianzhi/qianzhi/central/store"
+	"github.com/qianzhi/qianzhi/pkg/anchor"
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/calendar"
 	"github.com/qianzhi/qianzhi/pkg/cli"
@@ -53,7 +55,15 @@ Usage:
   qz-central copy list                full copies (批量复制) the providers reported: state, rows, files, bytes
   qz-central calls [--grant G] [--node N] [--limit 100] [--json]
                                       query and verify calls, newest first: who asked what, what became of it
-  qz-central audit verify             check the audit log's hash chain
+  qz-central audit verify [--against DIR]
+                                      check the audit log's hash chain, and hold it to the hub's signed
+                                      checkpoints (--against: those gathered from agents with
+                                      'qz-agent audit checkpoints --export DIR'); names records cut or rewritten
+  qz-central audit accept-cut --reason TEXT
+                                      when no backup holds records the hub's checkpoints signed: drop those
+                                      checkpoints and record the loss (audit.cut), so the hub starts again
+  qz-central audit checkpoints [--export DIR]
+                                      the signed checkpoints the hub keeps; --export writes them for a later --against
   qz-central audit list
   qz-central audit export [--from DATE] [--to DATE] [--format jsonl|csv]
                                       the audit records of a period, for archiving or review
@@ -99,6 +109,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if o.remote != "" {
+		if readsHostFolder(cmd, o) {
+			return cli.Usagef("%s reads or writes a folder on the hub host: run it there", cmd)
+		}
 		return viaRemote(ctx, o, args, stdout, stderr)
 	}
 	path := o.config
@@ -153,8 +166,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	// With the hub running, its admin socket carries the command: the hub
 	// runs it on its own store and records who asked.
-	if handled, err := viaSocket(ctx, cfg, args, stdout, stderr); handled {
-		return err
+	// Except commands that name a folder here: the hub would read or write
+	// it as its own user, from its own working directory.
+	if !readsHostFolder(cmd, o) {
+		if handled, err := viaSocket(ctx, cfg, args, stdout, stderr); handled {
+			return err
+		}
 	}
 	st, err := openStore(cfg)
 	if err != nil {
@@ -167,7 +184,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // opts are the admin commands' flags.
 type opts struct {
 	config, name, resource, consumer, grantID, from, to, format, reason, state, fields string
-	remote, operator, role, out, node, mode                                            string
+	remote, operator, role, out, node, mode, against, export                           string
 	expires                                                                            time.Duration
 	rate                                                                               float64
 	quota, limit                                                                       int
@@ -217,6 +234,8 @@ func parseFlags(cmd string, rest []string) (*opts, []string, error) {
 	fs.StringVar(&o.mode, "mode", api.ModeBatch, "the grant's mode: batch, query or verify")
 	fs.Float64Var(&o.rate, "rate", 0, "calls a second a query or verify grant allows (0: the hub's call_rate)")
 	fs.IntVar(&o.quota, "quota", 0, "calls a day a query or verify grant allows (0: the hub's call_quota)")
+	fs.StringVar(&o.against, "against", "", "folder of exported audit checkpoints to verify the log against (audit verify)")
+	fs.StringVar(&o.export, "export", "", "folder to write the hub's audit checkpoints to (audit checkpoints)")
 	o.raw = rest
 	pos, err := cli.Parse(fs, rest)
 	return o, pos, err
@@ -463,17 +482,151 @@ func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []st
 		}
 		return exportAudit(recs, o.from, o.to, o.format, stdout)
 	case "audit verify":
-		recs, err := st.AuditLog(ctx)
+		return auditVerify(ctx, cfg, st, o.against, stdout)
+	case "audit checkpoints":
+		return auditCheckpoints(ctx, st, o.export, stdout)
+	case "audit accept-cut":
+		return acceptCut(ctx, cfg, st, o.reason, stdout)
+	}
+	return cli.Usagef("unknown command %q; run 'qz-central help'", strings.Join(append([]string{cmd}, pos...), " "))
+}
+
+// readsHostFolder reports whether a command reads or writes a folder named
+// on its command line, and so must run where it was typed.
+func readsHostFolder(cmd string, o *opts) bool {
+	return cmd == "audit checkpoints" || cmd == "audit verify" && o.against != ""
+}
+
+// auditVerify checks the chain, then holds the log to the hub's own
+// checkpoints and to those exported into against (if not "").
+func auditVerify(ctx context.Context, cfg Config, st store.Store, against string, stdout io.Writer) error {
+	recs, err := st.AuditLog(ctx)
+	if err != nil {
+		return err
+	}
+	var problems []error
+	if err := VerifyAudit(recs); err != nil {
+		problems = append(problems, err)
+	}
+	own, err := st.Checkpoints(ctx, 0, 0)
+	if err != nil {
+		return err
+	}
+	files := []anchor.File{{Holder: "hub", Checkpoints: own}}
+	if against != "" {
+		fs, err := anchor.ReadDir(against)
 		if err != nil {
 			return err
 		}
-		if err := VerifyAudit(recs); err != nil {
-			return err
+		files = append(files, fs...)
+	}
+	ca, err := loadCACert(cfg)
+	if err != nil {
+		return err
+	}
+	rep := verifyAgainst(recs, files, ca)
+	if err := joinProblems(append(problems, rep.Problems...)); err != nil {
+		// A loss the operator accepted is still a loss; say where the
+		// log records it.
+		for _, r := range recs {
+			if r.Action == "audit.cut" {
+				err = fmt.Errorf("%w\n(record %d, audit.cut by %s at %s: %s: %s)", err, r.Seq, r.Actor, cst(r.At), r.Subject, r.Detail)
+			}
 		}
-		fmt.Fprintf(stdout, "audit log intact: %d records\n", len(recs))
+		return err
+	}
+	fmt.Fprintf(stdout, "audit log intact: %d records\n", len(recs))
+	if rep.Newest == nil {
+		if against != "" {
+			return fmt.Errorf("%s holds no checkpoint: nothing anchors the log", against)
+		}
+		fmt.Fprintln(stdout, "no signed checkpoint yet: records cut from the end would not show; verify with --against DIR and the agents' checkpoints")
 		return nil
 	}
-	return cli.Usagef("unknown command %q; run 'qz-central help'", strings.Join(append([]string{cmd}, pos...), " "))
+	fmt.Fprintf(stdout, "matches %d signed checkpoints held by %s; newest: %s\n", rep.Checked, strings.Join(rep.Holders, ", "), rep.Newest)
+	if last := int64(len(recs)); rep.Newest.Seq < last {
+		fmt.Fprintf(stdout, "%s came after it: not anchored yet, a cut there would not show\n", recordRange(rep.Newest.Seq+1, last))
+	}
+	return nil
+}
+
+// acceptCut drops the hub's checkpoints that its log no longer holds and
+// records the loss, with the operator's reason, in the same transaction:
+// the hub's signature over the lost records is kept in that record, and
+// the agents' copies go on showing the loss to audit verify --against.
+func acceptCut(ctx context.Context, cfg Config, st store.Store, reason string, stdout io.Writer) error {
+	if strings.TrimSpace(reason) == "" {
+		return cli.Usagef("accept-cut needs --reason: why the records are gone and no backup holds them, for whoever reads the log later")
+	}
+	ca, err := loadCACert(cfg)
+	if err != nil {
+		return err
+	}
+	recs, err := st.AuditLog(ctx)
+	if err != nil {
+		return err
+	}
+	cps, err := st.Checkpoints(ctx, 0, 0)
+	if err != nil {
+		return err
+	}
+	stale := staleCheckpoints(recs, cps, ca)
+	if len(stale) == 0 {
+		fmt.Fprintln(stdout, "nothing to accept: the log holds what every checkpoint of the hub signed")
+		return nil
+	}
+	newest := stale[len(stale)-1]
+	last := int64(len(recs))
+	subject := fmt.Sprintf("record %d", newest.Seq)
+	if newest.Seq > last {
+		subject = recordRange(last+1, newest.Seq)
+	}
+	seqs := make([]int64, len(stale))
+	for i, c := range stale {
+		seqs[i] = c.Seq
+	}
+	detail := fmt.Sprintf("checkpoints_dropped=%d newest_seq=%d newest_head=%s newest_signed=%s reason=%s", len(stale), newest.Seq, newest.Head, newest.At.Format(time.RFC3339), reason)
+	if err := st.DropCheckpoints(ctx, seqs, subject, detail); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "recorded in the audit log (audit.cut): %s no longer as the hub signed them; %d checkpoints dropped; the hub starts again, and 'audit verify --against' goes on reporting the loss from the agents' checkpoints\n", subject, len(stale))
+	return nil
+}
+
+// loadCACert reads the hub's CA certificate, which checkpoints are checked
+// against.
+func loadCACert(cfg Config) (*x509.Certificate, error) {
+	b, err := os.ReadFile(cfg.caCert())
+	if err != nil {
+		return nil, fmt.Errorf("read the hub's CA certificate, which checkpoints are checked against: %w", err)
+	}
+	ca, err := pki.ParseCertPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.caCert(), err)
+	}
+	return ca, nil
+}
+
+// auditCheckpoints lists the hub's checkpoints, or exports them into dir.
+func auditCheckpoints(ctx context.Context, st store.Store, dir string, stdout io.Writer) error {
+	cps, err := st.Checkpoints(ctx, 0, 0)
+	if err != nil {
+		return err
+	}
+	if dir != "" {
+		path, err := anchor.Write(dir, anchor.File{Holder: "hub", Exported: time.Now().UTC(), Checkpoints: cps})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%d checkpoints written to %s\n", len(cps), path)
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RECORD\tSIGNED (CST)\tHEAD")
+	for _, c := range cps {
+		fmt.Fprintf(tw, "%d\t%s\t%s\n", c.Seq, c.At.In(calendar.CST).Format(time.DateTime), c.Head)
+	}
+	return tw.Flush()
 }
 
 // VerifyAudit checks the hash chain: a changed, removed or reordered record

@@ -57,6 +57,9 @@ type Config struct {
 	// CallQuota is the calls a day (CST) a grant allows when its provider
 	// set no quota.
 	CallQuota int `yaml:"call_quota"`
+	// AuditCheckpointInterval is how often the hub signs a checkpoint of
+	// its audit log for the agents to keep, when records were added.
+	AuditCheckpointInterval time.Duration `yaml:"audit_checkpoint_interval"`
 }
 
 // DefaultConfig returns the defaults used when a key is absent.
@@ -77,6 +80,8 @@ func DefaultConfig() Config {
 		CallTimeout:   10 * time.Second,
 		CallRate:      20,
 		CallQuota:     10000,
+
+		AuditCheckpointInterval: time.Minute,
 	}
 }
 
@@ -159,6 +164,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CallQuota <= 0 {
 		errs = append(errs, fmt.Errorf("call_quota %d: use a positive number of calls a day, e.g. 10000", c.CallQuota))
+	}
+	if c.AuditCheckpointInterval < time.Second || c.AuditCheckpointInterval > time.Hour {
+		errs = append(errs, fmt.Errorf("audit_checkpoint_interval %s: use 1s to 1h (default 1m): records added since the newest checkpoint an agent holds can be cut unseen", c.AuditCheckpointInterval))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

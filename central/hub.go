@@ -259,6 +259,9 @@ func (h *Hub) Serve(ctx context.Context, ready func(quicAddr, tcpAddr string)) e
 	if err != nil {
 		return err
 	}
+	if err := h.startAnchor(ctx); err != nil {
+		return err
+	}
 	srv := &transport.Server{Handler: h.Handler(), TLS: h.tls, Logger: h.log, ResetKey: key}
 	q, t := "", ""
 	if h.cfg.QUIC {
@@ -405,6 +408,7 @@ func (h *Hub) Handler() http.Handler {
 	mux.Handle("POST /v1/calls/{id}/answer", h.node(h.answerCall))
 	mux.Handle("POST /v1/calls/answers", h.node(h.answerCalls))
 	mux.Handle("GET /v1/calls", h.node(h.listCalls))
+	mux.Handle("GET /v1/audit/checkpoints", h.node(h.auditCheckpoints))
 	return mux
 }
 

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/qianzhi/qianzhi/pkg/anchor"
 	"github.com/qianzhi/qianzhi/pkg/api"
 )
 
@@ -268,5 +269,16 @@ type Store interface {
 
 	Audit(ctx context.Context, actor, action, subject, detail string) error
 	AuditLog(ctx context.Context) ([]AuditRecord, error)
+	// AuditHead is the last audit record's number and hash (0, "" if none);
+	// AuditRecordHash the hash of one record.
+	AuditHead(ctx context.Context) (int64, string, error)
+	AuditRecordHash(ctx context.Context, seq int64) (string, error)
+	// PutCheckpoint keeps a signed checkpoint of the audit log; Checkpoints
+	// lists the newest limit kept after record seq, oldest first.
+	PutCheckpoint(ctx context.Context, c anchor.Checkpoint) error
+	Checkpoints(ctx context.Context, after int64, limit int) ([]anchor.Checkpoint, error)
+	// DropCheckpoints deletes the hub's checkpoints of records seqs and
+	// appends an audit.cut record, in one transaction.
+	DropCheckpoints(ctx context.Context, seqs []int64, subject, detail string) error
 	Close() error
 }

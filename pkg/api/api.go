@@ -31,6 +31,7 @@
 //	POST /v1/calls/{id}/answer         CallAnswer, from the provider the call went to
 //	POST /v1/calls/answers             []CallAnswer → []AnswerResult, several answers at once
 //	GET  /v1/calls?grant=G&limit=N     → []CallRecord the caller made or answered, newest first
+//	GET  /v1/audit/checkpoints?after=N → AuditCheckpoints: the hub's signed checkpoints of records after N
 package api
 
 import (
