@@ -57,6 +57,17 @@ type Config struct {
 	// CallQuota is the calls a day (CST) a grant allows when its provider
 	// set no quota.
 	CallQuota int `yaml:"call_quota"`
+	// UploadWindow is how far ahead of a grant's highest stored sequence
+	// number a provider may upload: a provider cannot park uploads at
+	// sequence numbers the line will not reach for years.
+	UploadWindow uint64 `yaml:"upload_window"`
+	// ProviderQuota bounds the bytes one provider holds at the hub:
+	// batches stored and not yet delivered under active grants, plus
+	// unfinished uploads.
+	ProviderQuota config.Size `yaml:"provider_quota"`
+	// PartialMaxAge is how long an unfinished upload is kept untouched
+	// before it is deleted (the provider then sends it again from byte 0).
+	PartialMaxAge time.Duration `yaml:"partial_max_age"`
 }
 
 // DefaultConfig returns the defaults used when a key is absent.
@@ -77,6 +88,9 @@ func DefaultConfig() Config {
 		CallTimeout:   10 * time.Second,
 		CallRate:      20,
 		CallQuota:     10000,
+		UploadWindow:  1024,
+		ProviderQuota: 16 << 30,
+		PartialMaxAge: 6 * time.Hour,
 	}
 }
 
@@ -159,6 +173,15 @@ func (c *Config) Validate() error {
 	}
 	if c.CallQuota <= 0 {
 		errs = append(errs, fmt.Errorf("call_quota %d: use a positive number of calls a day, e.g. 10000", c.CallQuota))
+	}
+	if c.UploadWindow < 1 || c.UploadWindow > 1<<20 {
+		errs = append(errs, fmt.Errorf("upload_window %d: use 1 to 1048576 sequence numbers, e.g. 1024", c.UploadWindow))
+	}
+	if c.ProviderQuota < 1<<20 {
+		errs = append(errs, fmt.Errorf("provider_quota %s: use at least 1MiB, and more than the largest batch a provider seals, e.g. 16GiB", c.ProviderQuota))
+	}
+	if c.PartialMaxAge < time.Minute || c.PartialMaxAge > 7*24*time.Hour {
+		errs = append(errs, fmt.Errorf("partial_max_age %s: use 1m to 168h, e.g. 6h", c.PartialMaxAge))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

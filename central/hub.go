@@ -65,6 +65,7 @@ type Hub struct {
 	lastRefusal time.Time          // last audited enrolment refusal
 	refusals    int                // refusals since, not yet audited
 	uploads     map[string]*upload // grant/seq → the upload writing it
+	partials    partialBytes       // unfinished uploads, by provider (quota.go)
 }
 
 // calendar returns the working-day calendar, loading it again when the
@@ -137,13 +138,15 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 		}
 	}
 	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now, cal: cal, calAt: time.Now(),
-		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{}}
+		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{},
+		partials: partialBytes{files: map[string]partialFile{}}}
 	h.metrics = newHubMetrics(h)
 	h.calls = newCallState(st, log)
 	if h.restoredFrom, err = st.RestoredFrom(context.Background()); err != nil {
 		st.Close()
 		return nil, err
 	}
+	h.loadPartials(context.Background())
 	if ns, err := st.Nodes(context.Background()); err == nil {
 		for _, n := range ns {
 			if !n.LastSeen.IsZero() {
@@ -348,18 +351,31 @@ func (h *Hub) Purge(ctx context.Context) {
 	h.flushRefusals(ctx)
 	h.flushCallRefusals(ctx)
 	// Uploads abandoned half-way (the grant ended, the provider's spool
-	// was lost) would otherwise hold disk space forever.
+	// was lost, or a provider parks bytes here) would otherwise hold disk
+	// space and their provider's quota. One being written is left alone.
 	ents, _ := os.ReadDir(h.cfg.partialDir())
 	for _, e := range ents {
-		if fi, err := e.Info(); err == nil && h.now().Sub(fi.ModTime()) > partialMaxAge {
-			os.Remove(filepath.Join(h.cfg.partialDir(), e.Name()))
-			h.log.Info("removed an abandoned partial upload", "file", e.Name())
+		fi, err := e.Info()
+		if err != nil || h.now().Sub(fi.ModTime()) <= h.cfg.PartialMaxAge || h.uploading(e.Name()) {
+			continue
 		}
+		os.Remove(filepath.Join(h.cfg.partialDir(), e.Name()))
+		h.partials.forget(e.Name())
+		h.log.Info("removed an abandoned partial upload", "file", e.Name(), "age_limit", h.cfg.PartialMaxAge)
 	}
 }
 
-// partialMaxAge is how long an unfinished upload is kept.
-const partialMaxAge = 7 * 24 * time.Hour
+// uploading reports whether a request is writing the partial file name.
+func (h *Hub) uploading(name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, u := range h.uploads {
+		if u.part == name {
+			return true
+		}
+	}
+	return false
+}
 
 func (h *Hub) payloadPath(grant string, seq uint64) string {
 	return filepath.Join(h.cfg.payloadDir(), grant, strconv.FormatUint(seq, 10)+".qzb")
@@ -807,6 +823,12 @@ func (h *Hub) batchRef(w http.ResponseWriter, r *http.Request, role string) (sto
 		httpError(w, http.StatusBadRequest, "bad sequence number")
 		return store.Grant{}, 0, false
 	}
+	// Grant IDs name files in the payload folder: one that is not an ID
+	// goes no further.
+	if err := api.ValidID("grant", r.PathValue("grant")); err != nil {
+		httpError(w, http.StatusBadRequest, err.Error())
+		return store.Grant{}, 0, false
+	}
 	g, err := h.store.Grant(r.Context(), r.PathValue("grant"))
 	if errors.Is(err, store.ErrNotFound) {
 		httpError(w, http.StatusNotFound, "no such grant")
@@ -838,6 +860,7 @@ func (h *Hub) batchRef(w http.ResponseWriter, r *http.Request, role string) (sto
 // upload is an upload in progress.
 type upload struct {
 	body io.Closer
+	part string // its partial file's name
 	done chan struct{}
 }
 
@@ -848,7 +871,7 @@ type upload struct {
 // closed, which ends its copy, and the new one waits for it to finish.
 func (h *Hub) claimUpload(g string, seq uint64, body io.Closer) (release func()) {
 	k := g + "/" + strconv.FormatUint(seq, 10)
-	me := &upload{body: body, done: make(chan struct{})}
+	me := &upload{body: body, part: filepath.Base(h.partialPath(g, seq)), done: make(chan struct{})}
 	for {
 		h.mu.Lock()
 		old, busy := h.uploads[k]
@@ -909,7 +932,31 @@ func (h *Hub) upload(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusCreated)
 		return
 	}
+	if err := h.inWindow(ctx, g, seq); err != nil {
+		var we *windowError
+		if !errors.As(err, &we) {
+			h.internal(w, "check upload window", err)
+			return
+		}
+		h.metrics.errors.WithLabelValues(errRefused).Inc()
+		h.log.Warn("upload refused: beyond the upload window", "provider", g.Provider, "grant", g.ID, "seq", seq, "highest", we.highest, "window", we.window)
+		httpError(w, http.StatusConflict, err.Error())
+		return
+	}
 	part := h.partialPath(g.ID, seq)
+	counted, err := h.reserve(ctx, g, part, total)
+	if err != nil {
+		var qe *quotaError
+		if !errors.As(err, &qe) {
+			h.internal(w, "check provider quota", err)
+			return
+		}
+		h.metrics.errors.WithLabelValues(errRefused).Inc()
+		h.log.Warn("upload refused: provider quota", "provider", g.Provider, "grant", g.ID, "seq", seq, "held", qe.held, "size", total, "quota", int64(qe.quota))
+		httpError(w, http.StatusInsufficientStorage, err.Error())
+		return
+	}
+	defer counted()
 	f, err := os.OpenFile(part, os.O_CREATE|os.O_WRONLY, 0o640)
 	if err != nil {
 		h.internal(w, "open partial upload", err)
@@ -949,6 +996,11 @@ func (h *Hub) upload(w http.ResponseWriter, r *http.Request) {
 	f.Close()
 	if err := h.accept(ctx, g, seq, part, total); err != nil {
 		os.Remove(part)
+		if errors.Is(err, store.ErrGrantEnded) {
+			h.log.Info("batch not stored: its grant ended during the upload", "grant", g.ID, "seq", seq)
+			httpError(w, http.StatusGone, "grant "+g.ID+" is no longer active")
+			return
+		}
 		if errors.Is(err, batch.ErrRejected) {
 			h.store.Audit(ctx, nodeID(r), "batch.reject", fmt.Sprintf("%s/%d", g.ID, seq), err.Error())
 			h.metrics.errors.WithLabelValues(errRejected).Inc()
@@ -1007,6 +1059,9 @@ func (h *Hub) accept(ctx context.Context, g store.Grant, seq uint64, part string
 	}
 	if err := h.store.PutBatch(ctx, store.Batch{Grant: g.ID, Sequence: seq, Resource: g.Resource, Provider: g.Provider,
 		Consumer: g.Consumer, Size: size, Rows: hd.Rows, Digest: fmt.Sprintf("%x", info.Digest)}); err != nil {
+		if errors.Is(err, store.ErrGrantEnded) {
+			os.Remove(dst) // no record names it, and none will
+		}
 		return err
 	}
 	h.metrics.batches.WithLabelValues(g.Resource, "in").Inc()
@@ -1189,6 +1244,10 @@ func (h *Hub) copyProgress(w http.ResponseWriter, r *http.Request) {
 	}
 	c.Provider = me
 	prev, err := h.store.PutCopy(r.Context(), c)
+	if errors.Is(err, store.ErrConflict) {
+		httpError(w, http.StatusConflict, err.Error()+"; a copy ID stays with the grant it was first reported under: report this copy under a new ID")
+		return
+	}
 	if err != nil {
 		h.internal(w, "record copy", err)
 		return
