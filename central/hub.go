@@ -66,6 +66,7 @@ type Hub struct {
 	refusals    int                // refusals since, not yet audited
 	uploads     map[string]*upload // grant/seq → the upload writing it
 	partials    partialBytes       // unfinished uploads, by provider (quota.go)
+	nodeAudits  *auditLimiter      // audit records nodes cause, bounded (nodeaudit.go)
 }
 
 // calendar returns the working-day calendar, loading it again when the
@@ -139,7 +140,7 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 	}
 	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now, cal: cal, calAt: time.Now(),
 		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{},
-		partials: partialBytes{files: map[string]partialFile{}}}
+		partials: partialBytes{files: map[string]partialFile{}}, nodeAudits: newAuditLimiter()}
 	h.metrics = newHubMetrics(h)
 	h.calls = newCallState(st, log)
 	if h.restoredFrom, err = st.RestoredFrom(context.Background()); err != nil {
@@ -349,7 +350,7 @@ func (h *Hub) Purge(ctx context.Context) {
 		os.Remove(h.payloadPath(b.Grant, b.Sequence))
 	}
 	h.flushRefusals(ctx)
-	h.flushCallRefusals(ctx)
+	h.flushNodeAudits(ctx)
 	// Uploads abandoned half-way (the grant ended, the provider's spool
 	// was lost, or a provider parks bytes here) would otherwise hold disk
 	// space and their provider's quota. One being written is left alone.
@@ -651,7 +652,7 @@ func (h *Hub) registerResources(w http.ResponseWriter, r *http.Request) {
 		e := *d.Catalog
 		e.Resource = d.ID
 		if err := e.Validate(); err != nil {
-			h.store.Audit(r.Context(), nodeID(r), "catalog.refuse", d.ID, err.Error())
+			h.auditNode(r.Context(), nodeID(r), "catalog.refuse", d.ID, err.Error())
 			httpError(w, http.StatusBadRequest, fmt.Sprintf("resource %s: %v", d.ID, err))
 			return
 		}
@@ -840,7 +841,7 @@ func (h *Hub) batchRef(w http.ResponseWriter, r *http.Request, role string) (sto
 	}
 	me := nodeID(r)
 	if (role == "provider" && g.Provider != me) || (role == "consumer" && g.Consumer != me) {
-		h.store.Audit(r.Context(), me, "access.refuse", g.ID, fmt.Sprintf("%s %s as %s", r.Method, r.URL.Path, role))
+		h.auditNode(r.Context(), me, "access.refuse", g.ID, fmt.Sprintf("%s %s as %s", r.Method, r.URL.Path, role))
 		httpError(w, http.StatusForbidden, "this grant is not yours")
 		return g, 0, false
 	}
@@ -850,7 +851,7 @@ func (h *Hub) batchRef(w http.ResponseWriter, r *http.Request, role string) (sto
 	}
 	if g.Mode != api.ModeBatch {
 		// A query or verify grant answers calls; it never carries copies.
-		h.store.Audit(r.Context(), me, "access.refuse", g.ID, fmt.Sprintf("%s %s on a %s grant", r.Method, r.URL.Path, g.Mode))
+		h.auditNode(r.Context(), me, "access.refuse", g.ID, fmt.Sprintf("%s %s on a %s grant", r.Method, r.URL.Path, g.Mode))
 		httpError(w, http.StatusForbidden, "grant "+g.ID+" is for mode "+g.Mode+", not batch copies")
 		return g, 0, false
 	}
@@ -1002,7 +1003,7 @@ func (h *Hub) upload(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if errors.Is(err, batch.ErrRejected) {
-			h.store.Audit(ctx, nodeID(r), "batch.reject", fmt.Sprintf("%s/%d", g.ID, seq), err.Error())
+			h.auditNode(ctx, nodeID(r), "batch.reject", fmt.Sprintf("%s/%d", g.ID, seq), err.Error())
 			h.metrics.errors.WithLabelValues(errRejected).Inc()
 			h.log.Warn("batch rejected", "grant", g.ID, "seq", seq, "err", err)
 			httpError(w, http.StatusUnprocessableEntity, "batch rejected: "+err.Error())
@@ -1174,13 +1175,13 @@ func (h *Hub) receipt(w http.ResponseWriter, r *http.Request) {
 	}
 	var rc receipt.Receipt
 	if err := json.Unmarshal(raw, &rc); err != nil {
-		h.store.Audit(ctx, me, "receipt.reject", "", "malformed: "+err.Error())
+		h.auditNode(ctx, me, "receipt.reject", "", "malformed: "+err.Error())
 		httpError(w, http.StatusBadRequest, "malformed receipt")
 		return
 	}
 	subject := fmt.Sprintf("%s/%d", rc.Grant, rc.Sequence)
 	reject := func(why string) {
-		h.store.Audit(ctx, me, "receipt.reject", subject, why)
+		h.auditNode(ctx, me, "receipt.reject", subject, why)
 		h.log.Warn("receipt rejected", "node", me, "batch", subject, "why", why)
 		httpError(w, http.StatusUnprocessableEntity, "receipt rejected: "+why)
 	}
@@ -1220,8 +1221,8 @@ func (h *Hub) rejection(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusForbidden, "only the grant's consumer can reject its batches")
 		return
 	}
-	h.log.Warn("consumer rejected a delivered batch", "node", me, "grant", rj.Grant, "seq", rj.Sequence, "reason", rj.Reason)
-	if err := h.store.Audit(r.Context(), me, "delivery.reject", fmt.Sprintf("%s/%d", rj.Grant, rj.Sequence), rj.Reason); err != nil {
+	h.log.Warn("consumer rejected a delivered batch", "node", me, "grant", rj.Grant, "seq", rj.Sequence, "reason", clipText(rj.Reason, maxAuditDetail))
+	if err := h.auditNode(r.Context(), me, "delivery.reject", fmt.Sprintf("%s/%d", rj.Grant, rj.Sequence), rj.Reason); err != nil {
 		h.internal(w, "audit", err)
 		return
 	}
