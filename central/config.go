@@ -68,6 +68,10 @@ type Config struct {
 	// PartialMaxAge is how long an unfinished upload is kept untouched
 	// before it is deleted (the provider then sends it again from byte 0).
 	PartialMaxAge time.Duration `yaml:"partial_max_age"`
+	// MaxAnonymousConns caps the connections open at once without a
+	// client certificate (enrolment and ping need none): anyone who
+	// reaches the port can open those.
+	MaxAnonymousConns int `yaml:"max_anonymous_conns"`
 }
 
 // DefaultConfig returns the defaults used when a key is absent.
@@ -91,6 +95,8 @@ func DefaultConfig() Config {
 		UploadWindow:  1024,
 		ProviderQuota: 16 << 30,
 		PartialMaxAge: 6 * time.Hour,
+
+		MaxAnonymousConns: 256,
 	}
 }
 
@@ -182,6 +188,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PartialMaxAge < time.Minute || c.PartialMaxAge > 7*24*time.Hour {
 		errs = append(errs, fmt.Errorf("partial_max_age %s: use 1m to 168h, e.g. 6h", c.PartialMaxAge))
+	}
+	if c.MaxAnonymousConns < 1 || c.MaxAnonymousConns > 65536 {
+		errs = append(errs, fmt.Errorf("max_anonymous_conns %d: use 1 to 65536, e.g. 256", c.MaxAnonymousConns))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

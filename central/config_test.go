@@ -10,7 +10,8 @@ func TestExampleConfig(t *testing.T) {
 	}
 	if d := DefaultConfig(); c.Listen != d.Listen || c.Retention != d.Retention || c.TokenTTL != d.TokenTTL || c.CertValidity != d.CertValidity ||
 		c.CallTimeout != d.CallTimeout || c.CallRate != d.CallRate || c.CallQuota != d.CallQuota ||
-		c.UploadWindow != d.UploadWindow || c.ProviderQuota != d.ProviderQuota || c.PartialMaxAge != d.PartialMaxAge {
+		c.UploadWindow != d.UploadWindow || c.ProviderQuota != d.ProviderQuota || c.PartialMaxAge != d.PartialMaxAge ||
+		c.MaxAnonymousConns != d.MaxAnonymousConns {
 		t.Errorf("example's stated defaults differ from the built-in ones: %+v vs %+v", c, d)
 	}
 }

@@ -263,7 +263,7 @@ func (h *Hub) Serve(ctx context.Context, ready func(quicAddr, tcpAddr string)) e
 	if err != nil {
 		return err
 	}
-	srv := &transport.Server{Handler: h.Handler(), TLS: h.tls, Logger: h.log, ResetKey: key}
+	srv := &transport.Server{Handler: h.Handler(), TLS: h.tls, Logger: h.log, ResetKey: key, MaxAnonymous: h.cfg.MaxAnonymousConns}
 	q, t := "", ""
 	if h.cfg.QUIC {
 		q = h.cfg.Listen
