@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,6 +23,8 @@ import (
 	"github.com/qianzhi/qianzhi/pkg/api"
 	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/config"
+	"github.com/qianzhi/qianzhi/pkg/pki"
+	"github.com/qianzhi/qianzhi/pkg/seal"
 )
 
 // sealed is a one-file batch for grant g at seq, sealed with the
@@ -283,5 +286,79 @@ func TestBatchGrantIDChecked(t *testing.T) {
 		if e.Name() != "partial" {
 			t.Errorf("payload folder holds %s", e.Name())
 		}
+	}
+}
+
+// TestEnrolEndsOlderTokens: POST /v1/enroll with one token voids every
+// other unused token of the node, so an older one cannot enrol someone
+// else over the node that runs.
+func TestEnrolEndsOlderTokens(t *testing.T) {
+	c := newCallHub(t)
+	ctx := context.Background()
+	var toks []pki.Token
+	for i := range 2 {
+		tok, err := newToken(c.h.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			err = c.h.Store().AddNode(ctx, "rsj", "rsj", tok.Hash(), time.Now().Add(time.Hour))
+		} else {
+			err = c.h.Store().NewToken(ctx, "rsj", tok.Hash(), time.Now().Add(time.Hour))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks = append(toks, tok)
+	}
+	enrol := func(tok pki.Token) *httptest.ResponseRecorder {
+		key, _ := pki.NewKey()
+		csr, _ := pki.NewCSR(key)
+		sk, _ := seal.Generate()
+		pub, _ := sk.Public().MarshalText()
+		j, _ := json.Marshal(api.EnrollRequest{Token: tok.String(), CSR: string(csr), SealPub: string(pub)})
+		w := httptest.NewRecorder()
+		c.srv.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/enroll", bytes.NewReader(j)))
+		return w
+	}
+	if w := enrol(toks[1]); w.Code != http.StatusOK {
+		t.Fatalf("enrolment with the newer token: %d %s", w.Code, errorText(w))
+	}
+	live, _ := c.h.Store().Node(ctx, "rsj")
+	if w := enrol(toks[0]); w.Code != http.StatusForbidden {
+		t.Errorf("enrolment with the older token over the live node: %d %s, want 403", w.Code, errorText(w))
+	}
+	if n, _ := c.h.Store().Node(ctx, "rsj"); n.CertSerial != live.CertSerial {
+		t.Error("the live node's certificate was replaced")
+	}
+}
+
+// TestProviderQuotaMetric: what each provider holds is on /metrics.
+func TestProviderQuotaMetric(t *testing.T) {
+	c := newCallHub(t, "mzj")
+	g := c.grant("mzj", api.ModeBatch, nil, 0, 0)
+	b := c.sealed(g, 1, 4000)
+	if w := c.put("gaj", g, 1, bytes.NewReader(b), 0, int64(len(b))); w.Code != http.StatusCreated {
+		t.Fatalf("upload: %d %s", w.Code, errorText(w))
+	}
+	mfs, err := c.h.metrics.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held, quota float64
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "qz_provider_held_bytes":
+				if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == "gaj" {
+					held = m.GetGauge().GetValue()
+				}
+			case "qz_provider_quota_bytes":
+				quota = m.GetGauge().GetValue()
+			}
+		}
+	}
+	if held != float64(len(b)) || quota != float64(c.h.cfg.ProviderQuota) {
+		t.Errorf("qz_provider_held_bytes{provider=gaj} %g, qz_provider_quota_bytes %g; want %d and %d", held, quota, len(b), c.h.cfg.ProviderQuota)
 	}
 }
