@@ -90,7 +90,7 @@ var (
 	certDesc   = prometheus.NewDesc(metrics.Namespace+"_node_certificate_expiry_seconds", "Seconds until each active node's certificate expires (agents renew at a third of its life left).", []string{"node"}, nil)
 	storedDesc = prometheus.NewDesc(metrics.Namespace+"_stored_bytes", "Bytes of batch payloads held for delivery or retention.", nil, nil)
 	heldDesc   = prometheus.NewDesc(metrics.Namespace+"_provider_held_bytes",
-		"Bytes each provider holds at the hub against its quota: batches stored and not yet delivered under active grants, and unfinished uploads (an upload in progress with the size it declared).", []string{"provider"}, nil)
+		"Bytes each provider holds at the hub against its quota: batches stored and not yet receipted under active grants, and unfinished uploads (an upload in progress with the size it declared).", []string{"provider"}, nil)
 	quotaDesc = prometheus.NewDesc(metrics.Namespace+"_provider_quota_bytes", "The quota of held bytes each provider has (provider_quota); uploads past it are refused with 507.", nil, nil)
 )
 

@@ -17,7 +17,8 @@ import (
 // What one provider may hold at the hub. The receiver bounds the sender:
 // a provider's uploads go only a window of sequence numbers ahead of what
 // its grant's line has stored, and what it holds here (batches its
-// consumers have not fetched, and unfinished uploads) stays under its
+// consumers have not yet confirmed with a receipt, and unfinished uploads)
+// stays under its
 // quota. A provider past either is refused until its consumers catch up;
 // nothing of it is dropped, its agent keeps the batches in its spool.
 
@@ -122,7 +123,7 @@ type quotaError struct {
 }
 
 func (e *quotaError) Error() string {
-	return fmt.Sprintf("provider %s holds %d bytes at the hub (batches its consumers have not fetched yet, and unfinished uploads); this batch of %d bytes would pass its quota of %s (provider_quota): the upload resumes by itself as consumers fetch, so bring offline consumers back, or raise provider_quota in the hub's config",
+	return fmt.Sprintf("provider %s holds %d bytes at the hub (batches its consumers have not applied yet, and unfinished uploads); this batch of %d bytes would pass its quota of %s (provider_quota): uploads resume by themselves as consumers apply and send receipts, so bring offline or stopped consumers back, or raise provider_quota in the hub's config",
 		e.provider, e.held, e.upload, e.quota)
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/config"
 	"github.com/qianzhi/qianzhi/pkg/pki"
+	"github.com/qianzhi/qianzhi/pkg/receipt"
 	"github.com/qianzhi/qianzhi/pkg/seal"
 )
 
@@ -131,12 +132,27 @@ func TestProviderQuota(t *testing.T) {
 	if w := c.put("gaj", other, 1, bytes.NewReader(part[100:]), 100, int64(len(part))); w.Code != http.StatusCreated {
 		t.Fatalf("resumed upload: %d %s", w.Code, errorText(w))
 	}
-	// A consumer fetching its batch frees the provider's quota.
-	if w := c.do("mzj", http.MethodGet, "/v1/batches/"+g+"/1", nil); w.Code != http.StatusOK {
+	// Fetching a batch frees nothing yet; the consumer's receipt does.
+	w = c.do("mzj", http.MethodGet, "/v1/batches/"+g+"/1", nil)
+	if w.Code != http.StatusOK {
 		t.Fatalf("download: %d", w.Code)
 	}
+	if w := c.upload(g, 3, 4000); w.Code != http.StatusInsufficientStorage {
+		t.Errorf("upload after a delivery without a receipt: %d %s, want 507", w.Code, errorText(w))
+	}
+	info, err := batch.Verify(bytes.NewReader(w.Body.Bytes()), int64(w.Body.Len()), func(string) (seal.PublicKey, error) { return c.seals["gaj"].Public(), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := receipt.Sign(receipt.For(info, time.Now()), c.seals["mzj"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c.do("mzj", http.MethodPost, "/v1/receipts", rc); w.Code != http.StatusNoContent {
+		t.Fatalf("receipt: %d %s", w.Code, errorText(w))
+	}
 	if w := c.upload(g, 3, 4000); w.Code != http.StatusCreated {
-		t.Errorf("upload after a delivery: %d %s", w.Code, errorText(w))
+		t.Errorf("upload after a receipt: %d %s", w.Code, errorText(w))
 	}
 }
 

@@ -174,9 +174,10 @@ func TestHeldBytes(t *testing.T) {
 		s.PutBatch(ctx, Batch{Grant: "g1", Sequence: seq, Resource: "r", Provider: "p", Consumer: "c", Size: 100, Digest: "d"})
 		s.PutBatch(ctx, Batch{Grant: "g2", Sequence: seq, Resource: "r", Provider: "p", Consumer: "d", Size: 10, Digest: "d"})
 	}
-	s.MarkDelivered(ctx, "g1", 1)
+	s.MarkDelivered(ctx, "g1", 2)
+	s.PutReceipt(ctx, "g1", 1, []byte("{}"), time.Now())
 	if held, _ := s.HeldBytes(ctx, "p"); held["p"] != 230 {
-		t.Errorf("held %v, want p: 230 (one batch delivered)", held)
+		t.Errorf("held %v, want p: 230 (one batch receipted; one delivered, not receipted, still held)", held)
 	}
 	s.RevokeGrant(ctx, "g2", false)
 	if held, _ := s.HeldBytes(ctx, ""); held["p"] != 200 || len(held) != 1 {

@@ -90,6 +90,8 @@ var schema = []string{
 		PRIMARY KEY (grant_id, seq)
 	)`,
 	`CREATE INDEX IF NOT EXISTS batches_pending ON batches(consumer, receipted, grant_id, seq)`,
+	// What a provider holds against its quota (HeldBytes).
+	`CREATE INDEX IF NOT EXISTS batches_held ON batches(provider, receipted)`,
 	// Counters that change with the data they name, for cheap polling.
 	// Facts about the hub itself, such as the backup it was restored from.
 	`CREATE TABLE IF NOT EXISTS hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
@@ -131,11 +133,6 @@ func OpenSQLite(path string) (*SQLite, error) {
 			db.Close()
 			return nil, err
 		}
-	}
-	// After the columns: a database from before 'delivered' gets it first.
-	if _, err := db.Exec(`CREATE INDEX IF NOT EXISTS batches_held ON batches(provider, delivered)`); err != nil {
-		db.Close()
-		return nil, err
 	}
 	// Many requests read at once (every request checks its node); with
 	// database/sql's default of 2 idle connections the rest would each
@@ -858,14 +855,15 @@ func (s *SQLite) HighestSequence(ctx context.Context, grant string) (uint64, err
 	return n, err
 }
 
-// HeldBytes sums, by provider, the batches stored and not yet delivered
+// HeldBytes sums, by provider, the batches stored and not yet receipted
 // under active grants: what a provider's quota counts besides its
-// unfinished uploads. Batches of ended grants are not counted: they wait
-// only for their purge, and a revocation must not hold a provider's other
-// lines back.
+// unfinished uploads. Not merely undelivered: a consumer that downloads
+// and never confirms would otherwise let its provider fill the disk.
+// Batches of ended grants are not counted: they wait only for their purge,
+// and a revocation must not hold a provider's other lines back.
 func (s *SQLite) HeldBytes(ctx context.Context, provider string) (map[string]int64, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT b.provider, SUM(b.size) FROM batches b JOIN grants g ON g.id = b.grant_id
-		WHERE (? = '' OR b.provider = ?) AND b.delivered = '' AND b.purged = '' AND g.status = ? AND (g.expires = '' OR g.expires > ?)
+		WHERE (? = '' OR b.provider = ?) AND b.receipted = '' AND b.purged = '' AND g.status = ? AND (g.expires = '' OR g.expires > ?)
 		GROUP BY b.provider`, provider, provider, GrantActive, ts(s.now()))
 	if err != nil {
 		return nil, err

@@ -223,7 +223,7 @@ type Store interface {
 	// (0 when none), purged batches included.
 	HighestSequence(ctx context.Context, grant string) (uint64, error)
 	// HeldBytes is, by provider, the bytes of batches stored and not yet
-	// delivered under active grants; provider "" for every provider.
+	// receipted under active grants; provider "" for every provider.
 	HeldBytes(ctx context.Context, provider string) (map[string]int64, error)
 	Batch(ctx context.Context, grant string, seq uint64) (Batch, error)
 	// Pending lists stored, unreceipted batches for a consumer's active
