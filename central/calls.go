@@ -74,76 +74,12 @@ type callState struct {
 	keyMu sync.Mutex
 	keys  map[string]seal.PublicKey // "node/keyID" → key
 
-	refMu    sync.Mutex
-	refusals map[string]*refusalCount // consumer → its refused calls
-
 	writer *recordWriter
-}
-
-// refusalCount bounds how many of one consumer's refused calls are
-// recorded one by one: a node sending calls that cannot succeed (no grant,
-// over its quota, bad parameters) in a loop would otherwise grow the
-// database and the audit log as fast as it sends. Past the limit the
-// refusals are counted, and summed up in one audit record a minute.
-type refusalCount struct {
-	lim     *rate.Limiter
-	skipped int    // refusals not recorded one by one since the last summary
-	last    string // the last of their reasons
-}
-
-// Refusals recorded one by one per consumer: refusalRate a second, after a
-// burst of refusalBurst.
-const (
-	refusalRate  = 20
-	refusalBurst = 200
-)
-
-// recordRefusal reports whether a consumer's refusal is recorded one by
-// one; if not, it is counted for the next summary.
-func (c *callState) recordRefusal(consumer, reason string) bool {
-	c.refMu.Lock()
-	defer c.refMu.Unlock()
-	r := c.refusals[consumer]
-	if r == nil {
-		r = &refusalCount{lim: rate.NewLimiter(refusalRate, refusalBurst)}
-		c.refusals[consumer] = r
-	}
-	if r.lim.Allow() {
-		return true
-	}
-	r.skipped++
-	r.last = reason
-	return false
-}
-
-// flushCallRefusals writes the summaries of refusals not recorded one by
-// one (called by the janitor, about once a minute).
-func (h *Hub) flushCallRefusals(ctx context.Context) {
-	c := h.calls
-	c.refMu.Lock()
-	type summary struct {
-		consumer string
-		refusalCount
-	}
-	var out []summary
-	for n, r := range c.refusals {
-		if r.skipped > 0 {
-			out = append(out, summary{n, refusalCount{skipped: r.skipped, last: r.last}})
-			r.skipped, r.last = 0, ""
-		}
-	}
-	c.refMu.Unlock()
-	for _, r := range out {
-		detail := fmt.Sprintf("%d more refused calls, over %d a second, not recorded one by one; the last: %s", r.skipped, refusalRate, r.last)
-		if err := h.store.Audit(ctx, r.consumer, "call.refused", "summary", detail); err != nil {
-			h.log.Error("cannot record refused calls", "consumer", r.consumer, "calls", r.skipped, "err", err)
-		}
-	}
 }
 
 func newCallState(st store.Store, log *slog.Logger) *callState {
 	return &callState{providers: map[string]*callQueue{}, waiting: map[string]*pendingCall{}, grants: map[string]grantSet{},
-		limits: map[string]*grantLimit{}, keys: map[string]seal.PublicKey{}, refusals: map[string]*refusalCount{}, writer: newRecordWriter(st, log)}
+		limits: map[string]*grantLimit{}, keys: map[string]seal.PublicKey{}, writer: newRecordWriter(st, log)}
 }
 
 // callQueue is one provider's queued calls and the polls waiting for them.
@@ -223,7 +159,9 @@ func (h *Hub) call(w http.ResponseWriter, r *http.Request) {
 	} else {
 		rec.Status, rec.Reason = cerr.status, orElse(cerr.reason, cerr.msg)
 	}
-	if rec.Status != api.CallRefused || h.calls.recordRefusal(rec.Consumer, rec.Reason) {
+	// A refused call is a record its consumer caused, bounded as the
+	// others are (nodeaudit.go).
+	if rec.Status != api.CallRefused || h.nodeAudits.allow(rec.Consumer, "call.refused", rec.Reason) {
 		if err := h.calls.writer.write(rec); err != nil {
 			// Without its record the call did not happen: no answer leaves.
 			h.internal(w, "record call", err)

@@ -747,7 +747,7 @@ func TestClip(t *testing.T) {
 // record instead of one each.
 func TestCallRefusalFlood(t *testing.T) {
 	c := newCallHub(t, "mzj")
-	const n = refusalBurst + 100
+	const n = auditBurst + 100
 	for range n {
 		if w := c.do("mzj", http.MethodPost, "/v1/calls", verifyReq(goodID)); w.Code != http.StatusForbidden {
 			t.Fatalf("a call without a grant: %d %s", w.Code, w.Body)
@@ -758,10 +758,10 @@ func TestCallRefusalFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) >= n || len(recs) < refusalBurst {
-		t.Errorf("%d of %d refusals recorded one by one, want about %d", len(recs), n, refusalBurst)
+	if len(recs) >= n || len(recs) < auditBurst {
+		t.Errorf("%d of %d refusals recorded one by one, want about %d", len(recs), n, auditBurst)
 	}
-	c.h.flushCallRefusals(ctx)
+	c.h.flushNodeAudits(ctx)
 	log, err := c.h.Store().AuditLog(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -43,7 +43,10 @@ Usage:
   qz-central status [--json]          health, nodes (last seen, certificate), grants, batches held
   qz-central node add ID --name NAME  add a node and print its one-time enrolment token
   qz-central node token ID            print a new enrolment token for a node
-  qz-central node revoke ID           refuse the node's certificate from now on
+  qz-central node revoke ID [--destroy]
+                                      refuse the node's certificate from now on and end every grant
+                                      it takes part in; --destroy orders their consumers to destroy
+                                      what they received
   qz-central node list
   qz-central grant add --resource R --consumer NODE [--mode batch|query|verify] [--expires 720h] [--fields F,F]
                       [--mask FIELD=RULE]… [--destroy] [--rate N] [--quota N]
@@ -313,13 +316,22 @@ func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []st
 		fmt.Fprintln(stdout, tok)
 		return nil
 	case "node revoke":
-		if err := cli.Want(pos, 1, "qz-central node revoke NODE_ID"); err != nil {
+		if err := cli.Want(pos, 1, "qz-central node revoke NODE_ID [--destroy]"); err != nil {
 			return err
 		}
-		if err := st.RevokeNode(ctx, pos[0]); err != nil {
+		ended, err := st.RevokeNode(ctx, pos[0], o.destroy)
+		if err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "node %s revoked: its certificate is refused from now on\n", pos[0])
+		if len(ended) == 0 {
+			fmt.Fprintln(stdout, "it took part in no active grant")
+			return nil
+		}
+		fmt.Fprintf(stdout, "its %d active grants ended with it (nothing more is stored or delivered under them): %s\n", len(ended), strings.Join(ended, ", "))
+		if o.destroy {
+			fmt.Fprintln(stdout, "their consumers destroy what they received and send signed destruction receipts (see grant list); a revoked consumer can no longer connect to learn of it")
+		}
 		return nil
 	case "status":
 		s, err := readHubStatus(ctx, cfg, st)

@@ -60,6 +60,21 @@ type Config struct {
 	// AuditCheckpointInterval is how often the hub signs a checkpoint of
 	// its audit log for the agents to keep, when records were added.
 	AuditCheckpointInterval time.Duration `yaml:"audit_checkpoint_interval"`
+	// UploadWindow is how far ahead of a grant's highest stored sequence
+	// number a provider may upload: a provider cannot park uploads at
+	// sequence numbers the line will not reach for years.
+	UploadWindow uint64 `yaml:"upload_window"`
+	// ProviderQuota bounds the bytes one provider holds at the hub:
+	// batches stored and not yet delivered under active grants, plus
+	// unfinished uploads.
+	ProviderQuota config.Size `yaml:"provider_quota"`
+	// PartialMaxAge is how long an unfinished upload is kept untouched
+	// before it is deleted (the provider then sends it again from byte 0).
+	PartialMaxAge time.Duration `yaml:"partial_max_age"`
+	// MaxAnonymousConns caps the connections open at once without a
+	// client certificate (enrolment and ping need none): anyone who
+	// reaches the port can open those.
+	MaxAnonymousConns int `yaml:"max_anonymous_conns"`
 }
 
 // DefaultConfig returns the defaults used when a key is absent.
@@ -82,6 +97,12 @@ func DefaultConfig() Config {
 		CallQuota:     10000,
 
 		AuditCheckpointInterval: time.Minute,
+
+		UploadWindow:  1024,
+		ProviderQuota: 16 << 30,
+		PartialMaxAge: 6 * time.Hour,
+
+		MaxAnonymousConns: 256,
 	}
 }
 
@@ -167,6 +188,18 @@ func (c *Config) Validate() error {
 	}
 	if c.AuditCheckpointInterval < time.Second || c.AuditCheckpointInterval > time.Hour {
 		errs = append(errs, fmt.Errorf("audit_checkpoint_interval %s: use 1s to 1h (default 1m): records added since the newest checkpoint an agent holds can be cut unseen", c.AuditCheckpointInterval))
+	}
+	if c.UploadWindow < 1 || c.UploadWindow > 1<<20 {
+		errs = append(errs, fmt.Errorf("upload_window %d: use 1 to 1048576 sequence numbers, e.g. 1024", c.UploadWindow))
+	}
+	if c.ProviderQuota < 1<<20 {
+		errs = append(errs, fmt.Errorf("provider_quota %s: use at least 1MiB, and more than the largest batch a provider seals, e.g. 16GiB", c.ProviderQuota))
+	}
+	if c.PartialMaxAge < time.Minute || c.PartialMaxAge > 7*24*time.Hour {
+		errs = append(errs, fmt.Errorf("partial_max_age %s: use 1m to 168h, e.g. 6h", c.PartialMaxAge))
+	}
+	if c.MaxAnonymousConns < 1 || c.MaxAnonymousConns > 65536 {
+		errs = append(errs, fmt.Errorf("max_anonymous_conns %d: use 1 to 65536, e.g. 256", c.MaxAnonymousConns))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

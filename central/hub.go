@@ -65,6 +65,8 @@ type Hub struct {
 	lastRefusal time.Time          // last audited enrolment refusal
 	refusals    int                // refusals since, not yet audited
 	uploads     map[string]*upload // grant/seq → the upload writing it
+	partials    partialBytes       // unfinished uploads, by provider (quota.go)
+	nodeAudits  *auditLimiter      // audit records nodes cause, bounded (nodeaudit.go)
 }
 
 // calendar returns the working-day calendar, loading it again when the
@@ -137,13 +139,15 @@ func Open(cfg Config, log *slog.Logger) (*Hub, error) {
 		}
 	}
 	h := &Hub{cfg: cfg, store: st, ca: ca, log: log, now: time.Now, cal: cal, calAt: time.Now(),
-		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{}}
+		waiters: map[string]chan struct{}{}, grantsGen: make(chan struct{}), uploads: map[string]*upload{},
+		partials: partialBytes{files: map[string]partialFile{}}, nodeAudits: newAuditLimiter()}
 	h.metrics = newHubMetrics(h)
 	h.calls = newCallState(st, log)
 	if h.restoredFrom, err = st.RestoredFrom(context.Background()); err != nil {
 		st.Close()
 		return nil, err
 	}
+	h.loadPartials(context.Background())
 	if ns, err := st.Nodes(context.Background()); err == nil {
 		for _, n := range ns {
 			if !n.LastSeen.IsZero() {
@@ -262,7 +266,7 @@ func (h *Hub) Serve(ctx context.Context, ready func(quicAddr, tcpAddr string)) e
 	if err := h.startAnchor(ctx); err != nil {
 		return err
 	}
-	srv := &transport.Server{Handler: h.Handler(), TLS: h.tls, Logger: h.log, ResetKey: key}
+	srv := &transport.Server{Handler: h.Handler(), TLS: h.tls, Logger: h.log, ResetKey: key, MaxAnonymous: h.cfg.MaxAnonymousConns}
 	q, t := "", ""
 	if h.cfg.QUIC {
 		q = h.cfg.Listen
@@ -349,20 +353,33 @@ func (h *Hub) Purge(ctx context.Context) {
 		os.Remove(h.payloadPath(b.Grant, b.Sequence))
 	}
 	h.flushRefusals(ctx)
-	h.flushCallRefusals(ctx)
+	h.flushNodeAudits(ctx)
 	// Uploads abandoned half-way (the grant ended, the provider's spool
-	// was lost) would otherwise hold disk space forever.
+	// was lost, or a provider parks bytes here) would otherwise hold disk
+	// space and their provider's quota. One being written is left alone.
 	ents, _ := os.ReadDir(h.cfg.partialDir())
 	for _, e := range ents {
-		if fi, err := e.Info(); err == nil && h.now().Sub(fi.ModTime()) > partialMaxAge {
-			os.Remove(filepath.Join(h.cfg.partialDir(), e.Name()))
-			h.log.Info("removed an abandoned partial upload", "file", e.Name())
+		fi, err := e.Info()
+		if err != nil || h.now().Sub(fi.ModTime()) <= h.cfg.PartialMaxAge || h.uploading(e.Name()) {
+			continue
 		}
+		os.Remove(filepath.Join(h.cfg.partialDir(), e.Name()))
+		h.partials.forget(e.Name())
+		h.log.Info("removed an abandoned partial upload", "file", e.Name(), "age_limit", h.cfg.PartialMaxAge)
 	}
 }
 
-// partialMaxAge is how long an unfinished upload is kept.
-const partialMaxAge = 7 * 24 * time.Hour
+// uploading reports whether a request is writing the partial file name.
+func (h *Hub) uploading(name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, u := range h.uploads {
+		if u.part == name {
+			return true
+		}
+	}
+	return false
+}
 
 func (h *Hub) payloadPath(grant string, seq uint64) string {
 	return filepath.Join(h.cfg.payloadDir(), grant, strconv.FormatUint(seq, 10)+".qzb")
@@ -640,7 +657,7 @@ func (h *Hub) registerResources(w http.ResponseWriter, r *http.Request) {
 		e := *d.Catalog
 		e.Resource = d.ID
 		if err := e.Validate(); err != nil {
-			h.store.Audit(r.Context(), nodeID(r), "catalog.refuse", d.ID, err.Error())
+			h.auditNode(r.Context(), nodeID(r), "catalog.refuse", d.ID, err.Error())
 			httpError(w, http.StatusBadRequest, fmt.Sprintf("resource %s: %v", d.ID, err))
 			return
 		}
@@ -812,6 +829,12 @@ func (h *Hub) batchRef(w http.ResponseWriter, r *http.Request, role string) (sto
 		httpError(w, http.StatusBadRequest, "bad sequence number")
 		return store.Grant{}, 0, false
 	}
+	// Grant IDs name files in the payload folder: one that is not an ID
+	// goes no further.
+	if err := api.ValidID("grant", r.PathValue("grant")); err != nil {
+		httpError(w, http.StatusBadRequest, err.Error())
+		return store.Grant{}, 0, false
+	}
 	g, err := h.store.Grant(r.Context(), r.PathValue("grant"))
 	if errors.Is(err, store.ErrNotFound) {
 		httpError(w, http.StatusNotFound, "no such grant")
@@ -823,7 +846,7 @@ func (h *Hub) batchRef(w http.ResponseWriter, r *http.Request, role string) (sto
 	}
 	me := nodeID(r)
 	if (role == "provider" && g.Provider != me) || (role == "consumer" && g.Consumer != me) {
-		h.store.Audit(r.Context(), me, "access.refuse", g.ID, fmt.Sprintf("%s %s as %s", r.Method, r.URL.Path, role))
+		h.auditNode(r.Context(), me, "access.refuse", g.ID, fmt.Sprintf("%s %s as %s", r.Method, r.URL.Path, role))
 		httpError(w, http.StatusForbidden, "this grant is not yours")
 		return g, 0, false
 	}
@@ -833,7 +856,7 @@ func (h *Hub) batchRef(w http.ResponseWriter, r *http.Request, role string) (sto
 	}
 	if g.Mode != api.ModeBatch {
 		// A query or verify grant answers calls; it never carries copies.
-		h.store.Audit(r.Context(), me, "access.refuse", g.ID, fmt.Sprintf("%s %s on a %s grant", r.Method, r.URL.Path, g.Mode))
+		h.auditNode(r.Context(), me, "access.refuse", g.ID, fmt.Sprintf("%s %s on a %s grant", r.Method, r.URL.Path, g.Mode))
 		httpError(w, http.StatusForbidden, "grant "+g.ID+" is for mode "+g.Mode+", not batch copies")
 		return g, 0, false
 	}
@@ -843,6 +866,7 @@ func (h *Hub) batchRef(w http.ResponseWriter, r *http.Request, role string) (sto
 // upload is an upload in progress.
 type upload struct {
 	body io.Closer
+	part string // its partial file's name
 	done chan struct{}
 }
 
@@ -853,7 +877,7 @@ type upload struct {
 // closed, which ends its copy, and the new one waits for it to finish.
 func (h *Hub) claimUpload(g string, seq uint64, body io.Closer) (release func()) {
 	k := g + "/" + strconv.FormatUint(seq, 10)
-	me := &upload{body: body, done: make(chan struct{})}
+	me := &upload{body: body, part: filepath.Base(h.partialPath(g, seq)), done: make(chan struct{})}
 	for {
 		h.mu.Lock()
 		old, busy := h.uploads[k]
@@ -914,7 +938,31 @@ func (h *Hub) upload(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusCreated)
 		return
 	}
+	if err := h.inWindow(ctx, g, seq); err != nil {
+		var we *windowError
+		if !errors.As(err, &we) {
+			h.internal(w, "check upload window", err)
+			return
+		}
+		h.metrics.errors.WithLabelValues(errRefused).Inc()
+		h.log.Warn("upload refused: beyond the upload window", "provider", g.Provider, "grant", g.ID, "seq", seq, "highest", we.highest, "window", we.window)
+		httpError(w, http.StatusConflict, err.Error())
+		return
+	}
 	part := h.partialPath(g.ID, seq)
+	counted, err := h.reserve(ctx, g, part, total)
+	if err != nil {
+		var qe *quotaError
+		if !errors.As(err, &qe) {
+			h.internal(w, "check provider quota", err)
+			return
+		}
+		h.metrics.errors.WithLabelValues(errRefused).Inc()
+		h.log.Warn("upload refused: provider quota", "provider", g.Provider, "grant", g.ID, "seq", seq, "held", qe.held, "size", total, "quota", int64(qe.quota))
+		httpError(w, http.StatusInsufficientStorage, err.Error())
+		return
+	}
+	defer counted()
 	f, err := os.OpenFile(part, os.O_CREATE|os.O_WRONLY, 0o640)
 	if err != nil {
 		h.internal(w, "open partial upload", err)
@@ -954,8 +1002,13 @@ func (h *Hub) upload(w http.ResponseWriter, r *http.Request) {
 	f.Close()
 	if err := h.accept(ctx, g, seq, part, total); err != nil {
 		os.Remove(part)
+		if errors.Is(err, store.ErrGrantEnded) {
+			h.log.Info("batch not stored: its grant ended during the upload", "grant", g.ID, "seq", seq)
+			httpError(w, http.StatusGone, "grant "+g.ID+" is no longer active")
+			return
+		}
 		if errors.Is(err, batch.ErrRejected) {
-			h.store.Audit(ctx, nodeID(r), "batch.reject", fmt.Sprintf("%s/%d", g.ID, seq), err.Error())
+			h.auditNode(ctx, nodeID(r), "batch.reject", fmt.Sprintf("%s/%d", g.ID, seq), err.Error())
 			h.metrics.errors.WithLabelValues(errRejected).Inc()
 			h.log.Warn("batch rejected", "grant", g.ID, "seq", seq, "err", err)
 			httpError(w, http.StatusUnprocessableEntity, "batch rejected: "+err.Error())
@@ -1012,6 +1065,9 @@ func (h *Hub) accept(ctx context.Context, g store.Grant, seq uint64, part string
 	}
 	if err := h.store.PutBatch(ctx, store.Batch{Grant: g.ID, Sequence: seq, Resource: g.Resource, Provider: g.Provider,
 		Consumer: g.Consumer, Size: size, Rows: hd.Rows, Digest: fmt.Sprintf("%x", info.Digest)}); err != nil {
+		if errors.Is(err, store.ErrGrantEnded) {
+			os.Remove(dst) // no record names it, and none will
+		}
 		return err
 	}
 	h.metrics.batches.WithLabelValues(g.Resource, "in").Inc()
@@ -1124,13 +1180,13 @@ func (h *Hub) receipt(w http.ResponseWriter, r *http.Request) {
 	}
 	var rc receipt.Receipt
 	if err := json.Unmarshal(raw, &rc); err != nil {
-		h.store.Audit(ctx, me, "receipt.reject", "", "malformed: "+err.Error())
+		h.auditNode(ctx, me, "receipt.reject", "", "malformed: "+err.Error())
 		httpError(w, http.StatusBadRequest, "malformed receipt")
 		return
 	}
 	subject := fmt.Sprintf("%s/%d", rc.Grant, rc.Sequence)
 	reject := func(why string) {
-		h.store.Audit(ctx, me, "receipt.reject", subject, why)
+		h.auditNode(ctx, me, "receipt.reject", subject, why)
 		h.log.Warn("receipt rejected", "node", me, "batch", subject, "why", why)
 		httpError(w, http.StatusUnprocessableEntity, "receipt rejected: "+why)
 	}
@@ -1170,8 +1226,8 @@ func (h *Hub) rejection(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusForbidden, "only the grant's consumer can reject its batches")
 		return
 	}
-	h.log.Warn("consumer rejected a delivered batch", "node", me, "grant", rj.Grant, "seq", rj.Sequence, "reason", rj.Reason)
-	if err := h.store.Audit(r.Context(), me, "delivery.reject", fmt.Sprintf("%s/%d", rj.Grant, rj.Sequence), rj.Reason); err != nil {
+	h.log.Warn("consumer rejected a delivered batch", "node", me, "grant", rj.Grant, "seq", rj.Sequence, "reason", clipText(rj.Reason, maxAuditDetail))
+	if err := h.auditNode(r.Context(), me, "delivery.reject", fmt.Sprintf("%s/%d", rj.Grant, rj.Sequence), rj.Reason); err != nil {
 		h.internal(w, "audit", err)
 		return
 	}
@@ -1194,6 +1250,10 @@ func (h *Hub) copyProgress(w http.ResponseWriter, r *http.Request) {
 	}
 	c.Provider = me
 	prev, err := h.store.PutCopy(r.Context(), c)
+	if errors.Is(err, store.ErrConflict) {
+		httpError(w, http.StatusConflict, err.Error()+"; a copy ID stays with the grant it was first reported under: report this copy under a new ID")
+		return
+	}
 	if err != nil {
 		h.internal(w, "record copy", err)
 		return

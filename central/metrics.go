@@ -89,6 +89,9 @@ var (
 		"Seconds since each active node's last request (an agent asks at least every 25 s while connected); absent for a node not seen since the hub started.", []string{"node"}, nil)
 	certDesc   = prometheus.NewDesc(metrics.Namespace+"_node_certificate_expiry_seconds", "Seconds until each active node's certificate expires (agents renew at a third of its life left).", []string{"node"}, nil)
 	storedDesc = prometheus.NewDesc(metrics.Namespace+"_stored_bytes", "Bytes of batch payloads held for delivery or retention.", nil, nil)
+	heldDesc   = prometheus.NewDesc(metrics.Namespace+"_provider_held_bytes",
+		"Bytes each provider holds at the hub against its quota: batches stored and not yet receipted under active grants, and unfinished uploads (an upload in progress with the size it declared).", []string{"provider"}, nil)
+	quotaDesc = prometheus.NewDesc(metrics.Namespace+"_provider_quota_bytes", "The quota of held bytes each provider has (provider_quota); uploads past it are refused with 507.", nil, nil)
 )
 
 // nodesCollector reads nodes and stored payloads from the store at scrape.
@@ -99,6 +102,8 @@ func (c nodesCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- seenDesc
 	ch <- certDesc
 	ch <- storedDesc
+	ch <- heldDesc
+	ch <- quotaDesc
 }
 
 func (c nodesCollector) Collect(ch chan<- prometheus.Metric) {
@@ -129,6 +134,12 @@ func (c nodesCollector) Collect(ch chan<- prometheus.Metric) {
 	if n, err := c.h.store.StoredBytes(ctx); err == nil {
 		ch <- prometheus.MustNewConstMetric(storedDesc, prometheus.GaugeValue, float64(n))
 	}
+	if held, err := c.h.heldBytes(ctx); err == nil {
+		for p, n := range held {
+			ch <- prometheus.MustNewConstMetric(heldDesc, prometheus.GaugeValue, float64(n), p)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(quotaDesc, prometheus.GaugeValue, float64(c.h.cfg.ProviderQuota))
 }
 
 // health is the hub's /healthz: its database answers.

@@ -51,7 +51,11 @@ type Server struct {
 	// so clients reconnect immediately instead of waiting for an idle
 	// timeout.
 	ResetKey *quic.StatelessResetKey
+	// MaxAnonymous caps the connections open at once whose handshake
+	// ended without a client certificate; 0 means DefaultMaxAnonymous.
+	MaxAnonymous int
 
+	gate *anonGate
 	udp  net.PacketConn
 	qtr  *quic.Transport
 	tcp  net.Listener
@@ -106,15 +110,34 @@ func (s *Server) TCPAddr() string {
 	return s.tcp.Addr().String()
 }
 
+// Server timeouts. None of them may end a long poll (an agent waits up to
+// 25 s on deliveries, grants and calls, sending nothing) or a long upload
+// that keeps moving: the idle timeouts count only time without any
+// request, and a request body must move at least every bodyIdle, however
+// long it takes in all.
+const (
+	// idleTimeout closes a connection that has had no request for this
+	// long. An agent's never idles: it pings every 5 s and long-polls.
+	idleTimeout = 2 * time.Minute
+	// handshakeTimeout bounds the TLS handshake and the request headers
+	// on TCP (QUIC's handshake is bounded by HandshakeIdleTimeout).
+	handshakeTimeout = 10 * time.Second
+	// bodyIdle is how long a request body may send nothing.
+	bodyIdle = time.Minute
+)
+
 // Serve runs until ctx is cancelled. Listen must have been called.
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
 	n := 0
+	s.gate = newAnonGate(s.MaxAnonymous, s.Logger)
+	handler := bodyDeadline(s.Handler, bodyIdle)
 	if s.udp != nil {
 		s.h3 = &http3.Server{
-			Handler:    s.Handler,
-			TLSConfig:  http3.ConfigureTLSConfig(s.TLS.Clone()),
-			QUICConfig: quicConfig(),
+			Handler:     handler,
+			TLSConfig:   http3.ConfigureTLSConfig(s.TLS.Clone()),
+			QUICConfig:  quicConfig(),
+			IdleTimeout: idleTimeout,
 		}
 		s.qtr = &quic.Transport{Conn: s.udp, StatelessResetKey: s.ResetKey}
 		ln, err := s.qtr.ListenEarly(s.h3.TLSConfig, s.h3.QUICConfig)
@@ -122,19 +145,23 @@ func (s *Server) Serve(ctx context.Context) error {
 			return fmt.Errorf("listen quic: %w", err)
 		}
 		n++
-		go func() { errc <- s.h3.ServeListener(ln) }()
+		go func() { errc <- s.h3.ServeListener(newGatedQUIC(ln, s.gate)) }()
 	}
 	if s.tcp != nil {
 		tc := s.TLS.Clone()
 		tc.NextProtos = []string{"h2", "http/1.1"}
 		s.h2 = &http.Server{
-			Handler:           s.Handler,
+			Handler:           handler,
 			TLSConfig:         tc,
-			ReadHeaderTimeout: 30 * time.Second,
-			ErrorLog:          slogErrorLog(s.Logger),
+			ReadHeaderTimeout: handshakeTimeout,
+			IdleTimeout:       idleTimeout,
+			// Pings find a peer gone silent while a stream waits.
+			HTTP2:     &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+			ConnState: s.gate.connState,
+			ErrorLog:  slogErrorLog(s.Logger),
 		}
 		n++
-		go func() { errc <- s.h2.ServeTLS(s.tcp, "", "") }()
+		go func() { errc <- s.h2.Serve(&gatedListener{Listener: s.tcp, tls: tc, gate: s.gate}) }()
 	}
 	var err error
 	select {
@@ -150,6 +177,55 @@ func (s *Server) Serve(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// Anonymous is the connections without a client certificate open now.
+func (s *Server) Anonymous() int {
+	if s.gate == nil {
+		return 0
+	}
+	return s.gate.count()
+}
+
+// bodyDeadline gives each request body a read deadline of idle, moved on
+// each time bytes arrive: a body that stalls ends, one that moves may
+// take as long as it needs.
+func bodyDeadline(h http.Handler, idle time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+			rc := http.NewResponseController(w)
+			if err := rc.SetReadDeadline(time.Now().Add(idle)); err == nil {
+				r.Body = &movingBody{ReadCloser: r.Body, rc: rc, idle: idle, set: time.Now()}
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// movingBody pushes its read deadline on as bytes arrive (at most a few
+// times a deadline, not on every read).
+type movingBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+	set  time.Time
+}
+
+func (b *movingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, io.EOF) {
+		// Read in full: what the handler does next (wait for a call's
+		// answer, say) is no longer bounded by the body's deadline.
+		b.rc.SetReadDeadline(time.Time{})
+		return n, err
+	}
+	if n > 0 {
+		if now := time.Now(); now.Sub(b.set) > b.idle/4 {
+			b.set = now
+			b.rc.SetReadDeadline(now.Add(b.idle))
+		}
+	}
+	return n, err
 }
 
 // Close stops both listeners and drops open connections.

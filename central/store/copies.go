@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 
 	"github.com/qianzhi/qianzhi/pkg/api"
 )
@@ -28,15 +29,20 @@ func (s *SQLite) PutCopy(ctx context.Context, c api.Copy) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var prev, updated string
+	var prev, updated, grant string
 	err = s.tx(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, `SELECT state, updated FROM copies WHERE id = ?`, c.ID).Scan(&prev, &updated)
+		err := tx.QueryRowContext(ctx, `SELECT state, updated, grant_id FROM copies WHERE id = ?`, c.ID).Scan(&prev, &updated, &grant)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			_, err = tx.ExecContext(ctx, `INSERT INTO copies (id, grant_id, state, updated, report) VALUES (?, ?, ?, ?, ?)`, c.ID, c.Grant, c.State, ts(c.Updated), raw)
 			return err
 		case err != nil:
 			return err
+		case grant != c.Grant:
+			// A copy belongs to the grant it was first reported under:
+			// one provider must not overwrite another's copy by its ID.
+			prev = ""
+			return fmt.Errorf("copy %s belongs to another grant than %s: %w", c.ID, c.Grant, ErrConflict)
 		case parseTS(updated).After(c.Updated):
 			return nil
 		}

@@ -90,6 +90,8 @@ var schema = []string{
 		PRIMARY KEY (grant_id, seq)
 	)`,
 	`CREATE INDEX IF NOT EXISTS batches_pending ON batches(consumer, receipted, grant_id, seq)`,
+	// What a provider holds against its quota (HeldBytes).
+	`CREATE INDEX IF NOT EXISTS batches_held ON batches(provider, receipted)`,
 	// Counters that change with the data they name, for cheap polling.
 	// Facts about the hub itself, such as the backup it was restored from.
 	`CREATE TABLE IF NOT EXISTS hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`,
@@ -325,7 +327,10 @@ func (s *SQLite) Enroll(ctx context.Context, hash, serial string, expiry time.Ti
 			return fmt.Errorf("node %s is revoked: %w", node, ErrConflict)
 		}
 		now := ts(s.now())
-		if _, err := tx.ExecContext(ctx, `UPDATE tokens SET used = ? WHERE hash = ?`, now, hash); err != nil {
+		// Every unused token of the node ends with this one: a token
+		// handed out earlier (and perhaps to the wrong person) must not
+		// enrol someone else over the node that now runs.
+		if _, err := tx.ExecContext(ctx, `UPDATE tokens SET used = ? WHERE node_id = ? AND used = ''`, now, node); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE nodes SET status = ?, cert_serial = ?, prev_serial = '', cert_expiry = ?, seal_pub = ?, enrolled = ? WHERE id = ?`,
@@ -385,9 +390,12 @@ func (s *SQLite) SealKey(ctx context.Context, node, keyID string) (string, error
 	return pub, err
 }
 
-// RevokeNode revokes a node: its certificate is refused from now on.
-func (s *SQLite) RevokeNode(ctx context.Context, id string) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+// RevokeNode revokes a node: its certificate is refused from now on, and
+// every active grant it takes part in ends with it, in one transaction, so
+// that no batch of the node's (or for it) is stored or delivered after.
+func (s *SQLite) RevokeNode(ctx context.Context, id string, destroy bool) ([]string, error) {
+	var ended []string
+	err := s.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE nodes SET status = ? WHERE id = ?`, NodeRevoked, id)
 		if err != nil {
 			return err
@@ -398,11 +406,36 @@ func (s *SQLite) RevokeNode(ctx context.Context, id string) error {
 		if _, err := tx.ExecContext(ctx, `UPDATE tokens SET used = ? WHERE node_id = ? AND used = ''`, ts(s.now()), id); err != nil {
 			return err
 		}
+		rows, err := tx.QueryContext(ctx, `SELECT id FROM grants WHERE status = ? AND (provider = ? OR consumer = ?) ORDER BY id`, GrantActive, id, id)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var g string
+			if err := rows.Scan(&g); err != nil {
+				rows.Close()
+				return err
+			}
+			ended = append(ended, g)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
 		if err := bump(ctx, tx, "grants"); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, Actor(ctx), "node.revoke", id, "")
+		if err := s.audit(ctx, tx, Actor(ctx), "node.revoke", id, fmt.Sprintf("grants=%s destroy=%t", strings.Join(ended, ","), destroy)); err != nil {
+			return err
+		}
+		for _, g := range ended {
+			if err := s.revokeGrant(ctx, tx, g, destroy, "node "+id+" revoked"); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
+	return ended, err
 }
 
 func scanNode(sc interface{ Scan(...any) error }) (Node, error) {
@@ -529,6 +562,10 @@ func (s *SQLite) Resources(ctx context.Context) ([]Resource, error) {
 // AddGrant records a grant.
 func (s *SQLite) AddGrant(ctx context.Context, g Grant) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		// A grant ID names a folder of the payload store.
+		if err := api.ValidID("grant", g.ID); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
 		if err := checkLimits(g.Mode, g.Rate, g.Quota); err != nil {
 			return err
 		}
@@ -597,43 +634,55 @@ func masksJSON(m map[string]string) string {
 // RevokeGrant ends a grant; pending batches stop being delivered at once.
 // With destroy, the consumer is told to destroy what it received.
 func (s *SQLite) RevokeGrant(ctx context.Context, id string, destroy bool) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE grants SET status = ?, destroy = ? WHERE id = ? AND status = ?`, GrantRevoked, destroy, id, GrantActive)
+	return s.tx(ctx, func(tx *sql.Tx) error { return s.revokeGrant(ctx, tx, id, destroy, "") })
+}
+
+// revokeGrant is RevokeGrant inside a transaction; why, if not "", says
+// what ended the grant (in its audit record and its application's history).
+func (s *SQLite) revokeGrant(ctx context.Context, tx *sql.Tx, id string, destroy bool, why string) error {
+	res, err := tx.ExecContext(ctx, `UPDATE grants SET status = ?, destroy = ? WHERE id = ? AND status = ?`, GrantRevoked, destroy, id, GrantActive)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		if !destroy {
+			return fmt.Errorf("active grant %s: %w", id, ErrNotFound)
+		}
+		// An ended grant can still be ordered destroyed.
+		res, err = tx.ExecContext(ctx, `UPDATE grants SET destroy = ? WHERE id = ? AND status <> ? AND NOT destroy`, true, id, GrantActive)
 		if err != nil {
 			return err
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			if !destroy {
-				return fmt.Errorf("active grant %s: %w", id, ErrNotFound)
-			}
-			// An ended grant can still be ordered destroyed.
-			res, err = tx.ExecContext(ctx, `UPDATE grants SET destroy = ? WHERE id = ? AND status <> ? AND NOT destroy`, true, id, GrantActive)
-			if err != nil {
-				return err
-			}
-			if n, _ := res.RowsAffected(); n == 0 {
-				return fmt.Errorf("ended grant %s not ordered destroyed yet: %w", id, ErrNotFound)
-			}
-			if err := bump(ctx, tx, "grants"); err != nil {
-				return err
-			}
-			return s.audit(ctx, tx, Actor(ctx), "grant.destroy_order", id, "")
+			return fmt.Errorf("ended grant %s not ordered destroyed yet: %w", id, ErrNotFound)
 		}
 		if err := bump(ctx, tx, "grants"); err != nil {
 			return err
 		}
-		var app string
-		tx.QueryRowContext(ctx, `SELECT application FROM grants WHERE id = ?`, id).Scan(&app)
-		if app != "" {
-			if _, err := tx.ExecContext(ctx, `UPDATE applications SET state = ? WHERE id = ?`, api.AppRevoked, app); err != nil {
-				return err
-			}
-			if err := s.step(ctx, tx, app, api.AppRevoked, Actor(ctx), "grant "+id+" revoked", 0); err != nil {
-				return err
-			}
+		return s.audit(ctx, tx, Actor(ctx), "grant.destroy_order", id, "")
+	}
+	if err := bump(ctx, tx, "grants"); err != nil {
+		return err
+	}
+	var app string
+	tx.QueryRowContext(ctx, `SELECT application FROM grants WHERE id = ?`, id).Scan(&app)
+	if app != "" {
+		if _, err := tx.ExecContext(ctx, `UPDATE applications SET state = ? WHERE id = ?`, api.AppRevoked, app); err != nil {
+			return err
 		}
-		return s.audit(ctx, tx, Actor(ctx), "grant.revoke", id, fmt.Sprintf("application=%s destroy=%t", app, destroy))
-	})
+		note := "grant " + id + " revoked"
+		if why != "" {
+			note += ": " + why
+		}
+		if err := s.step(ctx, tx, app, api.AppRevoked, Actor(ctx), note, 0); err != nil {
+			return err
+		}
+	}
+	detail := fmt.Sprintf("application=%s destroy=%t", app, destroy)
+	if why != "" {
+		detail += " (" + why + ")"
+	}
+	return s.audit(ctx, tx, Actor(ctx), "grant.revoke", id, detail)
 }
 
 const grantCols = `id, resource, provider, consumer, mode, fields, status, created, expires, application, masks, destroy, rate, quota`
@@ -733,10 +782,14 @@ func (s *SQLite) TouchNode(ctx context.Context, id string, at time.Time) error {
 	return err
 }
 
-// Summary counts what the hub holds, for qz-central status.
+// Summary counts what the hub holds, for qz-central status. Batches of
+// ended grants await nothing: they are never delivered, only purged.
 func (s *SQLite) Summary(ctx context.Context) (Summary, error) {
 	var m Summary
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(receipted = ''), 0), COALESCE(SUM(delivered = ''), 0) FROM batches WHERE purged = ''`).
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(b.size), 0),
+		COALESCE(SUM(b.receipted = '' AND g.status = ? AND (g.expires = '' OR g.expires > ?)), 0),
+		COALESCE(SUM(b.delivered = '' AND g.status = ? AND (g.expires = '' OR g.expires > ?)), 0)
+		FROM batches b JOIN grants g ON g.id = b.grant_id WHERE b.purged = ''`, GrantActive, ts(s.now()), GrantActive, ts(s.now())).
 		Scan(&m.Batches, &m.Bytes, &m.AwaitingReceipt, &m.AwaitingDelivery)
 	if err != nil {
 		return m, err
@@ -754,8 +807,21 @@ func (s *SQLite) StoredBytes(ctx context.Context) (int64, error) {
 
 func (s *SQLite) PutBatch(ctx context.Context, b Batch) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		// The grant is checked here, not only by the caller before the
+		// upload: a revocation committed since must win.
+		var status, expires string
+		err := tx.QueryRowContext(ctx, `SELECT status, expires FROM grants WHERE id = ?`, b.Grant).Scan(&status, &expires)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("grant %s: %w", b.Grant, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if g := (Grant{Status: status, Expires: parseTS(expires)}); !g.Active(s.now()) {
+			return fmt.Errorf("batch %s/%d: grant %s is %s: %w", b.Grant, b.Sequence, b.Grant, grantState(g, s.now()), ErrGrantEnded)
+		}
 		var digest string
-		err := tx.QueryRowContext(ctx, `SELECT digest FROM batches WHERE grant_id = ? AND seq = ?`, b.Grant, b.Sequence).Scan(&digest)
+		err = tx.QueryRowContext(ctx, `SELECT digest FROM batches WHERE grant_id = ? AND seq = ?`, b.Grant, b.Sequence).Scan(&digest)
 		if err == nil {
 			if digest == b.Digest {
 				return nil
@@ -772,6 +838,47 @@ func (s *SQLite) PutBatch(ctx context.Context, b Batch) error {
 		return s.audit(ctx, tx, b.Provider, "batch.store", fmt.Sprintf("%s/%d", b.Grant, b.Sequence),
 			fmt.Sprintf("resource=%s consumer=%s size=%d digest=%s", b.Resource, b.Consumer, b.Size, b.Digest))
 	})
+}
+
+// grantState names why a grant is not active.
+func grantState(g Grant, now time.Time) string {
+	if g.Status == GrantActive && !g.Expires.IsZero() && !now.Before(g.Expires) {
+		return GrantExpired
+	}
+	return g.Status
+}
+
+// HighestSequence is the highest sequence number stored for a grant.
+func (s *SQLite) HighestSequence(ctx context.Context, grant string) (uint64, error) {
+	var n uint64
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM batches WHERE grant_id = ?`, grant).Scan(&n)
+	return n, err
+}
+
+// HeldBytes sums, by provider, the batches stored and not yet receipted
+// under active grants: what a provider's quota counts besides its
+// unfinished uploads. Not merely undelivered: a consumer that downloads
+// and never confirms would otherwise let its provider fill the disk.
+// Batches of ended grants are not counted: they wait only for their purge,
+// and a revocation must not hold a provider's other lines back.
+func (s *SQLite) HeldBytes(ctx context.Context, provider string) (map[string]int64, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT b.provider, SUM(b.size) FROM batches b JOIN grants g ON g.id = b.grant_id
+		WHERE (? = '' OR b.provider = ?) AND b.receipted = '' AND b.purged = '' AND g.status = ? AND (g.expires = '' OR g.expires > ?)
+		GROUP BY b.provider`, provider, provider, GrantActive, ts(s.now()))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var p string
+		var n int64
+		if err := rows.Scan(&p, &n); err != nil {
+			return nil, err
+		}
+		out[p] = n
+	}
+	return out, rows.Err()
 }
 
 const batchCols = `grant_id, seq, resource, provider, consumer, size, digest, stored, receipted, receipt, purged, rows`

@@ -27,6 +27,9 @@ var (
 	// ErrInvalid is a request missing what the rules require (a reason for
 	// a rejection, a field the catalog lists).
 	ErrInvalid = errors.New("invalid request")
+	// ErrGrantEnded is a batch refused because its grant was revoked or
+	// expired before the batch could be stored.
+	ErrGrantEnded = errors.New("grant is no longer active")
 )
 
 type actorKey struct{}
@@ -167,7 +170,12 @@ type Store interface {
 	// SealKey returns a node's seal key by key ID, including keys from
 	// before a re-enrolment.
 	SealKey(ctx context.Context, node, keyID string) (string, error)
-	RevokeNode(ctx context.Context, id string) error
+	// RevokeNode revokes a node and, in the same transaction, ends every
+	// active grant it takes part in (as provider or consumer); with
+	// destroy, the consumers of those grants must destroy what they
+	// received, as RevokeGrant's destroy orders. It returns the grants
+	// it ended.
+	RevokeNode(ctx context.Context, id string, destroy bool) ([]string, error)
 	Node(ctx context.Context, id string) (Node, error)
 	Nodes(ctx context.Context) ([]Node, error)
 	// RestoredFrom is when the backup this hub was restored from was
@@ -208,8 +216,16 @@ type Store interface {
 
 	// PutBatch records a stored batch; a second call for the same
 	// (grant, sequence) with the same digest is a no-op, with another
-	// digest ErrConflict.
+	// digest ErrConflict. It checks, in the same transaction, that the
+	// grant is still active (ErrGrantEnded otherwise), so no batch is
+	// stored after a revocation however the two race.
 	PutBatch(ctx context.Context, b Batch) error
+	// HighestSequence is the highest sequence number stored for a grant
+	// (0 when none), purged batches included.
+	HighestSequence(ctx context.Context, grant string) (uint64, error)
+	// HeldBytes is, by provider, the bytes of batches stored and not yet
+	// receipted under active grants; provider "" for every provider.
+	HeldBytes(ctx context.Context, provider string) (map[string]int64, error)
 	Batch(ctx context.Context, grant string, seq uint64) (Batch, error)
 	// Pending lists stored, unreceipted batches for a consumer's active
 	// grants in (grant, sequence) order.
@@ -248,7 +264,8 @@ type Store interface {
 	AnswerFeedback(ctx context.Context, id, provider, answer string, late int) (api.Feedback, error)
 	Feedback(ctx context.Context, node string, open bool) ([]api.Feedback, error)
 	// PutCopy records a copy's progress report and returns its previous
-	// state ("" when new); Copies lists them, newest first.
+	// state ("" when new); a report naming another grant than the copy's
+	// record is ErrConflict. Copies lists them, newest first.
 	PutCopy(ctx context.Context, c api.Copy) (string, error)
 	Copies(ctx context.Context) ([]api.Copy, error)
 

@@ -100,7 +100,7 @@ func TestTokenSingleUseAndExpiry(t *testing.T) {
 	if n, _ := s.Node(ctx, "n1"); !n.Accepts("r2") || n.Accepts("ef") {
 		t.Errorf("after a second renewal: %+v", n)
 	}
-	if err := s.RevokeNode(ctx, "n1"); err != nil {
+	if _, err := s.RevokeNode(ctx, "n1", false); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := s.Node(ctx, "n1"); n.Status != NodeRevoked {
