@@ -93,6 +93,9 @@ func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, st co
 	if h.Kind != "files" {
 		return fmt.Errorf("file sink cannot apply a %q batch", h.Kind)
 	}
+	if err := batch.DefaultLimits.Check(h); err != nil {
+		return err
+	}
 	if st != nil && ch != nil {
 		// Completed files kept from batches now committed are not needed
 		// any more (see finish).
@@ -122,6 +125,12 @@ func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, st co
 // fsynced) at once: the file system commits concurrent fsyncs together.
 const smallWorkers = 8
 
+// smallFile is the largest file read into memory to be written by a worker;
+// larger ones stream from the body in order through a small buffer. It
+// bounds what files in flight hold at (smallWorkers+1)*smallFile, whatever
+// sizes a batch declares.
+const smallFile = 1 << 20
+
 func (s *Sink) applyFiles(ctx context.Context, h *batch.Header, body io.Reader, ch *connectors.Changes) error {
 	var mu sync.Mutex // guards ch while small files are written in parallel
 	g, gctx := errgroup.WithContext(ctx)
@@ -134,7 +143,7 @@ func (s *Sink) applyFiles(ctx context.Context, h *batch.Header, body io.Reader, 
 			return err
 		}
 		e := &h.Files[i]
-		if e.Op == "put" && e.Chunks == 1 {
+		if e.Op == "put" && e.Chunks == 1 && e.Length <= smallFile {
 			// A whole file: read it here (the body is a stream), write it
 			// in a worker.
 			data := make([]byte, e.Length)
