@@ -144,27 +144,24 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 	}
 	t1 := time.Now()
 	keys := func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, d.Provider, keyID) }
-	info, err := batch.VerifyFile(path, keys)
+	// The seal says who sent the batch, not that it is harmless: its
+	// declared sizes are held to this agent's limits before anything is
+	// parsed beyond the framing, decompressed or allocated for it.
+	info, err := batch.DefaultLimits.VerifyFile(path, keys)
 	if err == nil {
 		err = checkDelivery(info, d, a.id.NodeID)
 	}
-	if errors.Is(err, batch.ErrRejected) {
+	if errors.Is(err, batch.ErrRejected) && !errors.Is(err, batch.ErrLimit) {
 		// The inbox copy is not fsynced: after a machine crash it may hold
 		// stale blocks. Fetch it once more before calling it forged.
 		os.Remove(path)
 		if err = a.download(ctx, d, path); err != nil {
 			return err
 		}
-		info, err = batch.VerifyFile(path, keys)
+		info, err = batch.DefaultLimits.VerifyFile(path, keys)
 		if err == nil {
 			err = checkDelivery(info, d, a.id.NodeID)
 		}
-	}
-	if err == nil {
-		// The seal says who sent the batch, not that it is harmless: hold
-		// its declared sizes to this agent's limits before anything is
-		// decompressed or allocated for it.
-		err = batch.DefaultLimits.Check(&info.Header)
 	}
 	if err != nil {
 		if errors.Is(err, batch.ErrRejected) {

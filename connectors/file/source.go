@@ -281,6 +281,24 @@ func (s *Source) Skipped() (n int, some []string) {
 // small whatever the folder holds (many empty files, a deleted tree).
 var maxEntries = 5000
 
+// maxPathBytes bounds the paths of one batch's entries together: long paths
+// make long headers, and consumers refuse headers over 4 MiB
+// (batch.Limits.MaxHeaderLen). With maxEntries entries of ~300 bytes
+// besides their paths, a header stays under 3 MiB.
+var maxPathBytes = 1 << 20
+
+// headerFull reports whether out has as many entries as one batch takes.
+func headerFull(out *connectors.Output) bool {
+	if len(out.Files) >= maxEntries {
+		return true
+	}
+	n := 0
+	for i := range out.Files {
+		n += len(out.Files[i].Path)
+	}
+	return n >= maxPathBytes
+}
+
 func getJSON(st connectors.State, key string, v any) (bool, error) {
 	b, ok, err := st.Get(key)
 	if err != nil || !ok {
@@ -447,7 +465,7 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 		if stopped {
 			continue
 		}
-		if len(out.Files) >= maxEntries {
+		if headerFull(out) {
 			stopped = true
 			continue
 		}
@@ -530,7 +548,7 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 		// Every present file is handled: record what disappeared.
 		err := st.Scan(keySent, func(key string, _ []byte) error {
 			rel := strings.TrimPrefix(key, keySent)
-			if present[rel] || len(out.Files) >= maxEntries {
+			if present[rel] || headerFull(out) {
 				return nil
 			}
 			out.Changes.Delete(key)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -207,5 +208,33 @@ func TestSourceSkipsNonRegular(t *testing.T) {
 	src.list()
 	if n, _ := src.Skipped(); n != 2 {
 		t.Errorf("Skipped() = %d after the pipe went, want 2", n)
+	}
+}
+
+// TestHeaderBoundedByPaths: long paths end a batch before maxEntries, so
+// the header stays under the consumers' header limit.
+func TestHeaderBoundedByPaths(t *testing.T) {
+	defer func(old int) { maxPathBytes = old }(maxPathBytes)
+	maxPathBytes = 400
+	p := newPair(t, nil)
+	name := strings.Repeat("长", 30) // 90 bytes
+	for i := range 20 {
+		write(t, p.srcD, name+strconv.Itoa(i), nil, time.Hour)
+	}
+	batches := 0
+	for _, out := range p.extract(t) {
+		n := 0
+		for _, e := range out.Files {
+			n += len(e.Path)
+		}
+		if n > maxPathBytes+100 {
+			t.Errorf("a batch carried %d bytes of paths; the bound is %d", n, maxPathBytes)
+		}
+		if len(out.Files) > 0 {
+			batches++
+		}
+	}
+	if batches < 4 {
+		t.Errorf("20 paths of 90 bytes went in %d batches, want at least 4", batches)
 	}
 }

@@ -1,8 +1,12 @@
 package batch
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+
+	"github.com/qianzhi/qianzhi/pkg/seal"
 )
 
 // ErrLimit means a batch is well-formed and sealed but declares more than
@@ -17,6 +21,12 @@ var ErrLimit = errors.New("batch exceeds a receiver limit")
 // every declared size against its own limits before it allocates or
 // decompresses anything for it.
 type Limits struct {
+	// MaxHeaderLen bounds the JSON header, checked before it is read:
+	// parsing costs tens of times its size when it holds many small file
+	// entries. A provider's headers stay below 3 MiB (it cuts batches at
+	// 5,000 entries or 1 MiB of paths; a reconcile digest of 65,536
+	// buckets takes about 2.5 MiB).
+	MaxHeaderLen int64
 	// MaxBodyLen bounds Header.BodyLen, the uncompressed body. A provider
 	// cuts a batch at batch.max_bytes (64 MiB at most) plus one entry it
 	// cannot split (a chunk or a row), so honest batches stay below
@@ -37,16 +47,17 @@ type Limits struct {
 // DefaultLimits are the limits an agent applies to the batches delivered to
 // it. docs/batch-format.md lists them.
 var DefaultLimits = Limits{
-	MaxBodyLen:  256 << 20,
-	MaxPieceLen: 64 << 20,
-	MaxFileSize: 1 << 40,
-	MaxRowLen:   64 << 20,
+	MaxHeaderLen: 4 << 20,
+	MaxBodyLen:   256 << 20,
+	MaxPieceLen:  64 << 20,
+	MaxFileSize:  1 << 40,
+	MaxRowLen:    64 << 20,
 }
 
 // Check reports the first size h declares beyond l, as a rejection wrapping
 // ErrLimit and ErrRejected, or nil. It reads only the header: call it after
 // Verify and before Info.Body, so that nothing is decompressed or allocated
-// for a batch that breaks a limit.
+// for a batch that breaks a limit (Limits.VerifyFile does both).
 func (l Limits) Check(h *Header) error {
 	// Entries first: they name the cause more exactly than the body does.
 	for i := range h.Files {
@@ -71,6 +82,37 @@ func (l Limits) Check(h *Header) error {
 			h.BodyLen, sizeText(l.MaxBodyLen)))
 	}
 	return nil
+}
+
+// VerifyFile is VerifyFile held to l: the header's length is checked
+// before the header is read, and the verified header's sizes with Check.
+// Errors for a broken limit wrap ErrLimit and ErrRejected.
+func (l Limits) VerifyFile(path string, lookup func(keyID string) (seal.PublicKey, error)) (*Info, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("batch: %w", err)
+	}
+	defer f.Close()
+	var pre [len(magic) + 4]byte
+	if n, _ := f.ReadAt(pre[:], 0); n == len(pre) && string(pre[:len(magic)]) == magic {
+		if hlen := int64(binary.BigEndian.Uint32(pre[len(magic):])); hlen > l.MaxHeaderLen {
+			return nil, fmt.Errorf("%s: %w", path, Reject(ErrLimit, fmt.Sprintf(
+				"header of %d bytes, more than the %s this agent accepts; the provider must send fewer files a batch",
+				hlen, sizeText(l.MaxHeaderLen))))
+		}
+	} // else Verify says what is wrong
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("batch: %w", err)
+	}
+	info, err := Verify(f, st.Size(), lookup)
+	if err == nil {
+		err = l.Check(&info.Header)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return info, nil
 }
 
 // sizeText prints a power-of-two limit the way configs write sizes.

@@ -6,8 +6,11 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -173,4 +176,44 @@ func rawBatch(t *testing.T, h Header, stored []byte, s Signer) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestHeaderLimitBeforeParse: a header longer than the receiver accepts is
+// refused from the framing alone, before it is read or parsed (parsing a
+// header of many small entries costs tens of times its size), although the
+// format allows it and the seal is good.
+func TestHeaderLimitBeforeParse(t *testing.T) {
+	key := newKey(t)
+	h := testHeader(nil, nil, CompressionNone)
+	for i := 0; len(h.Files)*40 < int(DefaultLimits.MaxHeaderLen)+(1<<20); i++ {
+		h.Files = append(h.Files, FileEntry{Op: OpDelete, Path: fmt.Sprintf("%08d", i)})
+	}
+	path := filepath.Join(t.TempDir(), "many.qzb")
+	if err := os.WriteFile(path, writeBatch(t, h, nil, key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.Files = nil
+	if _, err := VerifyFile(path, lookupFor(key)); err != nil {
+		t.Fatalf("the format accepts it: %v", err)
+	}
+	var err error
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err = DefaultLimits.VerifyFile(path, lookupFor(key))
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrLimit) || !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "header of") {
+		t.Fatalf("got %v, want a rejection wrapping ErrLimit naming the header", err)
+	}
+	if a := after.TotalAlloc - before.TotalAlloc; a > 1<<20 {
+		t.Errorf("allocated %d KiB to refuse the header", a>>10)
+	}
+	// Within the limits, Limits.VerifyFile is VerifyFile plus Check.
+	small := testHeader([]FileEntry{{Op: OpDelete, Path: "x"}}, nil, CompressionNone)
+	if err := os.WriteFile(path, writeBatch(t, small, nil, key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DefaultLimits.VerifyFile(path, lookupFor(key)); err != nil {
+		t.Fatalf("a small batch: %v", err)
+	}
 }
