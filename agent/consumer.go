@@ -76,7 +76,8 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 				blocked = true
 				continue
 			}
-			if i+1 < len(ds) {
+			if i+1 < len(ds) && !time.Now().Before(stopped[ds[i+1].Grant]) {
+				// A stopped line's batch waits at the hub, not in the inbox.
 				next = a.prefetch(ctx, ds[i+1])
 			}
 			if err := a.deliver(ctx, d); err != nil {
@@ -99,6 +100,9 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 				a.log.Error("delivery not applied; this grant's line waits", "grant", d.Grant, "seq", d.Sequence, "err", err)
 				a.state.setStopped(d.Grant, "consumer", fmt.Sprintf("batch %d: %v", d.Sequence, err))
 				stopped[d.Grant] = time.Now().Add(5 * time.Second)
+				if errors.Is(err, batch.ErrLimit) {
+					stopped[d.Grant] = time.Now().Add(limitPause)
+				}
 				blocked = true
 			} else if _, was := stopped[d.Grant]; was {
 				delete(stopped, d.Grant)
@@ -140,34 +144,37 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 	}
 	t1 := time.Now()
 	keys := func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, d.Provider, keyID) }
-	info, err := batch.VerifyFile(path, keys)
+	// The seal says who sent the batch, not that it is harmless: its
+	// declared sizes are held to this agent's limits before anything is
+	// parsed beyond the framing, decompressed or allocated for it.
+	info, err := batch.DefaultLimits.VerifyFile(path, keys)
 	if err == nil {
 		err = checkDelivery(info, d, a.id.NodeID)
 	}
-	if errors.Is(err, batch.ErrRejected) {
+	if errors.Is(err, batch.ErrRejected) && !errors.Is(err, batch.ErrLimit) {
 		// The inbox copy is not fsynced: after a machine crash it may hold
 		// stale blocks. Fetch it once more before calling it forged.
 		os.Remove(path)
 		if err = a.download(ctx, d, path); err != nil {
 			return err
 		}
-		info, err = batch.VerifyFile(path, keys)
+		info, err = batch.DefaultLimits.VerifyFile(path, keys)
 		if err == nil {
 			err = checkDelivery(info, d, a.id.NodeID)
 		}
 	}
 	if err != nil {
 		if errors.Is(err, batch.ErrRejected) {
-			os.Remove(path)
-			a.fail(errReject)
-			a.state.reject(d.Grant, d.Sequence, "consumer", err.Error())
-			a.call(ctx, http.MethodPost, "/v1/rejections", api.Rejection{Grant: d.Grant, Sequence: d.Sequence, Reason: err.Error()}, nil)
-			return fmt.Errorf("rejected delivered batch: %w", err)
+			return a.rejectDelivery(ctx, d, path, err)
 		}
 		return err
 	}
 	t2 := time.Now()
 	if err := a.apply(ctx, d, path, info); err != nil {
+		if errors.Is(err, batch.ErrLimit) {
+			// A row larger than this agent accepts, found while reading.
+			return a.rejectDelivery(ctx, d, path, err)
+		}
 		return err
 	}
 	t3 := time.Now()
@@ -176,6 +183,20 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 	a.log.Debug("delivery timing", "seq", d.Sequence, "download", t1.Sub(t0), "verify", t2.Sub(t1), "apply", t3.Sub(t2), "receipt", time.Since(t3))
 	return err
 }
+
+// rejectDelivery records and reports a delivered batch this agent refuses.
+func (a *Agent) rejectDelivery(ctx context.Context, d api.Delivery, path string, err error) error {
+	os.Remove(path)
+	a.fail(errReject)
+	a.state.reject(d.Grant, d.Sequence, "consumer", err.Error())
+	a.call(ctx, http.MethodPost, "/v1/rejections", api.Rejection{Grant: d.Grant, Sequence: d.Sequence, Reason: err.Error()}, nil)
+	return fmt.Errorf("rejected delivered batch: %w", err)
+}
+
+// limitPause is how long a line waits after a batch broke a receiver limit
+// before it tries that batch again: the same sealed batch breaks it again,
+// so trying often would only download it and write audit records.
+const limitPause = time.Hour
 
 // prefetch downloads a delivery into the inbox in the background, so that
 // the network works while the batch before it is applied; deliver then

@@ -213,6 +213,15 @@ type Size struct {
 	Bytes int64 `json:"bytes,omitempty"`
 }
 
+// Skipper is a source that leaves some entries of its data out on purpose,
+// such as a folder's symlinks, pipes and devices, which are never followed
+// or sent. qz-agent status shows how many, so that an operator learns why a
+// file does not arrive. Skipped returns the count as of the source's last
+// look and a few of their names; it is safe for concurrent use.
+type Skipper interface {
+	Skipped() (n int, some []string)
+}
+
 // Destroyer is a sink that can destroy what it received under a grant, when
 // the grant ends with the order to destroy (数据销毁). It returns what it
 // destroyed, for the signed destruction receipt. It must be idempotent: a

@@ -13,12 +13,16 @@ package file
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
+	"gopkg.in/yaml.v3"
 
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/pkg/config"
@@ -35,7 +39,7 @@ func init() {
 	connectors.Register(connectors.Kind{
 		Name:       Kind,
 		SourceConf: func() connectors.SourceConfig { return NewSourceConfig() },
-		SinkConf:   func() connectors.SinkConfig { return &SinkConfig{} },
+		SinkConf:   func() connectors.SinkConfig { return NewSinkConfig() },
 	})
 }
 
@@ -107,23 +111,59 @@ type SinkConfig struct {
 	connectors.Common `yaml:",inline"`
 	// Path is the folder files arrive in; it is created if missing.
 	Path string `yaml:"path"`
+	// FileMode is the mode every received file gets, whatever mode it had
+	// at the provider.
+	FileMode Mode `yaml:"file_mode"`
+	// DirMode is the mode of the folders the sink makes.
+	DirMode Mode `yaml:"dir_mode"`
 }
 
-// Validate checks the entry.
+// NewSinkConfig returns the defaults.
+func NewSinkConfig() *SinkConfig {
+	return &SinkConfig{FileMode: Mode(DefaultFileMode), DirMode: Mode(DefaultDirMode)}
+}
+
+// Validate checks the entry and gathers every problem.
 func (c *SinkConfig) Validate() error {
+	var errs []error
 	if c.Path == "" {
-		return errors.New("path is required: the folder received files go to")
+		errs = append(errs, errors.New("path is required: the folder received files go to"))
+	} else if !filepath.IsAbs(c.Path) {
+		errs = append(errs, fmt.Errorf("path %q must be absolute", c.Path))
 	}
-	if !filepath.IsAbs(c.Path) {
-		return fmt.Errorf("path %q must be absolute", c.Path)
+	// The agent reads what it wrote (to verify it, to finish a file after a
+	// crash) and makes and removes entries in its folders.
+	if c.FileMode&0o600 != 0o600 {
+		errs = append(errs, fmt.Errorf("file_mode %s must let the owner (the agent) read and write: use 0600 or more, e.g. 0640", c.FileMode))
 	}
-	return nil
+	if c.DirMode&0o700 != 0o700 {
+		errs = append(errs, fmt.Errorf("dir_mode %s must let the owner (the agent) list, enter and change folders: use 0700 or more, e.g. 0750", c.DirMode))
+	}
+	return errors.Join(errs...)
 }
 
 // OpenSink prepares the target folder.
 func (c *SinkConfig) OpenSink(log *slog.Logger) (connectors.Sink, error) {
-	return NewSink(c.Path, log)
+	return newSink(c.Path, fs.FileMode(c.FileMode), fs.FileMode(c.DirMode), log)
 }
+
+// Mode is a permission mode written in octal, as chmod takes it: 0640 (or
+// 0o640, or quoted). Only the permission bits are allowed.
+type Mode fs.FileMode
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
+	v := strings.TrimPrefix(strings.TrimPrefix(n.Value, "0o"), "0O")
+	u, err := strconv.ParseUint(v, 8, 32)
+	if n.Kind != yaml.ScalarNode || err != nil || u > 0o777 {
+		return fmt.Errorf("mode %q: want octal permission bits such as 0640", n.Value)
+	}
+	*m = Mode(u)
+	return nil
+}
+
+// String prints the mode in octal.
+func (m Mode) String() string { return fmt.Sprintf("%04o", uint32(m)) }
 
 func (c *SourceConfig) matches(rel string) bool {
 	inc := false

@@ -5,19 +5,20 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/pkg/batch"
@@ -25,44 +26,101 @@ import (
 )
 
 // Sink writes received files into a folder.
+//
+// Every path below the folder is resolved from the folder's open descriptor
+// one element at a time without following a symlink (nofollow.go), and the
+// temporary folder is used through its own open descriptor: a link planted
+// in the target folder by a local user can neither redirect a write or a
+// delete outside it nor be followed by a verification.
 type Sink struct {
-	root string
-	tmp  string
-	log  *slog.Logger
+	root     string
+	tmp      string
+	rootFD   int // the target folder
+	tmpFD    int // its TempDir
+	fileMode fs.FileMode
+	dirMode  fs.FileMode
+	log      *slog.Logger
 
-	// dirty holds the folders whose entries changed in the batch being
-	// applied; each is synced once, before Apply returns (and so before
-	// the agent commits the batch), rather than once per file.
+	// dirty holds the folders (relative to root, or dirtyTmp) whose
+	// entries changed in the batch being applied; each is synced once,
+	// before Apply returns (and so before the agent commits the batch),
+	// rather than once per file.
 	mu    sync.Mutex
 	dirty map[string]bool
 }
 
-var _ connectors.Sink = (*Sink)(nil)
+// dirtyTmp stands for TempDir in Sink.dirty; it cannot be a relative path.
+const dirtyTmp = "\x00tmp"
 
-// NewSink prepares root and its temporary folder.
+var (
+	_ connectors.Sink      = (*Sink)(nil)
+	_ connectors.Destroyer = (*Sink)(nil)
+)
+
+// Default modes of what a sink writes, whatever modes the provider's files
+// had: received data is for the department's own applications, not for
+// every local user.
+const (
+	DefaultFileMode fs.FileMode = 0o640
+	DefaultDirMode  fs.FileMode = 0o750
+)
+
+// NewSink prepares root and its temporary folder, with the default modes.
 func NewSink(root string, log *slog.Logger) (*Sink, error) {
-	tmp := filepath.Join(root, TempDir)
-	if err := os.MkdirAll(tmp, 0o750); err != nil {
-		return nil, fmt.Errorf("prepare target folder: %w", err)
-	}
-	return &Sink{root: root, tmp: tmp, log: log}, nil
+	return newSink(root, DefaultFileMode, DefaultDirMode, log)
 }
 
-// Close does nothing; the sink holds no open files between batches.
-func (s *Sink) Close() error { return nil }
+func newSink(root string, fileMode, dirMode fs.FileMode, log *slog.Logger) (*Sink, error) {
+	if _, err := os.Lstat(root); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(root, dirMode); err != nil {
+			return nil, fmt.Errorf("prepare target folder: %w", err)
+		}
+		if err := fsutil.SyncDir(filepath.Dir(root)); err != nil {
+			return nil, fmt.Errorf("prepare target folder: %w", err)
+		}
+	}
+	rootFD, err := openRootDir(root)
+	if err != nil {
+		return nil, fmt.Errorf("prepare target folder: %w", err)
+	}
+	tmpFD, err := openDirAt(rootFD, TempDir, true, 0o700)
+	if err != nil {
+		unix.Close(rootFD)
+		if errors.Is(err, errLink) {
+			return nil, fmt.Errorf("prepare target folder: %s is not a folder (a symlink?); remove it, the agent assembles received files there: %w",
+				filepath.Join(root, TempDir), err)
+		}
+		return nil, fmt.Errorf("prepare target folder: %w", err)
+	}
+	return &Sink{root: root, tmp: filepath.Join(root, TempDir), rootFD: rootFD, tmpFD: tmpFD,
+		fileMode: fileMode, dirMode: dirMode, log: log}, nil
+}
+
+// Close releases the folders' descriptors.
+func (s *Sink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rootFD >= 0 {
+		unix.Close(s.rootFD)
+		unix.Close(s.tmpFD)
+		s.rootFD, s.tmpFD = -1, -1
+	}
+	return nil
+}
 
 // ErrMismatch means received content does not match its declared hash.
 var ErrMismatch = errors.New("content does not match its hash")
 
+// target checks a path from a batch (or from the sink's state) before any
+// use: relative, clean, no "..", not inside TempDir.
 func (s *Sink) target(rel string) (string, error) {
-	if rel == "" || strings.HasPrefix(rel, "/") || strings.Contains(rel, "\\") {
-		return "", fmt.Errorf("unsafe path %q", rel)
+	if err := batch.CheckPath(rel); err != nil {
+		return "", fmt.Errorf("unsafe path %q: %v", rel, err)
 	}
-	clean := filepath.Clean(filepath.FromSlash(rel))
-	if clean == "." || clean == ".." || strings.HasPrefix(clean, ".."+string(filepath.Separator)) || strings.Split(clean, string(filepath.Separator))[0] == TempDir {
-		return "", fmt.Errorf("unsafe path %q", rel)
+	if strings.Split(rel, "/")[0] == TempDir {
+		return "", fmt.Errorf("unsafe path %q: inside %s", rel, TempDir)
 	}
-	return filepath.Join(s.root, clean), nil
+	return rel, nil
 }
 
 // tempPrefix names every temporary file of one target path; the suffix names
@@ -72,16 +130,45 @@ func tempPrefix(rel string) string {
 	return hex.EncodeToString(h[:8]) + "-"
 }
 
+// tempName is the name in TempDir of the version of rel being assembled.
 func (s *Sink) tempName(rel, fileSHA string) string {
-	return filepath.Join(s.tmp, tempPrefix(rel)+fileSHA[:16]+".part")
+	return tempPrefix(rel) + fileSHA[:16] + ".part"
+}
+
+// tempNames lists TempDir through its descriptor.
+func (s *Sink) tempNames() ([]string, error) {
+	fd, err := unix.Openat(s.tmpFD, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: s.tmp, Err: err}
+	}
+	d := os.NewFile(uintptr(fd), s.tmp)
+	defer d.Close()
+	return d.Readdirnames(-1)
+}
+
+// removeTemp removes a name in TempDir (never what a link there names).
+func (s *Sink) removeTemp(name string) error {
+	if err := unix.Unlinkat(s.tmpFD, name, 0); err != nil && err != unix.ENOENT {
+		return &fs.PathError{Op: "remove", Path: filepath.Join(s.tmp, name), Err: err}
+	}
+	return nil
+}
+
+// openTemp opens a name in TempDir without following a link.
+func (s *Sink) openTemp(name string, flag int, perm uint32) (*os.File, error) {
+	fd, err := unix.Openat(s.tmpFD, name, flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: filepath.Join(s.tmp, name), Err: err}
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(s.tmp, name)), nil
 }
 
 // dropTemps removes unfinished versions of rel other than keep.
 func (s *Sink) dropTemps(rel, keep string) {
-	matches, _ := filepath.Glob(filepath.Join(s.tmp, tempPrefix(rel)+"*.part"))
-	for _, m := range matches {
-		if m != keep {
-			os.Remove(m)
+	names, _ := s.tempNames()
+	for _, n := range names {
+		if strings.HasPrefix(n, tempPrefix(rel)) && strings.HasSuffix(n, ".part") && n != keep {
+			s.removeTemp(n)
 		}
 	}
 }
@@ -93,11 +180,16 @@ func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, st co
 	if h.Kind != "files" {
 		return fmt.Errorf("file sink cannot apply a %q batch", h.Kind)
 	}
+	if err := batch.DefaultLimits.Check(h); err != nil {
+		return err
+	}
 	if st != nil && ch != nil {
 		// Completed files kept from batches now committed are not needed
 		// any more (see finish).
 		err := st.Scan(keyDone, func(key string, _ []byte) error {
-			os.Remove(filepath.Join(s.tmp, strings.TrimPrefix(key, keyDone)))
+			if name := strings.TrimPrefix(key, keyDone); !strings.Contains(name, "/") {
+				s.removeTemp(name)
+			}
 			ch.Delete(key)
 			return nil
 		})
@@ -111,9 +203,33 @@ func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, st co
 		return err
 	}
 	for d := range s.dirty {
-		if err := fsutil.SyncDir(d); err != nil {
+		if err := s.syncDir(d); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// syncDir fsyncs a folder of the target (relative to root, or dirtyTmp)
+// so that renames and removals in it survive a crash. A folder gone
+// meanwhile (or a link in its place) has nothing left to make durable.
+func (s *Sink) syncDir(rel string) error {
+	if rel == dirtyTmp {
+		if err := unix.Fsync(s.tmpFD); err != nil {
+			return &fs.PathError{Op: "sync", Path: s.tmp, Err: err}
+		}
+		return nil
+	}
+	fd, err := openDirAt(s.rootFD, rel, false, 0)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errLink) {
+		return nil // nothing of ours changed there
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Fsync(fd); err != nil {
+		return &fs.PathError{Op: "sync", Path: filepath.Join(s.root, rel), Err: err}
 	}
 	return nil
 }
@@ -121,6 +237,12 @@ func (s *Sink) Apply(ctx context.Context, h *batch.Header, body io.Reader, st co
 // smallWorkers is how many whole small files of a batch are written (and
 // fsynced) at once: the file system commits concurrent fsyncs together.
 const smallWorkers = 8
+
+// smallFile is the largest file read into memory to be written by a worker;
+// larger ones stream from the body in order through a small buffer. It
+// bounds what files in flight hold at (smallWorkers+1)*smallFile, whatever
+// sizes a batch declares.
+const smallFile = 1 << 20
 
 func (s *Sink) applyFiles(ctx context.Context, h *batch.Header, body io.Reader, ch *connectors.Changes) error {
 	var mu sync.Mutex // guards ch while small files are written in parallel
@@ -134,7 +256,7 @@ func (s *Sink) applyFiles(ctx context.Context, h *batch.Header, body io.Reader, 
 			return err
 		}
 		e := &h.Files[i]
-		if e.Op == "put" && e.Chunks == 1 {
+		if e.Op == "put" && e.Chunks == 1 && e.Length <= smallFile {
 			// A whole file: read it here (the body is a stream), write it
 			// in a worker.
 			data := make([]byte, e.Length)
@@ -215,17 +337,18 @@ func (s *Sink) Destroy(ctx context.Context, grant string, st connectors.State, c
 	n := 0
 	dirs := map[string]bool{}
 	err := st.Scan(keyGot, func(key string, _ []byte) error {
-		rel := strings.TrimPrefix(key, keyGot)
-		dst, err := s.target(rel)
+		rel, err := s.target(strings.TrimPrefix(key, keyGot))
 		if err != nil {
 			return err
 		}
-		if err := os.Remove(dst); err == nil {
-			n++
-		} else if !errors.Is(err, fs.ErrNotExist) {
+		removed, err := s.removeTarget(rel)
+		if err != nil {
 			return fmt.Errorf("destroy %s: %w", rel, err)
 		}
-		for d := filepath.Dir(dst); d != s.root && strings.HasPrefix(d, s.root); d = filepath.Dir(d) {
+		if removed {
+			n++
+		}
+		for d := parentOf(rel); d != ""; d = parentOf(d) {
 			dirs[d] = true
 		}
 		ch.Delete(key)
@@ -235,9 +358,9 @@ func (s *Sink) Destroy(ctx context.Context, grant string, st connectors.State, c
 		return "", err
 	}
 	// Parts of files still being assembled were received under it too.
-	parts, _ := os.ReadDir(s.tmp)
+	parts, _ := s.tempNames()
 	for _, p := range parts {
-		os.Remove(filepath.Join(s.tmp, p.Name()))
+		s.removeTemp(p)
 	}
 	// Deepest first; a folder that still holds other files stays.
 	var ds []string
@@ -246,16 +369,19 @@ func (s *Sink) Destroy(ctx context.Context, grant string, st connectors.State, c
 	}
 	sort.Slice(ds, func(i, j int) bool { return len(ds[i]) > len(ds[j]) })
 	for _, d := range ds {
-		os.Remove(d)
+		if parent, err := openDirAt(s.rootFD, parentOf(d), false, 0); err == nil {
+			unix.Unlinkat(parent, path.Base(d), unix.AT_REMOVEDIR)
+			unix.Close(parent)
+		}
 	}
-	if err := fsutil.SyncDir(s.root); err != nil {
+	if err := s.syncDir(""); err != nil {
 		return "", err
 	}
 	return fmt.Sprintf("%d files received under grant %s, deleted from %s", n, grant, s.root), nil
 }
 
 func (s *Sink) put(e *batch.FileEntry, data io.Reader, ch *connectors.Changes) error {
-	dst, err := s.target(e.Path)
+	rel, err := s.target(e.Path)
 	if err != nil {
 		return err
 	}
@@ -266,7 +392,7 @@ func (s *Sink) put(e *batch.FileEntry, data io.Reader, ch *connectors.Changes) e
 	if e.Chunk == 0 {
 		s.dropTemps(e.Path, tmp)
 	}
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY, 0o600)
+	f, err := s.openTemp(tmp, unix.O_CREAT|unix.O_RDWR, 0o600)
 	if err != nil {
 		return err
 	}
@@ -292,23 +418,26 @@ func (s *Sink) put(e *batch.FileEntry, data io.Reader, ch *connectors.Changes) e
 	}
 	sum := e.ChunkSHA256 // a file in one chunk was hashed as it was written
 	if e.Chunks != 1 || e.Offset != 0 || e.Length != e.Size {
-		if sum, err = hashFile(tmp); err != nil {
+		if sum, err = hashReader(f); err != nil {
 			return err
 		}
 	}
 	if sum != e.SHA256 {
 		f.Close()
-		os.Remove(tmp)
-		return s.redo(e, dst, ch)
+		s.removeTemp(tmp)
+		return s.redo(e, rel, ch)
 	}
-	if err := f.Chmod(fs.FileMode(e.Mode).Perm() | 0o200); err != nil {
+	// The sink's mode, not the provider's: the provider's bits (up to
+	// 0777) say nothing about who may read the data here.
+	if err := f.Chmod(s.fileMode); err != nil {
 		return err
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if err := os.Chtimes(tmp, e.ModTime, e.ModTime); err != nil {
-		return err
+	ts := []unix.Timespec{unix.NsecToTimespec(e.ModTime.UnixNano()), unix.NsecToTimespec(e.ModTime.UnixNano())}
+	if err := unix.UtimesNanoAt(s.tmpFD, tmp, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &fs.PathError{Op: "chtimes", Path: filepath.Join(s.tmp, tmp), Err: err}
 	}
 	// Keep a second name for the finished file until the batch is
 	// committed: if the agent dies after the rename below and the
@@ -316,46 +445,55 @@ func (s *Sink) put(e *batch.FileEntry, data io.Reader, ch *connectors.Changes) e
 	// batch again can still put it in place.
 	if ch != nil {
 		done := tmp + ".done"
-		os.Remove(done)
-		if err := os.Link(tmp, done); err == nil {
-			ch.Put(keyDone+filepath.Base(done), []byte(e.Path))
+		s.removeTemp(done)
+		if err := unix.Linkat(s.tmpFD, tmp, s.tmpFD, done, 0); err == nil {
+			ch.Put(keyDone+done, []byte(e.Path))
 		}
 	}
-	return s.place(tmp, dst)
+	return s.place(tmp, rel)
 }
 
 // redo handles a final chunk whose file is not (or no longer) assembled:
 // the batch was applied before, up to its rename, by a process that died
 // before its commit.
-func (s *Sink) redo(e *batch.FileEntry, dst string, ch *connectors.Changes) error {
+func (s *Sink) redo(e *batch.FileEntry, rel string, ch *connectors.Changes) error {
 	done := s.tempName(e.Path, e.SHA256) + ".done"
-	if _, err := os.Stat(done); err == nil && ch != nil {
+	var st unix.Stat_t
+	if err := unix.Fstatat(s.tmpFD, done, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && ch != nil {
 		// Left by the apply that crashed; remove it with this commit.
-		ch.Put(keyDone+filepath.Base(done), []byte(e.Path))
+		ch.Put(keyDone+done, []byte(e.Path))
 	}
-	if sum, _ := hashFile(dst); sum == e.SHA256 {
+	if sum, _ := s.hashTarget(rel); sum == e.SHA256 {
 		return nil
 	}
-	if sum, _ := hashFile(done); sum == e.SHA256 {
+	if sum, _ := s.hashTemp(done); sum == e.SHA256 {
 		again := done + ".again"
-		os.Remove(again) // from a crash between the link and the rename
-		if err := os.Link(done, again); err != nil {
-			return err
+		s.removeTemp(again) // from a crash between the link and the rename
+		if err := unix.Linkat(s.tmpFD, done, s.tmpFD, again, 0); err != nil {
+			return &fs.PathError{Op: "link", Path: filepath.Join(s.tmp, again), Err: err}
 		}
-		return s.place(again, dst)
+		return s.place(again, rel)
 	}
 	return fmt.Errorf("whole file: %w; earlier chunks of this file were lost from %s, so this line stops: have the provider send the file again (touch it)", ErrMismatch, s.tmp)
 }
 
-// place renames a finished file into its target and makes it durable.
-func (s *Sink) place(from, dst string) error {
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+// place renames a finished file from TempDir into its target and makes it
+// durable. Missing folders are made with the sink's folder mode; a symlink
+// on the way is refused, never followed, and one at the target itself is
+// replaced, not written through.
+func (s *Sink) place(from, rel string) error {
+	dir, err := openDirAt(s.rootFD, parentOf(rel), true, s.dirMode)
+	if errors.Is(err, errLink) {
+		return fmt.Errorf("place %s: %w; remove it from %s so that the file can arrive", rel, err, s.root)
+	}
+	if err != nil {
 		return err
 	}
-	if err := os.Rename(from, dst); err != nil {
-		return err
+	defer unix.Close(dir)
+	if err := unix.Renameat(s.tmpFD, from, dir, path.Base(rel)); err != nil {
+		return &fs.PathError{Op: "rename", Path: filepath.Join(s.root, rel), Err: err}
 	}
-	return s.syncDirs(filepath.Dir(dst), s.tmp)
+	return s.syncDirs(parentOf(rel), dirtyTmp)
 }
 
 // syncDirs makes folder entries durable: at the end of the batch being
@@ -366,7 +504,7 @@ func (s *Sink) syncDirs(dirs ...string) error {
 	for _, d := range dirs {
 		if s.dirty != nil {
 			s.dirty[d] = true
-		} else if err := fsutil.SyncDir(d); err != nil {
+		} else if err := s.syncDir(d); err != nil {
 			return err
 		}
 	}
@@ -374,15 +512,47 @@ func (s *Sink) syncDirs(dirs ...string) error {
 }
 
 func (s *Sink) delete(e *batch.FileEntry) error {
-	dst, err := s.target(e.Path)
+	rel, err := s.target(e.Path)
 	if err != nil {
 		return err
 	}
 	s.dropTemps(e.Path, "")
-	if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if _, err := s.removeTarget(rel); err != nil {
 		return err
 	}
-	return s.syncDirs(filepath.Dir(dst))
+	return s.syncDirs(parentOf(rel))
+}
+
+// removeTarget removes rel below the target folder without following a
+// symlink on the way (a link at rel itself is removed, not its target).
+// Nothing there, or a link standing where a folder of rel should be, means
+// there is nothing of ours to remove.
+func (s *Sink) removeTarget(rel string) (removed bool, err error) {
+	dir, err := openDirAt(s.rootFD, parentOf(rel), false, 0)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case errors.Is(err, errLink):
+		s.log.Warn("a symlink or a file stands on the path of a file to remove; left alone, not followed", "path", rel, "err", err)
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	defer unix.Close(dir)
+	err = unix.Unlinkat(dir, path.Base(rel), 0)
+	if err == unix.EISDIR || err == unix.EPERM {
+		// A folder, as os.Remove would take it when empty.
+		if rerr := unix.Unlinkat(dir, path.Base(rel), unix.AT_REMOVEDIR); rerr == nil {
+			err = nil
+		}
+	}
+	switch err {
+	case nil:
+		return true, nil
+	case unix.ENOENT:
+		return false, nil
+	}
+	return false, &fs.PathError{Op: "remove", Path: filepath.Join(s.root, rel), Err: err}
 }
 
 type offsetWriter struct {
@@ -396,86 +566,33 @@ func (w *offsetWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func hashFile(path string) (string, error) {
-	f, err := os.Open(path)
+// hashTarget hashes the regular file rel below the target folder, reached
+// without following a symlink.
+func (s *Sink) hashTarget(rel string) (string, error) {
+	var st unix.Stat_t
+	f, err := openFileAt(s.rootFD, rel, &st)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
+	return hashReader(f)
+}
+
+// hashTemp hashes a file in TempDir.
+func (s *Sink) hashTemp(name string) (string, error) {
+	f, err := s.openTemp(name, unix.O_RDONLY, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return hashReader(f)
+}
+
+// hashReader hashes f from its start.
+func hashReader(f *os.File) (string, error) {
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// maxMismatches bounds the differences a verify receipt lists.
-const maxMismatches = 1000
-
-// compare checks the folder against a provider's manifest (JSON lines of
-// ManifestEntry): files missing here, files whose content differs (by
-// SHA-256), and files here that the provider never sent.
-func (s *Sink) compare(ctx context.Context, manifest io.Reader) ([]string, error) {
-	var diff []string
-	more := 0
-	note := func(what, rel string) {
-		if len(diff) < maxMismatches {
-			diff = append(diff, what+": "+rel)
-		} else {
-			more++
-		}
-	}
-	want := map[string]bool{}
-	dec := json.NewDecoder(manifest)
-	for {
-		var m ManifestEntry
-		if err := dec.Decode(&m); err == io.EOF {
-			break
-		} else if err != nil {
-			return nil, fmt.Errorf("read the manifest: %w", err)
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		want[m.Path] = true
-		dst, err := s.target(m.Path)
-		if err != nil {
-			return nil, err
-		}
-		sum, err := hashFile(dst)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			note("missing", m.Path)
-		case err != nil:
-			return nil, fmt.Errorf("read %s: %w", m.Path, err)
-		case sum != m.SHA256:
-			note("differs", m.Path)
-		}
-	}
-	err := filepath.WalkDir(s.root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			if p == s.tmp {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		rel, err := filepath.Rel(s.root, p)
-		if err != nil {
-			return err
-		}
-		if rel = filepath.ToSlash(rel); !want[rel] {
-			note("extra", rel)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", s.root, err)
-	}
-	if more > 0 {
-		diff = append(diff, fmt.Sprintf("… and %d more", more))
-	}
-	return diff, nil
 }

@@ -15,9 +15,11 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sys/unix"
 
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/pkg/batch"
@@ -35,6 +37,15 @@ type Source struct {
 
 	mu      sync.Mutex
 	settleT *time.Timer
+
+	// skipped holds the entries the last listing left out because they
+	// are not regular files (symlinks, pipes, devices, sockets): each is
+	// logged once when it appears, not at every scan, and counted for
+	// qz-agent status.
+	skipped map[string]bool
+
+	// afterList, set by tests, runs between listing and reading.
+	afterList func()
 }
 
 // sent is the per-grant record of the version of a file last spooled.
@@ -51,6 +62,8 @@ type plan struct {
 	MTime     int64     `json:"mtime"`
 	Mode      uint32    `json:"mode"`
 	SHA256    string    `json:"sha256"`
+	Dev       uint64    `json:"dev,omitempty"` // device and inode of the file planned, to find a swap
+	Ino       uint64    `json:"ino,omitempty"`
 	ChunkSize int64     `json:"chunk_size"`
 	Hashes    []string  `json:"hashes"`
 	Next      int       `json:"next"`
@@ -76,7 +89,10 @@ func NewSource(cfg *SourceConfig, log *slog.Logger) (*Source, error) {
 	return s, nil
 }
 
-var _ connectors.Source = (*Source)(nil)
+var (
+	_ connectors.Source  = (*Source)(nil)
+	_ connectors.Skipper = (*Source)(nil)
+)
 
 func (s *Source) signal() {
 	select {
@@ -118,7 +134,7 @@ func (s *Source) watch() {
 				return
 			}
 			if ev.Has(fsnotify.Create) {
-				if fi, err := os.Stat(ev.Name); err == nil && fi.IsDir() {
+				if fi, err := os.Lstat(ev.Name); err == nil && fi.IsDir() {
 					s.addWatches(ev.Name)
 				}
 			}
@@ -167,10 +183,11 @@ func (s *Source) Close() error {
 }
 
 type listed struct {
-	rel   string
-	size  int64
-	mtime time.Time
-	mode  fs.FileMode
+	rel      string
+	size     int64
+	mtime    time.Time
+	mode     fs.FileMode
+	dev, ino uint64 // what reading it must find again
 }
 
 // list walks the folder. complete is false when part of it could not be
@@ -178,6 +195,12 @@ type listed struct {
 func (s *Source) list() (out []listed, complete bool, err error) {
 	root := s.cfg.Path
 	complete = true
+	skipped := map[string]bool{}
+	defer func() {
+		if err == nil {
+			s.noteSkipped(skipped, complete)
+		}
+	}()
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if p == root {
@@ -193,9 +216,6 @@ func (s *Source) list() (out []listed, complete bool, err error) {
 			}
 			return nil
 		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
 		rel, err := filepath.Rel(root, p)
 		if err != nil {
 			return nil
@@ -204,21 +224,80 @@ func (s *Source) list() (out []listed, complete bool, err error) {
 		if !s.cfg.matches(rel) {
 			return nil
 		}
+		if !d.Type().IsRegular() {
+			// Never followed, never sent: a link could point at anything
+			// the agent can read, its own keys included.
+			skipped[rel] = true
+			return nil
+		}
 		fi, err := d.Info()
 		if err != nil {
 			complete = false // removed meanwhile, or unreadable: look again later
 			return nil
 		}
-		out = append(out, listed{rel: rel, size: fi.Size(), mtime: fi.ModTime(), mode: fi.Mode().Perm()})
+		l := listed{rel: rel, size: fi.Size(), mtime: fi.ModTime(), mode: fi.Mode().Perm()}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			l.dev, l.ino = uint64(st.Dev), st.Ino
+		}
+		out = append(out, l)
 		return nil
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].rel < out[j].rel })
 	return out, complete, err
 }
 
+// noteSkipped logs each newly skipped entry once and keeps the set for
+// Skipped. An incomplete listing only adds: what it missed may still be
+// there.
+func (s *Source) noteSkipped(now map[string]bool, complete bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for rel := range now {
+		if !s.skipped[rel] {
+			s.log.Warn("not a regular file (a symlink, pipe, device or socket); skipped, never followed or sent", "path", rel)
+		}
+	}
+	if !complete {
+		for rel := range s.skipped {
+			now[rel] = true
+		}
+	}
+	s.skipped = now
+}
+
+// Skipped implements connectors.Skipper: the entries of the folder that the
+// last listing left out because they are not regular files.
+func (s *Source) Skipped() (n int, some []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for rel := range s.skipped {
+		some = append(some, rel)
+	}
+	sort.Strings(some)
+	return len(some), some[:min(len(some), 10)]
+}
+
 // maxEntries bounds the file entries of one batch, so its header stays
 // small whatever the folder holds (many empty files, a deleted tree).
 var maxEntries = 5000
+
+// maxPathBytes bounds the paths of one batch's entries together: long paths
+// make long headers, and consumers refuse headers over 4 MiB
+// (batch.Limits.MaxHeaderLen). With maxEntries entries of ~300 bytes
+// besides their paths, a header stays under 3 MiB.
+var maxPathBytes = 1 << 20
+
+// headerFull reports whether out has as many entries as one batch takes.
+func headerFull(out *connectors.Output) bool {
+	if len(out.Files) >= maxEntries {
+		return true
+	}
+	n := 0
+	for i := range out.Files {
+		n += len(out.Files[i].Path)
+	}
+	return n >= maxPathBytes
+}
 
 func getJSON(st connectors.State, key string, v any) (bool, error) {
 	b, ok, err := st.Get(key)
@@ -238,6 +317,34 @@ func mustJSON(v any) []byte {
 
 // errChanged means a file changed while it was being read.
 var errChanged = errors.New("file changed while reading")
+
+// errSwapped means a path listed as a regular file named something else
+// when it was opened: a symlink, a pipe, or another file (another device
+// and inode).
+var errSwapped = fmt.Errorf("%w: replaced since it was listed", errChanged)
+
+// openListed opens a listed file without following any symlink, and checks
+// that it is still the regular file the listing saw (dev and ino 0: not
+// known, as in a plan recorded by an older version).
+func (s *Source) openListed(rel string, dev, ino uint64) (*os.File, error) {
+	root, err := openRootDir(s.cfg.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(root)
+	var st unix.Stat_t
+	fh, err := openFileAt(root, rel, &st)
+	switch {
+	case errors.Is(err, errNotRegular) || errors.Is(err, errLink):
+		return nil, fmt.Errorf("%s: %w (%v)", rel, errSwapped, err)
+	case err != nil:
+		return nil, err
+	case ino != 0 && (uint64(st.Dev) != dev || st.Ino != ino):
+		fh.Close()
+		return nil, fmt.Errorf("%s: %w (device and inode differ)", rel, errSwapped)
+	}
+	return fh, nil
+}
 
 // Next implements connectors.Source.
 func (s *Source) Next(ctx context.Context, st connectors.State, out *connectors.Output) error {
@@ -296,8 +403,6 @@ func (s *Source) verify(st connectors.State, out *connectors.Output) error {
 	return nil
 }
 
-func (s *Source) abs(rel string) string { return filepath.Join(s.cfg.Path, filepath.FromSlash(rel)) }
-
 // nextChunk sends the next chunk of the large file in progress.
 func (s *Source) nextChunk(p *plan, out *connectors.Output) error {
 	drop := func(why string) error {
@@ -305,7 +410,7 @@ func (s *Source) nextChunk(p *plan, out *connectors.Output) error {
 		out.Changes.Delete(keyPlan)
 		return nil
 	}
-	f, err := os.Open(s.abs(p.Path))
+	f, err := s.openListed(p.Path, p.Dev, p.Ino)
 	if err != nil {
 		return drop(err.Error())
 	}
@@ -347,6 +452,9 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 	if err != nil {
 		return fmt.Errorf("scan %s: %w", s.cfg.Path, err)
 	}
+	if s.afterList != nil {
+		s.afterList()
+	}
 	full := !complete // an incomplete listing must not read as deletions
 	now := s.now()
 	present := make(map[string]bool, len(files))
@@ -357,7 +465,7 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 		if stopped {
 			continue
 		}
-		if len(out.Files) >= maxEntries {
+		if headerFull(out) {
 			stopped = true
 			continue
 		}
@@ -386,6 +494,7 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 				continue
 			}
 			p, err := s.planFile(f, chunk)
+			s.noteSwap(f.rel, err)
 			if errors.Is(err, errChanged) || errors.Is(err, fs.ErrNotExist) {
 				unsettled = s.cfg.Settle
 				continue
@@ -410,6 +519,7 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 			continue
 		}
 		data, sum, err := s.readSmall(f)
+		s.noteSwap(f.rel, err)
 		if errors.Is(err, errChanged) || errors.Is(err, fs.ErrNotExist) {
 			unsettled = s.cfg.Settle
 			continue
@@ -438,7 +548,7 @@ func (s *Source) scan(ctx context.Context, st connectors.State, out *connectors.
 		// Every present file is handled: record what disappeared.
 		err := st.Scan(keySent, func(key string, _ []byte) error {
 			rel := strings.TrimPrefix(key, keySent)
-			if present[rel] || len(out.Files) >= maxEntries {
+			if present[rel] || headerFull(out) {
 				return nil
 			}
 			out.Changes.Delete(key)
@@ -497,8 +607,16 @@ func (s *Source) unreadable(rel string, err error) {
 	s.log.Warn("cannot read file; skipping it until it can be read", "path", rel, "err", err)
 }
 
+// noteSwap logs a file replaced between listing and reading: nothing of it
+// is sent, and the next listing shows what is there now.
+func (s *Source) noteSwap(rel string, err error) {
+	if errors.Is(err, errSwapped) {
+		s.log.Warn("file replaced between listing and reading (by a symlink or another file); not sent", "path", rel, "err", err)
+	}
+}
+
 func (s *Source) readSmall(f listed) ([]byte, string, error) {
-	fh, err := os.Open(s.abs(f.rel))
+	fh, err := s.openListed(f.rel, f.dev, f.ino)
 	if err != nil {
 		return nil, "", err
 	}
@@ -527,13 +645,13 @@ func unchanged(fh *os.File, f listed) error {
 
 // planFile hashes a large file whole and chunk by chunk in one pass.
 func (s *Source) planFile(f listed, chunk int64) (*plan, error) {
-	fh, err := os.Open(s.abs(f.rel))
+	fh, err := s.openListed(f.rel, f.dev, f.ino)
 	if err != nil {
 		return nil, err
 	}
 	defer fh.Close()
 	whole := sha256.New()
-	p := &plan{Path: f.rel, Size: f.size, MTime: f.mtime.UnixNano(), Mode: uint32(f.mode), ChunkSize: chunk, Started: s.now()}
+	p := &plan{Path: f.rel, Size: f.size, MTime: f.mtime.UnixNano(), Mode: uint32(f.mode), Dev: f.dev, Ino: f.ino, ChunkSize: chunk, Started: s.now()}
 	buf := make([]byte, 256<<10)
 	for off := int64(0); off < f.size; off += chunk {
 		part := sha256.New()

@@ -272,6 +272,11 @@ func plural(n int, one, many string) string {
 	return many
 }
 
+// stmtBytes bounds the values one statement carries: a statement holds
+// copies of its rows' values, and rows may be as large as the receiver's
+// row limit, so a row count alone would not bound memory.
+const stmtBytes = 8 << 20
+
 // write applies the rows in body, in order, grouping runs of upserts and
 // runs of deletes into multi-row statements.
 func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io.Reader) error {
@@ -283,9 +288,10 @@ func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io
 		keyCols = append(keyCols, sch.Columns[i])
 	}
 	var args []any
-	var rows int
+	var rows, held int
 	var op byte
 	flush := func() error {
+		held = 0
 		if rows == 0 {
 			return nil
 		}
@@ -307,7 +313,11 @@ func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io
 		if err != nil {
 			return err
 		}
-		if r.Op != op || (op == batch.RowUpsert && rows >= perStmt) || (op == batch.RowDelete && rows >= deleteKeys) {
+		size := 0
+		for _, v := range r.Values {
+			size += len(v)
+		}
+		if r.Op != op || (op == batch.RowUpsert && rows >= perStmt) || (op == batch.RowDelete && rows >= deleteKeys) || held+size > stmtBytes {
 			if err := flush(); err != nil {
 				return err
 			}
@@ -323,6 +333,7 @@ func (k *sink) write(ctx context.Context, tx *sql.Tx, sch *batch.Schema, body io
 			}
 			args = append(args, bindValue(&cols[i], v))
 		}
+		held += size
 		rows++
 	}
 	return flush()

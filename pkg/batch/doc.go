@@ -13,4 +13,7 @@
 // Errors from ReadInfo and Verify that mean "this batch must be rejected"
 // (corrupt, unsupported, unknown key, bad seal) satisfy
 // errors.Is(err, ErrRejected); anything else is an I/O error worth retrying.
+// So do the errors of Limits.Check and of RowReader for a batch that
+// declares more than its receiver accepts (ErrLimit): a receiver checks a
+// verified header with DefaultLimits.Check before it reads the body.
 package batch

@@ -52,7 +52,7 @@ func ReadInfo(r io.ReaderAt, size int64) (*Info, error) {
 		return nil, corruptf("bad end magic %q (truncated file?)", end[4:])
 	}
 	tlen := int64(binary.BigEndian.Uint32(end[:4]))
-	if tlen < int64(trailerFixed) || tlen > size-int64(len(magic)+4+2) {
+	if tlen < int64(trailerFixed) || tlen > int64(maxTrailerLen) || tlen > size-int64(len(magic)+4+2) {
 		return nil, corruptf("trailer length %d impossible in a %d byte file", tlen, size)
 	}
 	tr := make([]byte, tlen)

@@ -314,12 +314,14 @@ type RowReader struct {
 	nkey   int
 	row    Row
 	buf    []byte
-	maxVal int64
+	maxRow int64
 }
 
-// NewRowReader reads rows of schema s from body.
+// NewRowReader reads rows of schema s from body. A row whose values add up
+// to more than DefaultLimits.MaxRowLen is refused with an error wrapping
+// ErrLimit (a rejection) before it is read: the reader holds a row whole.
 func NewRowReader(body io.Reader, s *Schema) *RowReader {
-	return &RowReader{r: bufio.NewReaderSize(body, 256<<10), ncols: len(s.Columns), nkey: len(s.Key), maxVal: 1 << 31}
+	return &RowReader{r: bufio.NewReaderSize(body, 256<<10), ncols: len(s.Columns), nkey: len(s.Key), maxRow: DefaultLimits.MaxRowLen}
 }
 
 // ErrRowFormat means the body does not hold the rows the header describes.
@@ -358,8 +360,9 @@ func (rr *RowReader) Next() (*Row, error) {
 			continue
 		}
 		l--
-		if int64(l) > rr.maxVal {
-			return nil, fmt.Errorf("%w: value of %d bytes", ErrRowFormat, l)
+		if l > uint64(rr.maxRow-int64(len(rr.buf))) {
+			return nil, Reject(ErrLimit, fmt.Sprintf("a row holds a value of %d bytes after %d bytes of other values, more than the %s this agent accepts in one row",
+				l, len(rr.buf), sizeText(rr.maxRow)))
 		}
 		off := len(rr.buf)
 		// Grow a megabyte at a time, so that a length claiming more

@@ -208,6 +208,10 @@ func appendTrailer(b []byte, stored int64, digest, sig []byte) ([]byte, error) {
 // end magic.
 const trailerFixed = 8 + 2 + 2 + 4 + len(endMagic)
 
+// maxTrailerLen is the largest trailer the format can lay out (digest and
+// seal of 65535 bytes each), so that a reader never allocates more for one.
+const maxTrailerLen = trailerFixed + 2*0xffff
+
 // hashCounter writes to w, hashes and counts what it writes.
 type hashCounter struct {
 	w io.Writer
