@@ -166,6 +166,9 @@ type Store interface {
 	// SealKey returns a node's seal key by key ID, including keys from
 	// before a re-enrolment.
 	SealKey(ctx context.Context, node, keyID string) (string, error)
+	// SealKeyEnrolment returns the audit record (sequence, hash) of the
+	// enrolment that registered a seal key; ErrNotFound if none did.
+	SealKeyEnrolment(ctx context.Context, node, keyID string) (int64, string, error)
 	RevokeNode(ctx context.Context, id string) error
 	Node(ctx context.Context, id string) (Node, error)
 	Nodes(ctx context.Context) ([]Node, error)
