@@ -300,7 +300,8 @@ func differs(g api.GrantInfo, ap *Approval) string {
 		return fmt.Sprintf("masks %s, approved %s", masksText(g.Masks), masksText(ap.Masks))
 	case ap.Destroy && !g.Destroy:
 		return "no destruction at its end, approved with destruction"
-	case g.Rate != ap.Rate || g.Quota != ap.Quota:
+	// 0 in an approval means the hub's defaults, which the hub lists.
+	case ap.Rate != 0 && g.Rate != ap.Rate || ap.Quota != 0 && g.Quota != ap.Quota:
 		return fmt.Sprintf("rate %g and quota %d, approved %g and %d", g.Rate, g.Quota, ap.Rate, ap.Quota)
 	}
 	return ""

@@ -70,7 +70,8 @@ func TestJudge(t *testing.T) {
 		{name: "more fields", g: grant("cond", func(g *api.GrantInfo) { g.Fields = []string{"id_no", "name", "address"} }), aps: aps, wants: "fields address,id_no,name, approved id_no,name"},
 		{name: "a mask dropped", g: grant("cond", func(g *api.GrantInfo) { g.Masks = nil }), aps: aps, wants: "masks none, approved name=name"},
 		{name: "destruction dropped", g: grant("cond"), aps: []BoundApproval{func() BoundApproval { a := approval; a.Destroy = true; return a }()}, wants: "no destruction"},
-		{name: "other limits", g: grant("cond", func(g *api.GrantInfo) { g.Quota = 100000 }), aps: aps, wants: "quota 100000"},
+		{name: "other limits", g: grant("cond", func(g *api.GrantInfo) { g.Quota = 100000 }), aps: []BoundApproval{func() BoundApproval { a := approval; a.Quota = 50; return a }()}, wants: "quota 100000"},
+		{name: "the hub's default limits", g: grant("cond", func(g *api.GrantInfo) { g.Rate, g.Quota = 20, 10000 }), aps: aps},
 		{name: "term without end", g: grant("cond", func(g *api.GrantInfo) { g.Expires = time.Time{} }), aps: aps, wants: "has no end"},
 		{name: "term longer", g: grant("cond", func(g *api.GrantInfo) { g.Expires = now.AddDate(0, 0, 60) }), aps: aps, wants: "after the end this node approved"},
 		{name: "approval ended", g: grant("cond", func(g *api.GrantInfo) { g.Expires = now.Add(30 * time.Minute) }), aps: []BoundApproval{func() BoundApproval {
