@@ -39,6 +39,7 @@ type Agent struct {
 	mu         sync.Mutex
 	sources    map[string]connectors.Source // by resource ID, once open
 	grants     []api.GrantInfo
+	approvals  []BoundApproval            // this node's own, matched to grants (see decide.go)
 	grantsGen  chan struct{}              // closed and replaced when grants change
 	sinks      map[string]connectors.Sink // by resource ID
 	sealKeys   map[string]seal.PublicKey  // by "node/key ID"
@@ -107,6 +108,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if gs, err := st.loadGrants(); err == nil {
 		a.grants = gs
 	}
+	a.approvals, _ = st.Approvals(context.Background())
 	if a.maskKey, err = loadOrCreateMaskKey(cfg.identityDir()); err != nil {
 		a.Close()
 		return nil, err
@@ -387,10 +389,14 @@ func (a *Agent) wellFormed(gs []api.GrantInfo) []api.GrantInfo {
 
 func (a *Agent) setGrants(ctx context.Context, gs []api.GrantInfo) {
 	sort.Slice(gs, func(i, j int) bool { return gs[i].ID < gs[j].ID })
+	// This node's approvals are read on every answer of the long poll:
+	// 'qz-agent approve' adds them from beside the running agent.
+	aps := a.matchApprovals(ctx, gs)
 	a.mu.Lock()
 	same := fmt.Sprint(gs) == fmt.Sprint(a.grants)
-	if !same {
-		a.grants = gs
+	sameApprovals := fmt.Sprint(aps) == fmt.Sprint(a.approvals)
+	if !same || !sameApprovals {
+		a.grants, a.approvals = gs, aps
 		close(a.grantsGen)
 		a.grantsGen = make(chan struct{})
 	}
@@ -401,29 +407,34 @@ func (a *Agent) setGrants(ctx context.Context, gs []api.GrantInfo) {
 			a.log.Error("cannot save grants", "err", err)
 		}
 	}
+	a.reviewGrants(ctx)
 }
 
 // providerGrants lists the active batch-mode grants to produce for one
 // resource: a query or verify grant answers calls and never gets copies.
+// A grant this node does not approve of itself (see judge) is left out.
 func (a *Agent) providerGrants(resource string) ([]api.GrantInfo, <-chan struct{}) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var out []api.GrantInfo
 	now := time.Now()
 	for _, g := range a.grants {
-		if g.Provider == a.id.NodeID && g.Resource == resource && g.Active && g.Mode == api.ModeBatch && (g.Expires.IsZero() || now.Before(g.Expires)) {
+		if g.Provider == a.id.NodeID && g.Resource == resource && g.Active && g.Mode == api.ModeBatch && (g.Expires.IsZero() || now.Before(g.Expires)) &&
+			a.refusal(g) == "" {
 			out = append(out, g)
 		}
 	}
 	return out, a.grantsGen
 }
 
+// grantActive returns a grant and whether it is active: for a grant this
+// node provides, also that this node serves it.
 func (a *Agent) grantActive(id string) (api.GrantInfo, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, g := range a.grants {
 		if g.ID == id {
-			return g, g.Active
+			return g, g.Active && (g.Provider != a.id.NodeID || a.refusal(g) == "")
 		}
 	}
 	return api.GrantInfo{}, false

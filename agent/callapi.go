@@ -289,11 +289,14 @@ func Call(ctx context.Context, cfg Config, req api.CallRequest) (*api.CallAnswer
 		return nil, err
 	}
 	defer hub.Close()
+	keys, done, err := pinnedKeys(cfg, hub)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	// A node key that cannot agree call keys gives plain receipts, as the
 	// running agent's log says.
-	c, _ := newCaller(hub, id, func(ctx context.Context, node, keyID string) (seal.PublicKey, error) {
-		return fetchSealKey(ctx, hub, node, keyID)
-	})
+	c, _ := newCaller(hub, id, keys)
 	return c.do(ctx, req)
 }
 
@@ -325,12 +328,17 @@ func CallRecords(ctx context.Context, cfg Config, grant string, limit int) ([]Ca
 	if err := call(ctx, hub, http.MethodGet, "/v1/calls?"+q.Encode(), nil, &recs); err != nil {
 		return nil, err
 	}
+	pinned, done, err := pinnedKeys(cfg, hub)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	keys := map[string]seal.PublicKey{}
 	key := func(node, keyID string) (seal.PublicKey, error) {
 		k, ok := keys[node+"/"+keyID]
 		if !ok {
 			var err error
-			if k, err = fetchSealKey(ctx, hub, node, keyID); err != nil {
+			if k, err = pinned(ctx, node, keyID); err != nil {
 				return k, err
 			}
 			keys[node+"/"+keyID] = k

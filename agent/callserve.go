@@ -387,6 +387,12 @@ func (s *callServer) prepare(job api.CallJob) (*callPlan, connectors.Caller, err
 	if err := checkGrant(g, found, job, a.id.NodeID, time.Now()); err != nil {
 		return nil, nil, err
 	}
+	a.mu.Lock()
+	why := a.refusal(g)
+	a.mu.Unlock()
+	if why != "" {
+		return nil, nil, fmt.Errorf("the provider refuses grant %s: %s", g.ID, why)
+	}
 	caller, ok := src.(connectors.Caller)
 	if !ok {
 		if src != nil {

@@ -42,6 +42,10 @@ Usage:
                                                   the provider's approval: masking (脱敏), term, destruction at the end,
                                                   calls a second and a day for a query or verify grant
   qz-agent reject ID --reason TEXT                the provider's refusal
+  qz-agent grants [--json]                        this node's own signed approvals, and each grant the hub lists:
+                                                  served, or refused and why (the provider decides)
+  qz-agent peers [--json]                         peers' seal keys as pinned here, with fingerprints to compare
+                                                  by phone; a changed key is shown and needs an audited re-enrolment
   qz-agent feedback report RESOURCE --record KEY --field F --problem TEXT [--suggestion TEXT]
                                                   report an error in a record (纠错)
   qz-agent feedback list                          reports this node made, and those it must answer
@@ -202,11 +206,29 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if len(masks) > 0 {
 			d.Masks = masks
 		}
-		a, err := Decide(ctx, cfg, pos[0], d)
+		decide := Decide
+		if d.Approve {
+			// Signed and kept here first: the provider serves only
+			// the grant that matches its own record.
+			decide = ApproveApplication
+		}
+		a, err := decide(ctx, cfg, pos[0], d)
 		if err != nil {
 			return err
 		}
 		return printApplications(stdout, []api.Application{a}, "", false)
+	case "grants":
+		r, err := ReadGrants(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		return printGrants(stdout, r, *asJSON)
+	case "peers":
+		me, ks, err := Peers(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		return printPeers(stdout, me, ks, *asJSON)
 	case "feedback report":
 		if err := cli.Want(pos, 1, "qz-agent feedback report RESOURCE --record KEY --field F --problem TEXT"); err != nil {
 			return err
@@ -411,6 +433,9 @@ type Status struct {
 	Rejections []Rejection      `json:"rejections"`
 	Stopped    []StoppedLine    `json:"stopped"`
 	Tables     []TableLine      `json:"tables"`
+	// KeyWarnings are peers' seal keys that changed (accepted with an
+	// audited re-enrolment) or were refused (see qz-agent peers).
+	KeyWarnings []PeerKey `json:"key_warnings,omitempty"`
 }
 
 // TableLine is where the extraction of a table for one grant stands.
@@ -468,6 +493,15 @@ func ReadStatus(cfg Config) (*Status, error) {
 	if s.Tables, err = tableLines(st); err != nil {
 		return nil, err
 	}
+	ks, err := st.PeerKeys(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range ks {
+		if k.Status != PeerFirst {
+			s.KeyWarnings = append(s.KeyWarnings, k)
+		}
+	}
 	return s, nil
 }
 
@@ -522,6 +556,13 @@ func status(cfg Config, asJSON bool, w io.Writer) error {
 	}
 	for _, l := range s.Stopped {
 		fmt.Fprintf(tw, "STOPPED\t%s (%s) since %s: %s\n", l.Grant, l.Side, l.At.Local().Format(time.DateTime), l.Reason)
+	}
+	for _, k := range s.KeyWarnings {
+		what := "KEY CHANGED"
+		if k.Status == PeerRefused {
+			what = "KEY REFUSED"
+		}
+		fmt.Fprintf(tw, "%s\tnode %s seal key %s since %s: %s (fingerprint %s)\n", what, k.Node, k.KeyID, k.FirstSeen.Local().Format(time.DateTime), peerState(k), k.Fingerprint)
 	}
 	return tw.Flush()
 }

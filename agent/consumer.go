@@ -278,7 +278,9 @@ func (a *Agent) download(ctx context.Context, d api.Delivery, path string) error
 	return nil
 }
 
-// sealKey returns a node's seal key by key ID, asking the hub once per key.
+// sealKey returns a node's seal key by key ID, as pinned in this node's
+// state (see peers.go): the hub is asked once per key, and only a key it
+// can show was registered by an audited enrolment replaces a pinned one.
 func (a *Agent) sealKey(ctx context.Context, node, keyID string) (seal.PublicKey, error) {
 	k := node + "/" + keyID
 	a.mu.Lock()
@@ -287,7 +289,7 @@ func (a *Agent) sealKey(ctx context.Context, node, keyID string) (seal.PublicKey
 	if ok {
 		return pub, nil
 	}
-	pub, err := fetchSealKey(ctx, a.hub, node, keyID)
+	pub, err := pinnedKey(ctx, a.state, a.hub, a.log, node, keyID)
 	if err != nil {
 		return pub, err
 	}

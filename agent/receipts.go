@@ -46,6 +46,11 @@ func ListReceipts(ctx context.Context, cfg Config, grant string) ([]ReceiptLine,
 	if err := call(ctx, hub, http.MethodGet, "/v1/grants", nil, &gs); err != nil {
 		return nil, err
 	}
+	pinned, done, err := pinnedKeys(cfg, hub)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	keys := map[string]seal.PublicKey{}
 	var out []ReceiptLine
 	for _, g := range gs {
@@ -67,7 +72,7 @@ func ListReceipts(ctx context.Context, cfg Config, grant string) ([]ReceiptLine,
 				k, ok := keys[keyID]
 				if !ok {
 					var err error
-					if k, err = fetchSealKey(ctx, hub, g.Consumer, keyID); err != nil {
+					if k, err = pinned(ctx, g.Consumer, keyID); err != nil {
 						return k, err
 					}
 					keys[keyID] = k

@@ -33,6 +33,11 @@ var stateSchema = []string{
 	// Monotonic counters, for status and for tests that bound re-sent bytes.
 	`CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)`,
 	`CREATE TABLE IF NOT EXISTS audit_checkpoints (seq INTEGER PRIMARY KEY, at TEXT NOT NULL, body BLOB NOT NULL)`, // the hub's, see checkpoints.go
+	// This node's own signed approvals of applications for its conditional
+	// resources, and the hub grant each was matched to (see decide.go).
+	`CREATE TABLE IF NOT EXISTS approvals (application TEXT PRIMARY KEY, grant_id TEXT NOT NULL DEFAULT '', record BLOB NOT NULL, signature BLOB NOT NULL)`,
+	// Peers' seal keys, pinned on first use (see peers.go).
+	`CREATE TABLE IF NOT EXISTS peer_keys (node TEXT NOT NULL, key_id TEXT NOT NULL, pub TEXT NOT NULL, first_seen TEXT NOT NULL, status TEXT NOT NULL, enrolment TEXT NOT NULL DEFAULT '', PRIMARY KEY (node, key_id))`,
 }
 
 // Counter names.

@@ -593,6 +593,24 @@ func TestCallsCommand(t *testing.T) {
 		err := Run(context.Background(), append(args, "--config", c.cfg), &out, &out)
 		return out.String(), err
 	}
+	// The operator's grant is for unconditional resources (a conditional
+	// one's provider decides): make gaj.hukou one.
+	ctx, st := context.Background(), c.h.Store()
+	vs, err := st.CatalogVersions(ctx, "gaj.hukou")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run("grant", "add", "--resource", "gaj.hukou", "--consumer", "mzj", "--mode", "verify"); err == nil || !strings.Contains(err.Error(), "is conditional") {
+		t.Fatalf("grant add on a conditional resource: %v", err)
+	}
+	e := vs[0].Entry
+	e.Category = api.ShareUnconditional
+	if _, _, err := st.SubmitCatalog(ctx, "gaj", e, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.ReviewCatalog(ctx, "gaj.hukou", 2, true, "", "operator"); err != nil {
+		t.Fatal(err)
+	}
 	out, err := run("grant", "add", "--resource", "gaj.hukou", "--consumer", "mzj", "--mode", "verify", "--rate", "5", "--quota", "100")
 	if err != nil {
 		t.Fatalf("grant add: %v %s", err, out)

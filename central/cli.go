@@ -51,7 +51,9 @@ Usage:
   qz-central grant add --resource R --consumer NODE [--mode batch|query|verify] [--expires 720h] [--fields F,F]
                       [--mask FIELD=RULE]… [--destroy] [--rate N] [--quota N]
                                       --rate and --quota bound a query or verify grant's calls a second
-                                      and a day (default: the hub's call_rate and call_quota)
+                                      and a day (default: the hub's call_rate and call_quota);
+                                      refused for conditional and none resources: their provider decides
+                                      through the application workflow
   qz-central grant revoke GRANT_ID [--destroy]
   qz-central grant list
   qz-central batch list [--grant G]   stored batches: size, receipt, purge
@@ -94,6 +96,38 @@ host, while the hub runs, commands go through its admin socket and the audit log
 From elsewhere: --remote HOST:PORT --operator DIR; the reviewer role may approve and reject catalog
 entries and applications, the operator role manage nodes and grants, both may list and report.
 `
+
+// needsProvider refuses the operator's grant for a resource whose provider
+// must decide (谁提供谁负责): one its catalog entry, approved or newly
+// declared, makes conditional or none. The provider's agent would refuse
+// such a grant anyway; saying so here saves the operator the surprise.
+func needsProvider(ctx context.Context, st store.Store, resource string) error {
+	vs, err := st.CatalogVersions(ctx, resource)
+	if err != nil {
+		return err
+	}
+	// The newest version (what the provider declares now) and the newest
+	// approved one (what the catalog shows) both count.
+	var check []api.CatalogVersion
+	if len(vs) > 0 {
+		check = append(check, vs[0])
+	}
+	for _, v := range vs {
+		if v.Status == store.CatalogApproved {
+			check = append(check, v)
+			break
+		}
+	}
+	for _, v := range check {
+		switch v.Entry.Category {
+		case api.ShareNone:
+			return fmt.Errorf("resource %s is not shared (不予共享, category none): no grant can be made for it, and its provider's agent would refuse one", resource)
+		case api.ShareConditional:
+			return fmt.Errorf("resource %s is conditional (有条件共享): its provider decides; the consumer applies with 'qz-agent apply', the hub reviews with 'qz-central application approve', the provider approves with 'qz-agent approve'", resource)
+		}
+	}
+	return nil
+}
 
 // Run is qz-central's main; it returns the error to print.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -359,6 +393,9 @@ func admin(ctx context.Context, cfg Config, st store.Store, cmd string, pos []st
 			return fmt.Errorf("resource %s is not known: its provider's agent registers it when it starts with the resource in its config", o.resource)
 		}
 		if err != nil {
+			return err
+		}
+		if err := needsProvider(ctx, st, r.ID); err != nil {
 			return err
 		}
 		c, err := st.Node(ctx, o.consumer)

@@ -419,6 +419,7 @@ func (h *Hub) Handler() http.Handler {
 	mux.Handle("POST /v1/receipts", h.node(h.receipt))
 	mux.Handle("GET /v1/receipts", h.node(h.listReceipts))
 	mux.Handle("POST /v1/rejections", h.node(h.rejection))
+	mux.Handle("POST /v1/refusals", h.node(h.grantRefusal))
 	mux.Handle("POST /v1/copies", h.node(h.copyProgress))
 	mux.Handle("POST /v1/calls", h.node(h.call))
 	mux.Handle("GET /v1/calls/next", h.node(h.nextCalls))
@@ -810,6 +811,9 @@ func (h *Hub) sealKey(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			httpError(w, http.StatusNotFound, "no such seal key")
 			return
+		}
+		if seq, hash, err := h.store.SealKeyEnrolment(r.Context(), id, keyID); err == nil {
+			w.Header().Set(api.HeaderEnrolment, strconv.FormatInt(seq, 10)+" "+hash)
 		}
 		w.Write([]byte(pub))
 		return

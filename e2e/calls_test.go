@@ -168,7 +168,7 @@ func TestQueryAndVerify(t *testing.T) {
 	}
 	queryGrant := apply("query", "id_no,name,address,birth", "--mask", "address=truncate(6)", "--rate", "200", "--quota", "1000")
 	verifyGrant := apply("verify", "id_no,name,birth", "--quota", "12")
-	batchGrant := h.grant("gaj.huji", "rsj")
+	batchGrant := h.approved(prov, other, "gaj.huji", "batch", "id_no,name,address,birth,income")
 	t.Logf("grants: query %s, verify %s, batch %s", queryGrant, verifyGrant, batchGrant)
 
 	p := people[7]

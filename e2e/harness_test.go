@@ -447,7 +447,8 @@ func fileSub(id, path string) string {
 }
 
 // grant makes the operator grant resource to consumer once the provider
-// has registered it, and returns the grant ID.
+// has registered it, and returns the grant ID. The hub refuses this for a
+// conditional or none resource: use approved for those.
 func (h *hub) grant(resource, consumer string) string {
 	h.t.Helper()
 	var id string
@@ -457,6 +458,26 @@ func (h *hub) grant(resource, consumer string) string {
 		return err == nil
 	})
 	return id
+}
+
+// approved runs the application workflow, as a conditional resource
+// needs (its provider refuses the operator's grant): cons applies for
+// fields of resource in mode, the hub passes it on, prov approves it with
+// approveArgs (--mask, --days, …). It returns the grant ID. The resource's
+// catalog entry must be approved already.
+func (h *hub) approved(prov, cons *node, resource, mode, fields string, approveArgs ...string) string {
+	h.t.Helper()
+	res := mustRun(h.t, "qz-agent", "apply", resource, "--fields", fields, "--mode", mode, "--purpose", "业务协同", "--config", cons.cfg)
+	id := strings.Fields(strings.Split(res, "\n")[1])[0]
+	h.central("application", "approve", id)
+	res = mustRun(h.t, "qz-agent", append([]string{"approve", id, "--config", prov.cfg}, approveArgs...)...)
+	for _, f := range strings.Fields(res) {
+		if strings.HasPrefix(f, "g-") {
+			return f
+		}
+	}
+	h.t.Fatalf("no grant in the approval of %s:\n%s", id, res)
+	return ""
 }
 
 var _ = context.Background

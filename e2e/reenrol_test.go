@@ -10,7 +10,9 @@ import (
 // TestReEnrolment: a provider enrols again (new certificate, new seal
 // key). A batch it sealed with the old key and the hub still holds is
 // verified and applied by the consumer all the same, as is the next one
-// sealed with the new key; the old certificate is refused.
+// sealed with the new key (accepted by the consumer, which pinned the old
+// one, because an audited enrolment registered it, and shown as changed);
+// the old certificate is refused.
 func TestReEnrolment(t *testing.T) {
 	h := newHub(t, hubOpts{})
 	src := filepath.Join(t.TempDir(), "outbox")
@@ -41,6 +43,11 @@ func TestReEnrolment(t *testing.T) {
 	waitArrived(t, dst, second, time.Minute)
 	if rj := cons.status().Rejections; len(rj) != 0 {
 		t.Errorf("consumer rejected batches across the re-enrolment: %+v", rj)
+	}
+	// The consumer pinned the first key; the new one, registered by an
+	// audited enrolment, is accepted and shown as changed.
+	if w := cons.status().KeyWarnings; len(w) != 1 || w[0].Node != "prov-e" || w[0].Status != "changed" || w[0].Enrolment == "" {
+		t.Errorf("the consumer's key warnings: %+v", w)
 	}
 	// The superseded certificate no longer gets in.
 	if code, err := hubGet(t, h, filepath.Dir(oldIdentity), "auto", "/v1/grants"); err == nil && code == 200 {

@@ -390,6 +390,27 @@ func (s *SQLite) SealKey(ctx context.Context, node, keyID string) (string, error
 	return pub, err
 }
 
+// SealKeyEnrolment returns the audit record (sequence and hash) of the
+// enrolment that registered one of a node's seal keys, or ErrNotFound when
+// no audited enrolment did: a key put in by any other way than
+// 'qz-agent enroll' (a database edited by hand, say) has none, and agents
+// that pinned the node's earlier key refuse it.
+func (s *SQLite) SealKeyEnrolment(ctx context.Context, node, keyID string) (int64, string, error) {
+	pub, err := s.SealKey(ctx, node, keyID)
+	if err != nil {
+		return 0, "", err
+	}
+	var seq int64
+	var hash string
+	// The enrolment's record ends with the key it registered (see Enroll).
+	err = s.db.QueryRowContext(ctx, `SELECT seq, hash FROM audit WHERE action = 'node.enroll' AND subject = ? AND substr(detail, -length(?)) = ? ORDER BY seq LIMIT 1`,
+		node, " seal="+pub, " seal="+pub).Scan(&seq, &hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, "", fmt.Errorf("enrolment of seal key %s of node %s: %w", keyID, node, ErrNotFound)
+	}
+	return seq, hash, err
+}
+
 // RevokeNode revokes a node: its certificate is refused from now on, and
 // every active grant it takes part in ends with it, in one transaction, so
 // that no batch of the node's (or for it) is stored or delivered after.

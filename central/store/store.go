@@ -170,6 +170,9 @@ type Store interface {
 	// SealKey returns a node's seal key by key ID, including keys from
 	// before a re-enrolment.
 	SealKey(ctx context.Context, node, keyID string) (string, error)
+	// SealKeyEnrolment returns the audit record (sequence, hash) of the
+	// enrolment that registered a seal key; ErrNotFound if none did.
+	SealKeyEnrolment(ctx context.Context, node, keyID string) (int64, string, error)
 	// RevokeNode revokes a node and, in the same transaction, ends every
 	// active grant it takes part in (as provider or consumer); with
 	// destroy, the consumers of those grants must destroy what they

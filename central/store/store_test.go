@@ -73,6 +73,20 @@ func TestTokenSingleUseAndExpiry(t *testing.T) {
 	if _, err := s.SealKey(ctx, "n1", "0000"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("unknown seal key: %v", err)
 	}
+	// Each key names the audited enrolment that registered it; a key put
+	// in by hand names none.
+	seq1, hash1, err1 := s.SealKeyEnrolment(ctx, "n1", id1)
+	seq2, _, err2 := s.SealKeyEnrolment(ctx, "n1", id2)
+	if err1 != nil || err2 != nil || seq1 <= 0 || seq2 <= seq1 || len(hash1) != 64 {
+		t.Errorf("enrolments of the seal keys: %d %q %v, %d %v", seq1, hash1, err1, seq2, err2)
+	}
+	key3, id3 := sealKeyText(t)
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO seal_keys (node_id, key_id, pub, added) VALUES ('n1', ?, ?, '')`, id3, key3); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.SealKeyEnrolment(ctx, "n1", id3); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a seal key without an enrolment: %v", err)
+	}
 	if n, _ := s.Node(ctx, "n1"); n.SealPub != key2 || n.CertSerial != "ef" {
 		t.Errorf("current identity after re-enrolment: %+v", n)
 	}

@@ -17,7 +17,7 @@
 //	GET  /v1/feedback                  → []Feedback the caller reported or must answer
 //	POST /v1/feedback/{id}/answer      {"text": …} → Feedback (the caller must be the provider)
 //	GET  /v1/grants?wait=25s&version=V → []GrantInfo for the calling node (long poll)
-//	GET  /v1/nodes/{id}/seal?key=K     → seal public key text, by key ID
+//	GET  /v1/nodes/{id}/seal?key=K     → seal public key text, by key ID, with Qz-Enrolment
 //	HEAD /v1/batches/{grant}/{seq}     upload status: Qz-Offset, Qz-Complete
 //	PUT  /v1/batches/{grant}/{seq}     resumable upload from Qz-Offset, Qz-Total
 //	GET  /v1/batches/{grant}/{seq}     download (Range supported)
@@ -26,6 +26,7 @@
 //	GET  /v1/receipts?grant=G[&seq=N]  → []ReceiptRecord, for the grant's provider or consumer
 //	GET  /v1/destructions[?grant=G]    → []DestructionRecord of the caller's grants revoked with destruction
 //	POST /v1/rejections                Rejection
+//	POST /v1/refusals                  GrantRefusal (the caller is the grant's provider)
 //	POST /v1/calls                     CallRequest → CallAnswer (query or verify; the caller is the consumer)
 //	GET  /v1/calls/next?wait=25s       long poll → []CallJob for the calling provider
 //	POST /v1/calls/{id}/answer         CallAnswer, from the provider the call went to
@@ -48,6 +49,10 @@ const (
 	HeaderComplete = "Qz-Complete" // "1" when the hub has stored the batch
 	HeaderVersion  = "Qz-Version"  // opaque version of a long-polled list
 	HeaderTime     = "Qz-Time"     // the hub's clock (RFC 3339), on /v1/ping
+	// HeaderEnrolment, on a seal key, names the audit record of the
+	// enrolment that registered it: "SEQ HASH". Agents that pinned a
+	// node's earlier key accept a new one only with it.
+	HeaderEnrolment = "Qz-Enrolment"
 )
 
 // Error is the body of every error response.
@@ -161,6 +166,17 @@ type Rejection struct {
 	Sequence uint64 `json:"seq"`
 	Reason   string `json:"reason"`
 }
+
+// GrantRefusal is a provider's report that it refuses to serve a grant
+// the hub lists: the provider's own config and approvals do not cover it
+// (see docs/governance.md). Reason is one line.
+type GrantRefusal struct {
+	Grant  string `json:"grant"`
+	Reason string `json:"reason"`
+}
+
+// MaxRefusalReason bounds a refusal's reason, in bytes.
+const MaxRefusalReason = 500
 
 // ValidID checks a node, resource or grant ID: 1 to 64 letters, digits,
 // '-', '_' and '.', not starting with '.'. IDs become file and folder names
