@@ -23,24 +23,36 @@ type spool struct {
 // openSpool sums the indexed batches and removes files the index does not
 // know: temporary files and batches written by a process that died before
 // its commit. Their sources' checkpoints did not move, so they are
-// produced again.
+// produced again. A file any row of the index names is never removed here,
+// whatever the row's state.
 func openSpool(dir string, quota int64, st *State) (*spool, error) {
 	s := &spool{dir: dir, quota: quota, freed: make(chan struct{})}
-	es, err := st.spooled()
+	es, err := st.spoolAll()
 	if err != nil {
 		return nil, err
 	}
 	known := map[string]bool{}
 	for _, e := range es {
-		if _, err := os.Stat(filepath.Join(dir, e.File)); err != nil {
+		known[e.File] = true
+		_, err := os.Stat(filepath.Join(dir, e.File))
+		switch {
+		case e.State == spoolQuarantined && err == nil:
+			// Quarantined by an earlier version only for the id it was
+			// given (see migrateSpool), or a crash came between marking
+			// it and moving its file: upload it; the hub checks it.
+			if _, err := st.setSpoolState(e.ID, spoolQuarantined, spoolWaiting); err != nil {
+				return nil, err
+			}
+			s.used += e.Size
+		case e.State == spoolQuarantined:
+		case err != nil:
 			// Listed but gone (the folder was tampered with): set it aside
 			// so it does not block the line forever; status reports it.
 			st.setAside(e.ID)
 			st.setStopped(e.Grant, "provider", fmt.Sprintf("batch %d is missing from the spool folder: %v", e.Seq, err))
-			continue
+		default:
+			s.used += e.Size
 		}
-		known[e.File] = true
-		s.used += e.Size
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
