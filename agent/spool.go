@@ -1,16 +1,17 @@
 package agent
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 )
 
-// spool accounts for the bytes of sealed batches waiting for upload and
-// makes producers wait when the quota is reached (backpressure): nothing
-// is dropped, extraction just pauses.
+// spool accounts for the bytes of sealed batches, waiting for upload or
+// kept after it until the consumer's receipt is known, and makes producers
+// wait when the quota is reached (backpressure). Only kept batches are let
+// go for room, oldest first (see reserveSpool); a batch not yet uploaded is
+// never dropped: extraction just pauses.
 type spool struct {
 	dir   string
 	quota int64
@@ -79,27 +80,25 @@ func (s *spool) tryReserve(n int64) bool {
 	return false
 }
 
-// reserve waits until n more bytes fit under the quota.
-func (s *spool) reserve(ctx context.Context, n int64) error {
-	for {
-		s.mu.Lock()
-		c := s.freed
-		s.mu.Unlock()
-		if s.tryReserve(n) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c:
-		}
-	}
+// changed returns a channel closed at the next release or wake.
+func (s *spool) changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.freed
 }
 
 // release returns n bytes to the quota.
 func (s *spool) release(n int64) {
 	s.mu.Lock()
 	s.used -= n
+	s.mu.Unlock()
+	s.wake()
+}
+
+// wake tells producers waiting for room that something changed: bytes were
+// released, or a batch became kept and may be let go for room.
+func (s *spool) wake() {
+	s.mu.Lock()
 	close(s.freed)
 	s.freed = make(chan struct{})
 	s.mu.Unlock()

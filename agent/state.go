@@ -49,6 +49,10 @@ const (
 	CounterBatchesApplied    = "batches_applied"
 	CounterSpoolFullWaits    = "spool_full_waits"
 	CounterRejected          = "batches_rejected"
+	CounterKeptReleased      = "kept_released"  // kept batches let go once the consumer's receipt was checked
+	CounterKeptDropped       = "kept_dropped"   // kept batches let go early to make room for new ones
+	CounterResent            = "batches_resent" // kept batches sent again because the hub's copy was damaged
+	CounterReproduced        = "batches_reproduced"
 )
 
 // State is the agent's embedded database.
@@ -309,17 +313,53 @@ func (s *State) setAside(id int64) error {
 	return err
 }
 
-// unspool removes a batch from the index; the caller deletes the file after.
-func (s *State) unspool(ctx context.Context, id int64, counter string, n int64) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.Exec(`DELETE FROM spool WHERE id = ?`, id); err != nil {
+// spoolEntryOf returns the spool row of one batch (sql.ErrNoRows if none).
+func (s *State) spoolEntryOf(grant string, seq uint64) (spoolEntry, error) {
+	es, err := s.spoolRows(`WHERE grant_id = ? AND seq = ?`, grant, seq)
+	if err == nil && len(es) == 0 {
+		err = sql.ErrNoRows
+	}
+	if err != nil {
+		return spoolEntry{}, err
+	}
+	return es[0], nil
+}
+
+// markKept records that the hub stored a waiting batch: it stays, kept,
+// until its consumer's receipt is known. It reports whether the batch was
+// still waiting.
+func (s *State) markKept(ctx context.Context, e spoolEntry) (bool, error) {
+	var ok bool
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.Exec(`UPDATE spool SET state = ? WHERE id = ? AND state = ?`, spoolKept, e.ID, spoolWaiting)
+		if err != nil {
 			return err
 		}
-		if counter != "" {
-			return addCounter(tx, counter, n)
+		n, err := res.RowsAffected()
+		if ok = n == 1; !ok || err != nil {
+			return err
 		}
-		return nil
+		return addCounter(tx, CounterUploaded, e.Size)
 	})
+	return ok, err
+}
+
+// unspool removes a batch from the index if it is still in the state e
+// names, and reports whether it was; the caller deletes the file after.
+func (s *State) unspool(ctx context.Context, e spoolEntry, counter string) (bool, error) {
+	var ok bool
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.Exec(`DELETE FROM spool WHERE id = ? AND state = ?`, e.ID, e.State)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if ok = n == 1; !ok || err != nil || counter == "" {
+			return err
+		}
+		return addCounter(tx, counter, 1)
+	})
+	return ok, err
 }
 
 func (s *State) saveGrants(ctx context.Context, gs []api.GrantInfo) error {

@@ -398,6 +398,7 @@ func (h *Hub) Handler() http.Handler {
 	mux.Handle("POST /v1/receipts", h.node(h.receipt))
 	mux.Handle("GET /v1/receipts", h.node(h.listReceipts))
 	mux.Handle("POST /v1/rejections", h.node(h.rejection))
+	mux.Handle("POST /v1/resends", h.node(h.resends))
 	mux.Handle("POST /v1/copies", h.node(h.copyProgress))
 	mux.Handle("POST /v1/calls", h.node(h.call))
 	mux.Handle("GET /v1/calls/next", h.node(h.nextCalls))

@@ -119,7 +119,7 @@ var _ Store = (*SQLite)(nil)
 
 // OpenSQLite opens or creates the hub database at path.
 func OpenSQLite(path string) (*SQLite, error) {
-	db, err := sqlitedb.Open(path, slices.Concat(schema, catalogSchema, applicationSchema, feedbackSchema, operatorSchema, copiesSchema, callsSchema))
+	db, err := sqlitedb.Open(path, slices.Concat(schema, catalogSchema, applicationSchema, feedbackSchema, operatorSchema, copiesSchema, callsSchema, healSchema))
 	if err != nil {
 		return nil, err
 	}

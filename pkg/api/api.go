@@ -24,7 +24,8 @@
 //	GET  /v1/deliveries?wait=25s       long poll → []Delivery
 //	POST /v1/receipts                  a signed receipt
 //	GET  /v1/receipts?grant=G[&seq=N]  → []ReceiptRecord, for the grant's provider or consumer
-//	POST /v1/rejections                Rejection
+//	POST /v1/rejections                Rejection → RejectionAnswer (the hub re-checks its copy)
+//	POST /v1/resends                   ResendPoll → ResendAnswer (the caller is the grants' provider)
 //	POST /v1/calls                     CallRequest → CallAnswer (query or verify; the caller is the consumer)
 //	GET  /v1/calls/next?wait=25s       long poll → []CallJob for the calling provider
 //	POST /v1/calls/{id}/answer         CallAnswer, from the provider the call went to

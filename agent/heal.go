@@ -1,0 +1,194 @@
+package agent
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/qianzhi/qianzhi/connectors"
+	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/seal"
+)
+
+// The provider keeps each batch after the hub stored it, within the spool
+// quota, until the consumer's signed receipt for it (or a later one) is
+// known (docs/protocol.md, "Damaged batches").
+
+// keyReceipted, in a grant's source state, is the highest sequence number
+// whose receipt this provider checked: the consumer applies in order, so
+// every batch up to it is applied and need not be kept.
+const keyReceipted = "qz.receipted"
+
+// reserveSpool takes n bytes of the spool quota, letting go of kept batches
+// oldest first when that makes room, and otherwise waits (backpressure).
+func (a *Agent) reserveSpool(ctx context.Context, n int64) error {
+	waited := false
+	for {
+		c := a.spool.changed()
+		if a.spool.tryReserve(n) {
+			if waited {
+				a.log.Info("spool has room again; extraction resumed")
+			}
+			return nil
+		}
+		dropped, err := a.dropOldestKept(ctx)
+		if err != nil {
+			return err
+		}
+		if dropped {
+			continue
+		}
+		if !waited {
+			used, quota := a.spool.usage()
+			a.log.Warn("spool full; extraction paused until uploads free space", "used", used, "quota", quota)
+			a.state.Add(CounterSpoolFullWaits, 1)
+			waited = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c:
+		}
+	}
+}
+
+// dropOldestKept lets go of the oldest kept batch, if there is one. Should
+// the hub find its copy of that batch damaged later, the batch is
+// re-produced instead of re-sent.
+func (a *Agent) dropOldestKept(ctx context.Context) (bool, error) {
+	es, err := a.state.spoolRows(`WHERE state = ? ORDER BY id LIMIT 1`, spoolKept)
+	if err != nil || len(es) == 0 {
+		return false, err
+	}
+	a.log.Debug("kept batch let go to make room in the spool", "grant", es[0].Grant, "seq", es[0].Seq)
+	return true, a.finish(ctx, es[0], CounterKeptDropped)
+}
+
+// keep records that the hub stored a batch; it stays in the spool, kept.
+func (a *Agent) keep(ctx context.Context, e spoolEntry) error {
+	if _, err := a.state.markKept(ctx, e); err != nil {
+		return err
+	}
+	a.spool.wake() // a producer waiting for room may let it go now
+	return nil
+}
+
+// healLoop asks the hub, every poll (at least a second apart), for the
+// latest receipts of the grants this agent provides and for batches the
+// hub wants again, and lets go of kept batches the consumer applied.
+func (a *Agent) healLoop(ctx context.Context) {
+	every := max(a.cfg.Poll, time.Second)
+	fails := 0
+	for {
+		if !sleepCtx(ctx, every) {
+			return
+		}
+		if err := a.healOnce(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if fails++; fails == 1 || fails%60 == 0 {
+				a.log.Warn("cannot ask the hub for receipts and re-sends; retrying", "err", err)
+			}
+			continue
+		}
+		fails = 0
+	}
+}
+
+// providedBatchGrants lists the batch grants this node provides, by ID,
+// and whether each is active.
+func (a *Agent) providedBatchGrants() map[string]api.GrantInfo {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]api.GrantInfo{}
+	now := time.Now()
+	for _, g := range a.grants {
+		if g.Provider == a.id.NodeID && g.Mode == api.ModeBatch {
+			g.Active = g.Active && (g.Expires.IsZero() || now.Before(g.Expires))
+			out[g.ID] = g
+		}
+	}
+	return out
+}
+
+func (a *Agent) healOnce(ctx context.Context) error {
+	grants := a.providedBatchGrants()
+	kept, err := a.state.spoolRows(`WHERE state = ? ORDER BY id`, spoolKept)
+	if err != nil {
+		return err
+	}
+	for _, e := range kept {
+		if g, ok := grants[e.Grant]; !ok || !g.Active {
+			// Nothing under an ended grant is delivered any more.
+			if err := a.finish(ctx, e, ""); err != nil {
+				return err
+			}
+		}
+	}
+	var poll api.ResendPoll
+	for _, g := range grants {
+		if g.Active {
+			poll.Grants = append(poll.Grants, api.ResendGrant{Grant: g.ID, After: a.receipted(g.ID)})
+		}
+	}
+	if len(poll.Grants) == 0 {
+		return nil
+	}
+	var ans api.ResendAnswer
+	if err := a.call(ctx, http.MethodPost, "/v1/resends", poll, &ans); err != nil {
+		return err
+	}
+	for _, n := range ans.Grants {
+		g, ok := grants[n.Grant]
+		if !ok || !g.Active {
+			continue // not asked about: the hub's word alone
+		}
+		if n.Receipt != nil {
+			if err := a.receiptIn(ctx, g, *n.Receipt); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// receipted is the highest sequence number of a grant whose receipt this
+// provider checked (0 if none).
+func (a *Agent) receipted(grant string) uint64 {
+	raw, ok, err := a.state.view("src/" + grant).Get(keyReceipted)
+	if err != nil || !ok {
+		return 0
+	}
+	n, _ := strconv.ParseUint(string(raw), 10, 64)
+	return n
+}
+
+// receiptIn checks the consumer's signed receipt for a batch and lets go of
+// the kept batches it covers: that one and every one before it.
+func (a *Agent) receiptIn(ctx context.Context, g api.GrantInfo, rec api.ReceiptRecord) error {
+	if rec.Sequence <= a.receipted(g.ID) {
+		return nil
+	}
+	if _, err := checkReceipt(rec, g, a.id.NodeID, func(keyID string) (seal.PublicKey, error) { return a.sealKey(ctx, g.Consumer, keyID) }); err != nil {
+		// The hub's word alone lets nothing go: the kept batches stay.
+		a.log.Warn("receipt from the hub does not check; kept batches stay", "grant", g.ID, "seq", rec.Sequence, "err", err)
+		return nil
+	}
+	var ch connectors.Changes
+	ch.Put(keyReceipted, []byte(strconv.FormatUint(rec.Sequence, 10)))
+	if err := a.state.commitChanges(ctx, "src/"+g.ID, &ch); err != nil {
+		return err
+	}
+	kept, err := a.state.spoolRows(`WHERE state = ? AND grant_id = ? AND seq <= ? ORDER BY id`, spoolKept, g.ID, rec.Sequence)
+	if err != nil {
+		return err
+	}
+	for _, e := range kept {
+		if err := a.finish(ctx, e, CounterKeptReleased); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,119 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qianzhi/qianzhi/agent"
+)
+
+// auditCount counts the hub's audit records with an action, of a subject
+// ("" for any).
+func auditCount(h *hub, action, subject string) int {
+	h.t.Helper()
+	n := 0
+	for _, line := range strings.Split(h.central("audit", "list"), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 5 && f[4] == action && (subject == "" || f[5] == subject) {
+			n++
+		}
+	}
+	return n
+}
+
+// healLine is a provider and a consumer of one folder resource on one hub,
+// with the consumer not started yet.
+type healLine struct {
+	h          *hub
+	prov, cons *node
+	src, dst   string
+	grant      string
+}
+
+func newHealLine(t *testing.T, name string, o nodeOpts) *healLine {
+	t.Helper()
+	l := &healLine{h: newHub(t, hubOpts{}), src: filepath.Join(t.TempDir(), "outbox"), dst: filepath.Join(t.TempDir(), "inbox")}
+	os.MkdirAll(l.src, 0o755)
+	l.h.start()
+	o.resources = fileResource("prov."+name, l.src, "")
+	l.prov = newNode(t, l.h, "prov-"+name, o)
+	l.cons = newNode(t, l.h, "cons-"+name, nodeOpts{subs: fileSub("prov."+name, l.dst)})
+	l.prov.start()
+	l.grant = l.h.grant("prov."+name, "cons-"+name)
+	waitFor(t, 10*time.Second, "provider to learn the grant", func() bool { return logHas(l.prov.logPath(), "grants changed") })
+	return l
+}
+
+// uploaded waits until the hub stored batch seq of the line.
+func (l *healLine) uploaded(t *testing.T, seq int) string {
+	t.Helper()
+	p := filepath.Join(l.h.payloadDir(), l.grant, strconv.Itoa(seq)+".qzb")
+	waitFor(t, 30*time.Second, "batch "+strconv.Itoa(seq)+" stored at the hub", func() bool {
+		_, err := os.Stat(p)
+		return err == nil && l.prov.status().Spooled == 0
+	})
+	return p
+}
+
+// TestKeptUntilReceipt: the provider keeps each batch after the hub
+// stored it, until the consumer's receipt for it is in, and then lets it go.
+func TestKeptUntilReceipt(t *testing.T) {
+	l := newHealLine(t, "k", nodeOpts{})
+	sums := writeFiles(t, l.src, []fileSpec{{"a.txt", 10000}})
+	l.uploaded(t, 1)
+	time.Sleep(2 * time.Second) // a poll or two: nothing lets it go without a receipt
+	if s := l.prov.status(); s.Kept != 1 || s.KeptBytes == 0 || s.SpoolBytes != s.KeptBytes {
+		t.Fatalf("after upload: %d kept (%d bytes), %d bytes in the spool; want 1 kept, counted in the spool", s.Kept, s.KeptBytes, s.SpoolBytes)
+	}
+	l.cons.start()
+	waitArrived(t, l.dst, sums, 30*time.Second)
+	waitFor(t, 15*time.Second, "the kept batch to be let go after the receipt", func() bool {
+		s := l.prov.status()
+		return s.Kept == 0 && s.SpoolBytes == 0 && s.Counters[agent.CounterKeptReleased] == 1
+	})
+	if n := len(mustReadDir(t, filepath.Join(l.prov.state, "spool"))); n != 0 {
+		t.Errorf("spool folder holds %d files after the receipt", n)
+	}
+}
+
+func mustReadDir(t *testing.T, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range es {
+		if !e.IsDir() {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// TestKeptLetGoForRoom: with the consumer away, kept batches make room for
+// new ones within the quota, oldest first; nothing that was not uploaded
+// is dropped, and everything arrives.
+func TestKeptLetGoForRoom(t *testing.T) {
+	const quota = 16 << 20
+	l := newHealLine(t, "q", nodeOpts{quota: "16MiB"})
+	var files []fileSpec
+	for i := range 12 {
+		files = append(files, fileSpec{"part-" + strconv.Itoa(i) + ".bin", 3 << 20})
+	}
+	sums := writeFiles(t, l.src, files) // 36 MiB, over twice the quota
+	waitFor(t, time.Minute, "every batch uploaded", func() bool {
+		s := l.prov.status()
+		return s.Counters[agent.CounterUploaded] >= 36<<20 && s.Spooled == 0
+	})
+	s := l.prov.status()
+	if s.SpoolBytes > quota || s.Counters[agent.CounterKeptDropped] == 0 || s.Kept == 0 {
+		t.Errorf("spool %d bytes of %d, %d kept, %d let go for room: want within the quota, some kept, some let go", s.SpoolBytes, quota, s.Kept, s.Counters[agent.CounterKeptDropped])
+	}
+	l.cons.start()
+	waitArrived(t, l.dst, sums, time.Minute)
+}
