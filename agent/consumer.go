@@ -47,6 +47,7 @@ var errTransient = errors.New("hub connection lost")
 func (a *Agent) consumeLoop(ctx context.Context) {
 	attempt := 0
 	stopped := map[string]time.Time{} // grants whose line is stopped, until when
+	rejects := map[string]int{}       // grants → deliveries rejected in a row
 	for {
 		var ds []api.Delivery
 		err := a.call(ctx, http.MethodGet, "/v1/deliveries?wait=25s", nil, &ds)
@@ -95,13 +96,27 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 					}
 					continue
 				}
+				blocked = true
+				var rj *rejectedDelivery
+				if errors.As(err, &rj) {
+					rejects[d.Grant]++
+					wait := rejectWait(rejects[d.Grant], rj.action)
+					why := fmt.Sprintf("batch %d failed its check here (%v); fetching it again in %s", d.Sequence, rj.err, wait)
+					if rj.action == api.RejectResend {
+						why = fmt.Sprintf("batch %d was damaged at the hub (%v); its provider was asked to send it again", d.Sequence, rj.err)
+					}
+					a.log.Warn("delivered batch rejected; this grant's line waits for a good copy", "grant", d.Grant, "seq", d.Sequence, "hub", rj.action, "retry_in", wait, "err", rj.err)
+					a.state.setStopped(d.Grant, "consumer", why)
+					stopped[d.Grant] = time.Now().Add(wait)
+					continue
+				}
 				a.fail(errApply)
 				a.log.Error("delivery not applied; this grant's line waits", "grant", d.Grant, "seq", d.Sequence, "err", err)
 				a.state.setStopped(d.Grant, "consumer", fmt.Sprintf("batch %d: %v", d.Sequence, err))
 				stopped[d.Grant] = time.Now().Add(5 * time.Second)
-				blocked = true
 			} else if _, was := stopped[d.Grant]; was {
 				delete(stopped, d.Grant)
+				delete(rejects, d.Grant)
 				a.state.clearStopped(d.Grant, "consumer")
 			}
 		}
@@ -161,8 +176,12 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 			os.Remove(path)
 			a.fail(errReject)
 			a.state.reject(d.Grant, d.Sequence, "consumer", err.Error())
-			a.call(ctx, http.MethodPost, "/v1/rejections", api.Rejection{Grant: d.Grant, Sequence: d.Sequence, Reason: err.Error()}, nil)
-			return fmt.Errorf("rejected delivered batch: %w", err)
+			// The hub checks its own copy and says what happens next.
+			var ans api.RejectionAnswer
+			if herr := a.call(ctx, http.MethodPost, "/v1/rejections", api.Rejection{Grant: d.Grant, Sequence: d.Sequence, Reason: err.Error()}, &ans); herr != nil {
+				a.log.Warn("cannot report a rejected batch to the hub", "grant", d.Grant, "seq", d.Sequence, "err", herr)
+			}
+			return &rejectedDelivery{action: ans.Action, err: err}
 		}
 		return err
 	}
@@ -175,6 +194,28 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 	err = a.sendReceipt(ctx, d.Grant, d.Sequence)
 	a.log.Debug("delivery timing", "seq", d.Sequence, "download", t1.Sub(t0), "verify", t2.Sub(t1), "apply", t3.Sub(t2), "receipt", time.Since(t3))
 	return err
+}
+
+// rejectedDelivery is a delivered batch that failed its checks here, with
+// what the hub found when it checked its own copy (api.RejectRefetch,
+// api.RejectResend, or "" when the hub could not be told).
+type rejectedDelivery struct {
+	action string
+	err    error
+}
+
+func (e *rejectedDelivery) Error() string { return "rejected delivered batch: " + e.err.Error() }
+func (e *rejectedDelivery) Unwrap() error { return e.err }
+
+// rejectWait is how long a grant's line waits after its n-th rejection in
+// a row before it tries again: a batch the hub is getting again comes back
+// as a new delivery; one damaged on this side is fetched again, less and
+// less often, up to every 5 minutes.
+func rejectWait(n int, action string) time.Duration {
+	if action == api.RejectResend {
+		return time.Second
+	}
+	return min(2*time.Second<<min(n-1, 10), 5*time.Minute)
 }
 
 // prefetch downloads a delivery into the inbox in the background, so that

@@ -2,18 +2,25 @@ package agent
 
 import (
 	"context"
+	"database/sql"
+	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/qianzhi/qianzhi/connectors"
 	"github.com/qianzhi/qianzhi/pkg/api"
+	"github.com/qianzhi/qianzhi/pkg/batch"
 	"github.com/qianzhi/qianzhi/pkg/seal"
 )
 
-// The provider keeps each batch after the hub stored it, within the spool
-// quota, until the consumer's signed receipt for it (or a later one) is
-// known (docs/protocol.md, "Damaged batches").
+// A batch found damaged anywhere heals by itself (docs/protocol.md,
+// "Damaged batches"). The provider keeps each batch after the hub stored
+// it, within the spool quota, until the consumer's signed receipt for it
+// (or a later one) is known; when the hub finds its stored copy damaged it
+// asks for the batch again, and the provider sends its kept copy under the
+// same sequence number.
 
 // keyReceipted, in a grant's source state, is the highest sequence number
 // whose receipt this provider checked: the consumer applies in order, so
@@ -76,7 +83,8 @@ func (a *Agent) keep(ctx context.Context, e spoolEntry) error {
 
 // healLoop asks the hub, every poll (at least a second apart), for the
 // latest receipts of the grants this agent provides and for batches the
-// hub wants again, and lets go of kept batches the consumer applied.
+// hub wants again, lets go of kept batches the consumer applied, and sends
+// or re-produces the wanted ones.
 func (a *Agent) healLoop(ctx context.Context) {
 	every := max(a.cfg.Poll, time.Second)
 	fails := 0
@@ -150,6 +158,11 @@ func (a *Agent) healOnce(ctx context.Context) error {
 				return err
 			}
 		}
+		for _, seq := range n.Resend {
+			if err := a.resend(ctx, g, seq); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -190,5 +203,60 @@ func (a *Agent) receiptIn(ctx context.Context, g api.GrantInfo, rec api.ReceiptR
 			return err
 		}
 	}
+	return nil
+}
+
+// resend answers the hub's request for a batch again: the kept copy if it
+// still checks, otherwise the batch is re-produced.
+func (a *Agent) resend(ctx context.Context, g api.GrantInfo, seq uint64) error {
+	if seq <= a.receipted(g.ID) {
+		// The consumer's own receipt says it applied this batch.
+		a.log.Warn("hub asks again for a batch its consumer receipted; ignored", "grant", g.ID, "seq", seq)
+		return nil
+	}
+	e, err := a.state.spoolEntryOf(g.ID, seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		next, err := a.state.nextSeq(g.ID)
+		if err != nil {
+			return err
+		}
+		if seq >= next {
+			a.log.Warn("hub asks for a batch that was never sealed; ignored", "grant", g.ID, "seq", seq)
+			return nil
+		}
+		return a.reproduce(ctx, g, seq, "it is no longer kept in the spool")
+	}
+	if err != nil {
+		return err
+	}
+	switch e.State {
+	case spoolWaiting:
+		return nil // on its way already
+	case spoolQuarantined:
+		return a.reproduce(ctx, g, seq, "it was damaged in the spool")
+	}
+	if _, verr := batch.VerifyFile(a.spoolPath(e.File), func(string) (seal.PublicKey, error) { return a.id.Seal.Public(), nil }); verr != nil {
+		if err := a.quarantineFile(e); err != nil {
+			return err
+		}
+		return a.reproduce(ctx, g, seq, fmt.Sprintf("its kept copy is damaged too (%v)", verr))
+	}
+	if ok, err := a.state.setSpoolState(e.ID, spoolKept, spoolWaiting); err != nil || !ok {
+		return err
+	}
+	a.state.Add(CounterResent, 1)
+	a.log.Warn("the hub's copy of a batch was damaged; sending the kept copy again", "grant", g.ID, "seq", seq)
+	select {
+	case a.uploadKick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// reproduce makes a batch anew that can be neither uploaded nor re-sent.
+func (a *Agent) reproduce(ctx context.Context, g api.GrantInfo, seq uint64, why string) error {
+	a.fail(errSpool)
+	a.log.Error("batch cannot be sent again; the line for this grant stops here", "grant", g.ID, "seq", seq, "why", why)
+	a.state.setStopped(g.ID, "provider", fmt.Sprintf("the hub asked for batch %d again, but %s", seq, why))
 	return nil
 }

@@ -1155,25 +1155,6 @@ func (h *Hub) receipt(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (h *Hub) rejection(w http.ResponseWriter, r *http.Request) {
-	var rj api.Rejection
-	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&rj); err != nil {
-		httpError(w, http.StatusBadRequest, "malformed rejection")
-		return
-	}
-	me := nodeID(r)
-	if g, err := h.store.Grant(r.Context(), rj.Grant); err != nil || g.Consumer != me {
-		httpError(w, http.StatusForbidden, "only the grant's consumer can reject its batches")
-		return
-	}
-	h.log.Warn("consumer rejected a delivered batch", "node", me, "grant", rj.Grant, "seq", rj.Sequence, "reason", rj.Reason)
-	if err := h.store.Audit(r.Context(), me, "delivery.reject", fmt.Sprintf("%s/%d", rj.Grant, rj.Sequence), rj.Reason); err != nil {
-		h.internal(w, "audit", err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
 // copyProgress records a provider's report on a full copy; its start and
 // its end are audited.
 func (h *Hub) copyProgress(w http.ResponseWriter, r *http.Request) {

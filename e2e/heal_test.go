@@ -117,3 +117,62 @@ func TestKeptLetGoForRoom(t *testing.T) {
 	l.cons.start()
 	waitArrived(t, l.dst, sums, time.Minute)
 }
+
+// TestHealHubCopyDamaged: a batch damaged in the hub's store is refused by
+// the consumer; the hub finds its copy damaged, drops it and asks the
+// provider, which sends its kept copy under the same sequence number. The
+// line goes on by itself; the audit log has one record of each kind.
+func TestHealHubCopyDamaged(t *testing.T) {
+	l := newHealLine(t, "h", nodeOpts{})
+	sums := writeFiles(t, l.src, []fileSpec{{"a.txt", 10000}})
+	stored := l.uploaded(t, 1)
+	flipBit(t, stored)
+	for k, v := range writeFiles(t, l.src, []fileSpec{{"b.txt", 20000}}) {
+		sums[k] = v
+	}
+	l.uploaded(t, 2)
+	l.cons.start()
+	waitArrived(t, l.dst, sums, time.Minute)
+	waitFor(t, 15*time.Second, "both receipts", func() bool { return l.prov.status().Kept == 0 })
+	if n := l.cons.counter(agent.CounterBatchesApplied); n != 2 {
+		t.Errorf("consumer applied %d batches, want 2", n)
+	}
+	if n := l.prov.counter(agent.CounterResent); n != 1 {
+		t.Errorf("provider re-sent %d batches, want 1", n)
+	}
+	subject := l.grant + "/1"
+	for action, want := range map[string]int{"delivery.reject": 1, "batch.damage": 1, "batch.store": 2} {
+		if n := auditCount(l.h, action, subject); n != want {
+			t.Errorf("%d %s records for %s, want %d", n, action, subject, want)
+		}
+	}
+	if st := l.cons.status().Stopped; len(st) != 0 {
+		t.Errorf("consumer still shows a stopped line: %+v", st)
+	}
+}
+
+// TestHealDownloadDamaged: a batch damaged in the consumer's inbox (a
+// download gone wrong) is fetched again; the hub's copy is not touched.
+func TestHealDownloadDamaged(t *testing.T) {
+	l := newHealLine(t, "c", nodeOpts{})
+	sums := writeFiles(t, l.src, []fileSpec{{"a.txt", 10000}})
+	stored := l.uploaded(t, 1)
+	b, err := os.ReadFile(stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x10
+	inbox := filepath.Join(l.cons.state, "inbox")
+	os.MkdirAll(inbox, 0o750)
+	if err := os.WriteFile(filepath.Join(inbox, l.grant+"-1.qzb.part"), b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	l.cons.start()
+	waitArrived(t, l.dst, sums, 30*time.Second)
+	if n := l.cons.counter(agent.CounterBatchesApplied); n != 1 {
+		t.Errorf("consumer applied %d batches, want 1", n)
+	}
+	if n := auditCount(l.h, "batch.damage", ""); n != 0 {
+		t.Errorf("hub dropped its good copy (%d batch.damage records)", n)
+	}
+}

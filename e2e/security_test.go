@@ -104,7 +104,7 @@ func TestTamperedDeliveryRejectedByConsumer(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "outbox")
 	dst := filepath.Join(t.TempDir(), "inbox")
 	os.MkdirAll(src, 0o755)
-	writeFiles(t, src, []fileSpec{{"a.txt", 10000}})
+	sums := writeFiles(t, src, []fileSpec{{"a.txt", 10000}})
 	h.start()
 	prov := newNode(t, h, "prov-d", nodeOpts{resources: fileResource("prov.d", src, "")})
 	cons := newNode(t, h, "cons-d", nodeOpts{subs: fileSub("prov.d", dst)})
@@ -117,16 +117,12 @@ func TestTamperedDeliveryRejectedByConsumer(t *testing.T) {
 	waitFor(t, 30*time.Second, "the consumer to record its rejection", func() bool {
 		return len(cons.status().Rejections) > 0
 	})
-	if _, err := os.Stat(filepath.Join(dst, "a.txt")); err == nil {
-		t.Error("a tampered batch was applied")
-	}
-	waitFor(t, 10*time.Second, "status to show the stopped line", func() bool {
-		st := cons.status().Stopped
-		return len(st) == 1 && st[0].Side == "consumer" && strings.Contains(st[0].Reason, "batch 1")
-	})
 	waitFor(t, 10*time.Second, "hub audit of the rejection", func() bool {
 		return strings.Contains(h.central("audit", "list"), "delivery.reject")
 	})
+	// The hub finds its copy damaged and the provider sends its kept copy
+	// again (TestHealHubCopyDamaged): what arrives is the original.
+	waitArrived(t, dst, sums, 30*time.Second)
 }
 
 // hubGet makes one request to the hub with a node's identity.
