@@ -358,6 +358,11 @@ func (a *Agent) apply(ctx context.Context, d api.Delivery, path string, info *ba
 	} else if destroyed {
 		return fmt.Errorf("grant %s ended and what it delivered was destroyed", d.Grant)
 	}
+	if emptyBatch(&info.Header) {
+		// It takes the place of a batch its provider could not send (a full
+		// copy follows it): nothing to apply, only its number to record.
+		return a.commitApplied(ctx, d, info, &connectors.Changes{})
+	}
 	s, err := a.sink(d.Resource, info.Header.Kind)
 	if err != nil {
 		return err
@@ -378,6 +383,18 @@ func (a *Agent) apply(ctx context.Context, d api.Delivery, path string, info *ba
 	if err := s.Apply(ctx, &info.Header, body, a.state.view(scope), &ch); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
+	return a.commitApplied(ctx, d, info, &ch)
+}
+
+// emptyBatch reports whether a batch carries nothing at all: no files, no
+// schema, no body.
+func emptyBatch(h *batch.Header) bool {
+	return h.Kind == batch.KindFiles && len(h.Files) == 0 && h.Schema == nil && h.BodyLen == 0
+}
+
+// commitApplied signs the receipt of an applied batch and records both,
+// with the sink's state changes, in one transaction.
+func (a *Agent) commitApplied(ctx context.Context, d api.Delivery, info *batch.Info, ch *connectors.Changes) error {
 	rc, err := receipt.Sign(receipt.Receipt{
 		Version: 1, Resource: d.Resource, Grant: d.Grant, Sequence: d.Sequence, Provider: d.Provider,
 		Consumer: a.id.NodeID, BatchDigest: hex.EncodeToString(info.Digest), Applied: time.Now().UTC(),
@@ -390,7 +407,7 @@ func (a *Agent) apply(ctx context.Context, d api.Delivery, path string, info *ba
 	if err != nil {
 		return err
 	}
-	if err := a.state.commitApplied(ctx, d.Grant, d.Sequence, info.Size, &ch, raw); err != nil {
+	if err := a.state.commitApplied(ctx, d.Grant, d.Sequence, info.Size, ch, raw); err != nil {
 		return err
 	}
 	a.metrics.applied(d.Resource, info.Header.Rows, info.Size, time.Since(info.Header.Created))

@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/qianzhi/qianzhi/connectors"
@@ -135,9 +139,23 @@ func (a *Agent) healOnce(ctx context.Context) error {
 			}
 		}
 	}
+	damaged, err := a.state.spoolRows(`WHERE state = ? ORDER BY id`, spoolQuarantined)
+	if err != nil {
+		return err
+	}
+	for _, e := range damaged {
+		if g, ok := grants[e.Grant]; ok && g.Active && e.Seq > a.receipted(g.ID) {
+			if err := a.reproduce(ctx, g, e.Seq, "it was damaged or missing in the spool"); err != nil {
+				return err
+			}
+		}
+	}
 	var poll api.ResendPoll
 	for _, g := range grants {
 		if g.Active {
+			if err := a.healCopyDone(ctx, g); err != nil {
+				return err
+			}
 			poll.Grants = append(poll.Grants, api.ResendGrant{Grant: g.ID, After: a.receipted(g.ID)})
 		}
 	}
@@ -253,10 +271,124 @@ func (a *Agent) resend(ctx context.Context, g api.GrantInfo, seq uint64) error {
 	return nil
 }
 
-// reproduce makes a batch anew that can be neither uploaded nor re-sent.
+// keyHealCopy, in a grant's source state, names the full copy started to
+// make up for a batch that could not be re-sent; the provider's stopped
+// note stays until that copy is done.
+const keyHealCopy = "qz.heal_copy"
+
+// reproduce makes up for batch seq of a grant, which can be neither
+// uploaded nor re-sent: its spooled file is damaged or missing, or it was
+// no longer kept when the hub found its copy damaged. The consumer applies
+// in sequence order and a gap stops its line, so seq cannot be skipped; and
+// the batches sealed after it are changes on top of what it carried, so it
+// cannot be replaced by the start of something new either. Its sequence
+// number goes out as an empty batch (sealed, carrying nothing), and a full
+// copy of the resource is started after the last batch sealed, so that the
+// consumer ends identical to the source whatever the lost batch held (see
+// docs/protocol.md, "Damaged batches", for what a copy does not repair).
 func (a *Agent) reproduce(ctx context.Context, g api.GrantInfo, seq uint64, why string) error {
+	name := batchName(g.ID, seq)
+	h := batch.Header{
+		Version: batch.FormatVersion, Kind: batch.KindFiles, Resource: g.Resource, Grant: g.ID,
+		Provider: a.id.NodeID, Consumer: g.Consumer, Sequence: seq, Created: time.Now().UTC(), Compression: batch.CompressionNone,
+	}
+	size, err := batch.Create(a.spoolPath(name), h, bytes.NewReader(nil), a.id.Seal)
+	if err != nil {
+		os.Remove(a.spoolPath(name))
+		return fmt.Errorf("seal empty batch %s: %w", name, err)
+	}
+	a.copyMu.Lock()
+	defer a.copyMu.Unlock()
+	var ch connectors.Changes
+	v := a.state.view("src/" + g.ID)
+	cp, err := loadCopy(v, keyCopy)
+	if err != nil {
+		return err
+	}
+	id := ""
+	if req, err := loadCopy(v, keyCopyReq); err != nil {
+		return err
+	} else if req != nil {
+		id = req.ID // asked for already: that one makes up for it too
+	}
+	switch {
+	case cp != nil && cp.Active():
+		// A copy under way may have read past what the batch held, and a
+		// request now would be dropped as a duplicate of it: one more is
+		// asked for once it ends (healCopyDone).
+		a.log.Warn("a copy is under way while a batch must be made up for; another copy follows it", "grant", g.ID, "copy", cp.ID)
+		id = afterCopy + cp.ID
+	case id == "":
+		id = requestCopy(&ch, g, fmt.Sprintf("batch %d could not be sent", seq))
+	}
+	ch.Put(keyHealCopy, []byte(id))
+	e := spoolEntry{Grant: g.ID, Seq: seq, Resource: g.Resource, File: name, Size: size}
+	if err := a.state.commitReproduced(ctx, e, &ch); err != nil {
+		os.Remove(a.spoolPath(name))
+		return fmt.Errorf("record empty batch %s: %w", name, err)
+	}
+	a.spool.add(size)
 	a.fail(errSpool)
-	a.log.Error("batch cannot be sent again; the line for this grant stops here", "grant", g.ID, "seq", seq, "why", why)
-	a.state.setStopped(g.ID, "provider", fmt.Sprintf("the hub asked for batch %d again, but %s", seq, why))
+	a.log.Error("batch could not be sent; source changed: a full copy was started so the consumer ends identical", "grant", g.ID, "seq", seq, "why", why, "copy", id)
+	a.state.setStopped(g.ID, "provider", fmt.Sprintf("batch %d could not be sent (%s); source changed: a full copy was started (%s) so that the consumer ends identical, and batch %d goes out empty; this clears when the copy is done", seq, why, id, seq))
+	select {
+	case a.uploadKick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// afterCopy prefixes keyHealCopy's value while the make-up copy waits for
+// the copy named after it to end.
+const afterCopy = "after:"
+
+// requestCopy stages a request for a full copy of a grant, as qz-agent copy
+// makes one, and returns its ID.
+func requestCopy(ch *connectors.Changes, g api.GrantInfo, reason string) string {
+	req := &api.Copy{ID: newCopyID(), Grant: g.ID, Resource: g.Resource, Provider: g.Provider, Consumer: g.Consumer, State: api.CopyRequested,
+		Reason: reason, Updated: time.Now().UTC()}
+	raw, _ := json.Marshal(req)
+	ch.Put(keyCopyReq, raw)
+	return req.ID
+}
+
+// healCopyDone asks for the make-up copy of a grant once the copy before
+// it ended, and clears the grant's stopped note once the consumer has
+// applied the make-up copy.
+func (a *Agent) healCopyDone(ctx context.Context, g api.GrantInfo) error {
+	a.copyMu.Lock()
+	defer a.copyMu.Unlock()
+	grant := g.ID
+	v := a.state.view("src/" + grant)
+	raw, ok, err := v.Get(keyHealCopy)
+	if err != nil || !ok {
+		return err
+	}
+	id := string(raw)
+	cp, err := loadCopy(v, keyCopy)
+	if err != nil {
+		return err
+	}
+	var ch connectors.Changes
+	if prev, waiting := strings.CutPrefix(id, afterCopy); waiting {
+		if cp != nil && cp.ID == prev && cp.Active() {
+			return nil
+		}
+		ch.Put(keyHealCopy, []byte(requestCopy(&ch, g, "a batch could not be sent")))
+		return a.state.commitChanges(ctx, "src/"+grant, &ch)
+	}
+	if cp == nil || cp.ID != id || (cp.State != api.CopyDone && cp.State != api.CopyStopped) {
+		return nil
+	}
+	ch.Delete(keyHealCopy)
+	if err := a.state.commitChanges(ctx, "src/"+grant, &ch); err != nil {
+		return err
+	}
+	if cp.State == api.CopyStopped {
+		a.state.setStopped(grant, "provider", fmt.Sprintf("the copy %s that was to make up for a batch that could not be sent stopped: %s; start one with qz-agent copy", cp.ID, cp.Reason))
+		return nil
+	}
+	a.state.clearStopped(grant, "provider")
+	a.log.Info("the copy that made up for a lost batch is done; the line is whole again", "grant", grant, "copy", cp.ID)
 	return nil
 }

@@ -414,8 +414,8 @@ func (a *Agent) upload(ctx context.Context, e spoolEntry) error {
 
 // rejected handles the hub's refusal of a batch. If our copy verifies, the
 // hub's copy was damaged in transit: start over from byte zero. If it does
-// not, the spooled file itself is damaged: quarantine it, record it, and
-// stop this grant's line so the gap is visible rather than silent.
+// not, the spooled file itself is damaged: quarantine it and record it; the
+// heal loop makes up for it under the same sequence number (reproduce).
 func (a *Agent) rejected(ctx context.Context, e spoolEntry, reason string) error {
 	path := a.spoolPath(e.File)
 	_, verr := batch.VerifyFile(path, func(string) (seal.PublicKey, error) { return a.id.Seal.Public(), nil })
@@ -428,10 +428,9 @@ func (a *Agent) rejected(ctx context.Context, e spoolEntry, reason string) error
 	if err := a.quarantineFile(e); err != nil {
 		return err
 	}
-	q := a.spoolPath("quarantine")
+	// The heal loop makes up for it (reproduce) within a poll.
 	a.fail(errSpool)
-	a.log.Error("spooled batch is damaged; quarantined it, the line for this grant stops here", "grant", e.Grant, "seq", e.Seq, "err", verr)
-	a.state.setStopped(e.Grant, "provider", fmt.Sprintf("batch %d was damaged in the spool and quarantined in %s; the consumer's line stops before it", e.Seq, q))
+	a.log.Error("spooled batch is damaged; quarantined it, and it is made up for", "grant", e.Grant, "seq", e.Seq, "err", verr, "quarantine", a.spoolPath("quarantine"))
 	return fmt.Errorf("%w: batch %s/%d damaged in the spool: %v", errStopped, e.Grant, e.Seq, verr)
 }
 

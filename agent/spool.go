@@ -87,6 +87,14 @@ func (s *spool) changed() <-chan struct{} {
 	return s.freed
 }
 
+// add counts n bytes that must be spooled whatever the quota (a batch
+// that makes up for a lost one is a few hundred bytes).
+func (s *spool) add(n int64) {
+	s.mu.Lock()
+	s.used += n
+	s.mu.Unlock()
+}
+
 // release returns n bytes to the quota.
 func (s *spool) release(n int64) {
 	s.mu.Lock()

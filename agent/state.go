@@ -325,6 +325,26 @@ func (s *State) spoolEntryOf(grant string, seq uint64) (spoolEntry, error) {
 	return es[0], nil
 }
 
+// commitReproduced records the batch that takes the place of one that
+// could not be sent, under its sequence number, with the source's state
+// changes: the row of the old one (quarantined, if any) goes, its file stays
+// in the quarantine folder.
+func (s *State) commitReproduced(ctx context.Context, e spoolEntry, ch *connectors.Changes) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.Exec(`DELETE FROM spool WHERE grant_id = ? AND seq = ?`, e.Grant, e.Seq); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(`INSERT INTO spool (grant_id, seq, resource, file, size, created) VALUES (?, ?, ?, ?, ?, ?)`,
+			e.Grant, e.Seq, e.Resource, e.File, e.Size, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+			return err
+		}
+		if err := addCounter(tx, CounterReproduced, 1); err != nil {
+			return err
+		}
+		return applyChanges(tx, "src/"+e.Grant, ch)
+	})
+}
+
 // markKept records that the hub stored a waiting batch: it stays, kept,
 // until its consumer's receipt is known. It reports whether the batch was
 // still waiting.
