@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -46,6 +47,12 @@ func openSpool(dir string, quota int64, st *State) (*spool, error) {
 			}
 			s.used += e.Size
 		case e.State == spoolQuarantined:
+		case err != nil && e.State == spoolKept:
+			// The hub holds it; should it lose its copy, the batch is
+			// made up for like any batch no longer kept.
+			if _, err := st.unspool(context.Background(), e, ""); err != nil {
+				return nil, err
+			}
 		case err != nil:
 			// Listed but gone (the folder was tampered with): set it aside
 			// so it does not block the line forever; status reports it.

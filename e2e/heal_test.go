@@ -196,7 +196,7 @@ func spoolDamaged(t *testing.T, h *hub, prov *node) string {
 
 // checkMadeUp checks the provider's account of a batch it made up for, and
 // that the consumer applied every batch exactly once.
-func checkMadeUp(t *testing.T, h *hub, prov, cons *node, grant, seq string) {
+func checkMadeUp(t *testing.T, h *hub, prov, cons *node, grant, seq string, rejects int) {
 	t.Helper()
 	waitFor(t, 30*time.Second, "the make-up copy to be done and the note cleared", func() bool {
 		return len(prov.status().Stopped) == 0 && prov.status().Kept == 0
@@ -212,8 +212,8 @@ func checkMadeUp(t *testing.T, h *hub, prov, cons *node, grant, seq string) {
 	if applied := cs.Applied[grant]; applied != cs.Counters[agent.CounterBatchesApplied] || applied < 2 {
 		t.Errorf("consumer is at batch %d after applying %d: want every batch once, the empty one and the copy", applied, cs.Counters[agent.CounterBatchesApplied])
 	}
-	if n := auditCount(h, "batch.reject", grant+"/"+seq); n != 1 {
-		t.Errorf("%d batch.reject records for the damaged batch, want 1", n)
+	if n := auditCount(h, "batch.reject", grant+"/"+seq); n != rejects {
+		t.Errorf("%d batch.reject records for the damaged batch, want %d", n, rejects)
 	}
 }
 
@@ -238,7 +238,7 @@ func TestHealSpoolDamaged(t *testing.T) {
 		sums[k] = v
 	}
 	waitArrived(t, dst, sums, time.Minute)
-	checkMadeUp(t, h, prov, cons, g, seq)
+	checkMadeUp(t, h, prov, cons, g, seq, 1)
 }
 
 // TestHealSpoolDamagedTable is TestHealSpoolDamaged for a table line.
@@ -285,5 +285,30 @@ func TestHealSpoolDamagedTable(t *testing.T) {
 		return fmt.Sprintf("%d rows: %s", n, sum.String)
 	}
 	waitFor(t, time.Minute, "the consumer's table to equal the provider's", func() bool { return digest(dst) == digest(src) })
-	checkMadeUp(t, h, prov, cons, g, seq)
+	checkMadeUp(t, h, prov, cons, g, seq, 1)
+}
+
+// TestHealHubCopyDamagedNotKept: the hub's copy is damaged and the
+// provider no longer keeps the batch (its file was lost); the provider
+// makes up for it with an empty batch and a full copy.
+func TestHealHubCopyDamagedNotKept(t *testing.T) {
+	l := newHealLine(t, "n", nodeOpts{})
+	sums := writeFiles(t, l.src, []fileSpec{{"a.txt", 10000}, {"b.txt", 20000}})
+	stored := l.uploaded(t, 1)
+	waitFor(t, 10*time.Second, "the batch to be kept", func() bool { return l.prov.status().Kept == 1 })
+	l.prov.p.stop()
+	for _, f := range mustReadDir(t, filepath.Join(l.prov.state, "spool")) {
+		os.Remove(filepath.Join(l.prov.state, "spool", f))
+	}
+	flipBit(t, stored)
+	l.prov.start()
+	l.cons.start()
+	waitArrived(t, l.dst, sums, time.Minute)
+	checkMadeUp(t, l.h, l.prov, l.cons, l.grant, "1", 0)
+	subject := l.grant + "/1"
+	for action, want := range map[string]int{"delivery.reject": 1, "batch.damage": 1} {
+		if n := auditCount(l.h, action, subject); n != want {
+			t.Errorf("%d %s records for %s, want %d", n, action, subject, want)
+		}
+	}
 }
