@@ -425,9 +425,12 @@ type Status struct {
 	Metrics    string           `json:"metrics"`     // where /metrics and /healthz are served, while running
 	CallAPI    string           `json:"call_api"`    // where the local call endpoint listens, while running
 	CertExpiry time.Time        `json:"cert_expiry"` // the node certificate's end (renewed by the running agent)
-	SpoolBytes int64            `json:"spool_bytes"`
+	SpoolBytes int64            `json:"spool_bytes"` // waiting and kept: what counts in the quota
 	SpoolQuota int64            `json:"spool_quota"`
-	Spooled    int              `json:"spooled_batches"`
+	Spooled    int              `json:"spooled_batches"` // waiting for upload
+	Kept       int              `json:"kept_batches"`    // uploaded, kept until the consumer's receipt is known
+	KeptBytes  int64            `json:"kept_bytes"`
+	Quarantine int              `json:"quarantined_batches"`
 	Applied    map[string]int64 `json:"applied"`
 	Counters   map[string]int64 `json:"counters"`
 	Rejections []Rejection      `json:"rejections"`
@@ -459,14 +462,23 @@ func ReadStatus(cfg Config) (*Status, error) {
 	}
 	defer st.Close()
 	s := &Status{Node: id.NodeID, Hub: cfg.Hub, SpoolQuota: int64(cfg.Spool.Quota), Applied: map[string]int64{}}
-	es, err := st.spooled()
+	es, err := st.spoolAll()
 	if err != nil {
 		return nil, err
 	}
 	for _, e := range es {
-		s.SpoolBytes += e.Size
+		switch e.State {
+		case spoolWaiting:
+			s.Spooled++
+			s.SpoolBytes += e.Size
+		case spoolKept:
+			s.Kept++
+			s.KeptBytes += e.Size
+			s.SpoolBytes += e.Size
+		case spoolQuarantined:
+			s.Quarantine++
+		}
 	}
-	s.Spooled = len(es)
 	s.Transport, s.Connected, s.Metrics = st.runtime("transport"), st.runtime("connected"), st.runtime("metrics")
 	s.CallAPI = st.runtime("call_api")
 	s.CertExpiry = id.Leaf.NotAfter
@@ -516,8 +528,8 @@ func status(cfg Config, asJSON bool, w io.Writer) error {
 		return enc.Encode(s)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "node\t%s\nhub\t%s (last connected over %s at %s)\nspool\t%d batches, %d of %d bytes\n",
-		s.Node, s.Hub, orDash(s.Transport), orDash(s.Connected), s.Spooled, s.SpoolBytes, s.SpoolQuota)
+	fmt.Fprintf(tw, "node\t%s\nhub\t%s (last connected over %s at %s)\nspool\t%d batches to upload, %d kept until receipted (%d bytes), %d of %d bytes in use, %d quarantined\n",
+		s.Node, s.Hub, orDash(s.Transport), orDash(s.Connected), s.Spooled, s.Kept, s.KeptBytes, s.SpoolBytes, s.SpoolQuota, s.Quarantine)
 	fmt.Fprintf(tw, "certificate\tvalid until %s (%d days; renewed automatically)\n", s.CertExpiry.Local().Format(time.DateTime), int(time.Until(s.CertExpiry).Hours()/24))
 	if s.Metrics != "" {
 		fmt.Fprintf(tw, "metrics\thttp://%s/metrics\n", s.Metrics)

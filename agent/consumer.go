@@ -47,6 +47,7 @@ var errTransient = errors.New("hub connection lost")
 func (a *Agent) consumeLoop(ctx context.Context) {
 	attempt := 0
 	stopped := map[string]time.Time{} // grants whose line is stopped, until when
+	rejects := map[string]int{}       // grants → deliveries rejected in a row
 	for {
 		var ds []api.Delivery
 		err := a.call(ctx, http.MethodGet, "/v1/deliveries?wait=25s", nil, &ds)
@@ -96,6 +97,23 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 					}
 					continue
 				}
+				blocked = true
+				var rj *rejectedDelivery
+				if errors.As(err, &rj) {
+					rejects[d.Grant]++
+					wait := rejectWait(rejects[d.Grant], rj.action)
+					if errors.Is(rj.err, batch.ErrLimit) {
+						wait = limitPause
+					}
+					why := fmt.Sprintf("batch %d failed its check here (%v); fetching it again in %s", d.Sequence, rj.err, wait)
+					if rj.action == api.RejectResend {
+						why = fmt.Sprintf("batch %d was damaged at the hub (%v); its provider was asked to send it again", d.Sequence, rj.err)
+					}
+					a.log.Warn("delivered batch rejected; this grant's line waits for a good copy", "grant", d.Grant, "seq", d.Sequence, "hub", rj.action, "retry_in", wait, "err", rj.err)
+					a.state.setStopped(d.Grant, "consumer", why)
+					stopped[d.Grant] = time.Now().Add(wait)
+					continue
+				}
 				a.fail(errApply)
 				a.log.Error("delivery not applied; this grant's line waits", "grant", d.Grant, "seq", d.Sequence, "err", err)
 				a.state.setStopped(d.Grant, "consumer", fmt.Sprintf("batch %d: %v", d.Sequence, err))
@@ -103,9 +121,9 @@ func (a *Agent) consumeLoop(ctx context.Context) {
 				if errors.Is(err, batch.ErrLimit) {
 					stopped[d.Grant] = time.Now().Add(limitPause)
 				}
-				blocked = true
 			} else if _, was := stopped[d.Grant]; was {
 				delete(stopped, d.Grant)
+				delete(rejects, d.Grant)
 				a.state.clearStopped(d.Grant, "consumer")
 			}
 		}
@@ -184,19 +202,45 @@ func (a *Agent) deliver(ctx context.Context, d api.Delivery) error {
 	return err
 }
 
-// rejectDelivery records and reports a delivered batch this agent refuses.
+// rejectDelivery records a delivered batch this agent refuses and reports
+// it to the hub, which checks its own copy and says what happens next.
 func (a *Agent) rejectDelivery(ctx context.Context, d api.Delivery, path string, err error) error {
 	os.Remove(path)
 	a.fail(errReject)
 	a.state.reject(d.Grant, d.Sequence, "consumer", err.Error())
-	a.call(ctx, http.MethodPost, "/v1/rejections", api.Rejection{Grant: d.Grant, Sequence: d.Sequence, Reason: err.Error()}, nil)
-	return fmt.Errorf("rejected delivered batch: %w", err)
+	var ans api.RejectionAnswer
+	if herr := a.call(ctx, http.MethodPost, "/v1/rejections", api.Rejection{Grant: d.Grant, Sequence: d.Sequence, Reason: err.Error()}, &ans); herr != nil {
+		a.log.Warn("cannot report a rejected batch to the hub", "grant", d.Grant, "seq", d.Sequence, "err", herr)
+	}
+	return &rejectedDelivery{action: ans.Action, err: err}
 }
 
 // limitPause is how long a line waits after a batch broke a receiver limit
 // before it tries that batch again: the same sealed batch breaks it again,
 // so trying often would only download it and write audit records.
 const limitPause = time.Hour
+
+// rejectedDelivery is a delivered batch that failed its checks here, with
+// what the hub found when it checked its own copy (api.RejectRefetch,
+// api.RejectResend, or "" when the hub could not be told).
+type rejectedDelivery struct {
+	action string
+	err    error
+}
+
+func (e *rejectedDelivery) Error() string { return "rejected delivered batch: " + e.err.Error() }
+func (e *rejectedDelivery) Unwrap() error { return e.err }
+
+// rejectWait is how long a grant's line waits after its n-th rejection in
+// a row before it tries again: a batch the hub is getting again comes back
+// as a new delivery; one damaged on this side is fetched again, less and
+// less often, up to every 5 minutes.
+func rejectWait(n int, action string) time.Duration {
+	if action == api.RejectResend {
+		return time.Second
+	}
+	return min(2*time.Second<<min(n-1, 10), 5*time.Minute)
+}
 
 // prefetch downloads a delivery into the inbox in the background, so that
 // the network works while the batch before it is applied; deliver then
@@ -340,6 +384,11 @@ func (a *Agent) apply(ctx context.Context, d api.Delivery, path string, info *ba
 	} else if destroyed {
 		return fmt.Errorf("grant %s ended and what it delivered was destroyed", d.Grant)
 	}
+	if emptyBatch(&info.Header) {
+		// It takes the place of a batch its provider could not send (a full
+		// copy follows it): nothing to apply, only its number to record.
+		return a.commitApplied(ctx, d, info, &connectors.Changes{})
+	}
 	s, err := a.sink(d.Resource, info.Header.Kind)
 	if err != nil {
 		return err
@@ -360,6 +409,18 @@ func (a *Agent) apply(ctx context.Context, d api.Delivery, path string, info *ba
 	if err := s.Apply(ctx, &info.Header, body, a.state.view(scope), &ch); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
+	return a.commitApplied(ctx, d, info, &ch)
+}
+
+// emptyBatch reports whether a batch carries nothing at all: no files, no
+// schema, no body.
+func emptyBatch(h *batch.Header) bool {
+	return h.Kind == batch.KindFiles && len(h.Files) == 0 && h.Schema == nil && h.BodyLen == 0
+}
+
+// commitApplied signs the receipt of an applied batch and records both,
+// with the sink's state changes, in one transaction.
+func (a *Agent) commitApplied(ctx context.Context, d api.Delivery, info *batch.Info, ch *connectors.Changes) error {
 	rc, err := receipt.Sign(receipt.Receipt{
 		Version: 1, Resource: d.Resource, Grant: d.Grant, Sequence: d.Sequence, Provider: d.Provider,
 		Consumer: a.id.NodeID, BatchDigest: hex.EncodeToString(info.Digest), Applied: time.Now().UTC(),
@@ -372,7 +433,7 @@ func (a *Agent) apply(ctx context.Context, d api.Delivery, path string, info *ba
 	if err != nil {
 		return err
 	}
-	if err := a.state.commitApplied(ctx, d.Grant, d.Sequence, info.Size, &ch, raw); err != nil {
+	if err := a.state.commitApplied(ctx, d.Grant, d.Sequence, info.Size, ch, raw); err != nil {
 		return err
 	}
 	a.metrics.applied(d.Resource, info.Header.Rows, info.Size, time.Since(info.Header.Created))

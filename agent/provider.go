@@ -136,14 +136,8 @@ func (a *Agent) produceGrant(ctx context.Context, src connectors.Source, resourc
 			return errors.Join(err, drain())
 		}
 		reserved := int64(len(out.Body)) + batchOverhead
-		if !a.spool.tryReserve(reserved) {
-			used, quota := a.spool.usage()
-			a.log.Warn("spool full; extraction paused until uploads free space", "used", used, "quota", quota)
-			a.state.Add(CounterSpoolFullWaits, 1)
-			if err := a.spool.reserve(ctx, reserved); err != nil {
-				return errors.Join(err, drain())
-			}
-			a.log.Info("spool has room again; extraction resumed")
+		if err := a.reserveSpool(ctx, reserved); err != nil {
+			return errors.Join(err, drain())
 		}
 		if err := drain(); err != nil {
 			a.spool.release(reserved)
@@ -375,7 +369,7 @@ func (a *Agent) upload(ctx context.Context, e spoolEntry) error {
 		case resp.StatusCode != http.StatusOK:
 			return fmt.Errorf("upload status: %s", resp.Status)
 		case resp.Header.Get(api.HeaderComplete) == "1":
-			return a.finish(ctx, e, CounterUploaded)
+			return a.keep(ctx, e)
 		}
 		off, err = strconv.ParseInt(resp.Header.Get(api.HeaderOffset), 10, 64)
 		if err != nil || off < 0 || off > e.Size {
@@ -407,7 +401,7 @@ func (a *Agent) upload(ctx context.Context, e spoolEntry) error {
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusCreated:
-		return a.finish(ctx, e, CounterUploaded)
+		return a.keep(ctx, e)
 	case http.StatusAccepted, http.StatusConflict:
 		return fmt.Errorf("upload incomplete (%s); resuming", resp.Status)
 	case http.StatusGone:
@@ -420,8 +414,8 @@ func (a *Agent) upload(ctx context.Context, e spoolEntry) error {
 
 // rejected handles the hub's refusal of a batch. If our copy verifies, the
 // hub's copy was damaged in transit: start over from byte zero. If it does
-// not, the spooled file itself is damaged: quarantine it, record it, and
-// stop this grant's line so the gap is visible rather than silent.
+// not, the spooled file itself is damaged: quarantine it and record it; the
+// heal loop makes up for it under the same sequence number (reproduce).
 func (a *Agent) rejected(ctx context.Context, e spoolEntry, reason string) error {
 	path := a.spoolPath(e.File)
 	_, verr := batch.VerifyFile(path, func(string) (seal.PublicKey, error) { return a.id.Seal.Public(), nil })
@@ -431,30 +425,38 @@ func (a *Agent) rejected(ctx context.Context, e spoolEntry, reason string) error
 		a.log.Warn("hub rejected a batch that verifies here; sending it again", "grant", e.Grant, "seq", e.Seq, "reason", reason)
 		return fmt.Errorf("hub rejected batch %s/%d: %s", e.Grant, e.Seq, reason)
 	}
-	// Index first, then the file: a crash between leaves a file the
-	// index no longer lists, never a listed batch without its file.
-	if err := a.quarantine(e); err != nil {
+	if err := a.quarantineFile(e); err != nil {
+		return err
+	}
+	// The heal loop makes up for it (reproduce) within a poll.
+	a.fail(errSpool)
+	a.log.Error("spooled batch is damaged; quarantined it, and it is made up for", "grant", e.Grant, "seq", e.Seq, "err", verr, "quarantine", a.spoolPath("quarantine"))
+	return fmt.Errorf("%w: batch %s/%d damaged in the spool: %v", errStopped, e.Grant, e.Seq, verr)
+}
+
+// quarantineFile takes a damaged batch out of the upload order and moves
+// its file to the quarantine folder, outside the quota. The row is marked
+// first: a crash before the move leaves a quarantined row whose file is
+// still in place, which the next start uploads again (and the hub refuses
+// again), never a file removed while a row names it.
+func (a *Agent) quarantineFile(e spoolEntry) error {
+	if err := a.state.setAside(e.ID); err != nil {
 		return err
 	}
 	q := a.spoolPath("quarantine")
 	os.MkdirAll(q, 0o750)
-	os.Rename(path, q+"/"+e.File)
-	a.fail(errSpool)
-	a.log.Error("spooled batch is damaged; quarantined it, the line for this grant stops here", "grant", e.Grant, "seq", e.Seq, "err", verr)
-	a.state.setStopped(e.Grant, "provider", fmt.Sprintf("batch %d was damaged in the spool and quarantined in %s; the consumer's line stops before it", e.Seq, q))
+	os.Rename(a.spoolPath(e.File), q+"/"+e.File)
 	a.spool.release(e.Size)
-	return fmt.Errorf("%w: batch %s/%d damaged in the spool: %v", errStopped, e.Grant, e.Seq, verr)
+	return nil
 }
 
-// quarantine takes a damaged batch out of the upload order.
-func (a *Agent) quarantine(e spoolEntry) error {
-	return a.state.setAside(e.ID)
-}
-
-// finish removes an uploaded (or obsolete) batch: index first, then file,
-// so a crash between leaves only an orphan file that start-up removes.
+// finish removes a batch that is no longer needed (receipted, or of a
+// grant that ended) if it is still in the state e names: index first, then
+// file, so a crash between leaves only an orphan file that start-up
+// removes. counter, if not empty, counts it.
 func (a *Agent) finish(ctx context.Context, e spoolEntry, counter string) error {
-	if err := a.state.unspool(ctx, e.ID, counter, e.Size); err != nil {
+	ok, err := a.state.unspool(ctx, e, counter)
+	if err != nil || !ok {
 		return err
 	}
 	os.Remove(a.spoolPath(e.File))

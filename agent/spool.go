@@ -8,9 +8,11 @@ import (
 	"sync"
 )
 
-// spool accounts for the bytes of sealed batches waiting for upload and
-// makes producers wait when the quota is reached (backpressure): nothing
-// is dropped, extraction just pauses.
+// spool accounts for the bytes of sealed batches, waiting for upload or
+// kept after it until the consumer's receipt is known, and makes producers
+// wait when the quota is reached (backpressure). Only kept batches are let
+// go for room, oldest first (see reserveSpool); a batch not yet uploaded is
+// never dropped: extraction just pauses.
 type spool struct {
 	dir   string
 	quota int64
@@ -23,24 +25,42 @@ type spool struct {
 // openSpool sums the indexed batches and removes files the index does not
 // know: temporary files and batches written by a process that died before
 // its commit. Their sources' checkpoints did not move, so they are
-// produced again.
+// produced again. A file any row of the index names is never removed here,
+// whatever the row's state.
 func openSpool(dir string, quota int64, st *State) (*spool, error) {
 	s := &spool{dir: dir, quota: quota, freed: make(chan struct{})}
-	es, err := st.spooled()
+	es, err := st.spoolAll()
 	if err != nil {
 		return nil, err
 	}
 	known := map[string]bool{}
 	for _, e := range es {
-		if _, err := os.Stat(filepath.Join(dir, e.File)); err != nil {
+		known[e.File] = true
+		_, err := os.Stat(filepath.Join(dir, e.File))
+		switch {
+		case e.State == spoolQuarantined && err == nil:
+			// Quarantined by an earlier version only for the id it was
+			// given (see migrateSpool), or a crash came between marking
+			// it and moving its file: upload it; the hub checks it.
+			if _, err := st.setSpoolState(e.ID, spoolQuarantined, spoolWaiting); err != nil {
+				return nil, err
+			}
+			s.used += e.Size
+		case e.State == spoolQuarantined:
+		case err != nil && e.State == spoolKept:
+			// The hub holds it; should it lose its copy, the batch is
+			// made up for like any batch no longer kept.
+			if _, err := st.unspool(context.Background(), e, ""); err != nil {
+				return nil, err
+			}
+		case err != nil:
 			// Listed but gone (the folder was tampered with): set it aside
 			// so it does not block the line forever; status reports it.
 			st.setAside(e.ID)
 			st.setStopped(e.Grant, "provider", fmt.Sprintf("batch %d is missing from the spool folder: %v", e.Seq, err))
-			continue
+		default:
+			s.used += e.Size
 		}
-		known[e.File] = true
-		s.used += e.Size
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -67,27 +87,33 @@ func (s *spool) tryReserve(n int64) bool {
 	return false
 }
 
-// reserve waits until n more bytes fit under the quota.
-func (s *spool) reserve(ctx context.Context, n int64) error {
-	for {
-		s.mu.Lock()
-		c := s.freed
-		s.mu.Unlock()
-		if s.tryReserve(n) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c:
-		}
-	}
+// changed returns a channel closed at the next release or wake.
+func (s *spool) changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.freed
+}
+
+// add counts n bytes that must be spooled whatever the quota (a batch
+// that makes up for a lost one is a few hundred bytes).
+func (s *spool) add(n int64) {
+	s.mu.Lock()
+	s.used += n
+	s.mu.Unlock()
 }
 
 // release returns n bytes to the quota.
 func (s *spool) release(n int64) {
 	s.mu.Lock()
 	s.used -= n
+	s.mu.Unlock()
+	s.wake()
+}
+
+// wake tells producers waiting for room that something changed: bytes were
+// released, or a batch became kept and may be let go for room.
+func (s *spool) wake() {
+	s.mu.Lock()
 	close(s.freed)
 	s.freed = make(chan struct{})
 	s.mu.Unlock()

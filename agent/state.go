@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/qianzhi/qianzhi/connectors"
@@ -12,13 +13,17 @@ import (
 	"github.com/qianzhi/qianzhi/pkg/sqlitedb"
 )
 
+// spoolTable holds the sealed batches, in spool order, with where each
+// stands (spoolWaiting…). AUTOINCREMENT: an id is never handed out twice,
+// whatever was removed.
+const spoolTable = `CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, grant_id TEXT NOT NULL, seq INTEGER NOT NULL, resource TEXT NOT NULL, file TEXT NOT NULL, size INTEGER NOT NULL, created TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'spooled', UNIQUE (grant_id, seq))`
+
 var stateSchema = []string{
 	// Connector state per grant, scope "src/GRANT" or "sink/GRANT".
 	`CREATE TABLE IF NOT EXISTS kv (scope TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (scope, key))`,
 	// Next sequence number to seal, per grant.
 	`CREATE TABLE IF NOT EXISTS seqs (grant_id TEXT PRIMARY KEY, next INTEGER NOT NULL)`,
-	// Sealed batches waiting for upload, in spool order.
-	`CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY, grant_id TEXT NOT NULL, seq INTEGER NOT NULL, resource TEXT NOT NULL, file TEXT NOT NULL, size INTEGER NOT NULL, created TEXT NOT NULL, UNIQUE (grant_id, seq))`,
+	spoolTable,
 	// Grants as last heard from the hub, so a restart without the hub
 	// keeps producing.
 	`CREATE TABLE IF NOT EXISTS grants (id TEXT PRIMARY KEY, info TEXT NOT NULL)`,
@@ -50,6 +55,10 @@ const (
 	CounterBatchesApplied    = "batches_applied"
 	CounterSpoolFullWaits    = "spool_full_waits"
 	CounterRejected          = "batches_rejected"
+	CounterKeptReleased      = "kept_released"  // kept batches let go once the consumer's receipt was checked
+	CounterKeptDropped       = "kept_dropped"   // kept batches let go early to make room for new ones
+	CounterResent            = "batches_resent" // kept batches sent again because the hub's copy was damaged
+	CounterReproduced        = "batches_reproduced"
 )
 
 // State is the agent's embedded database.
@@ -57,13 +66,52 @@ type State struct {
 	db *sql.DB
 }
 
+// Where a spooled batch stands.
+const (
+	spoolWaiting     = "spooled"     // sealed, to be uploaded
+	spoolKept        = "kept"        // the hub stored it; kept until the consumer's receipt is known
+	spoolQuarantined = "quarantined" // damaged; its file is in the quarantine folder
+)
+
 // OpenState opens or creates the state database.
 func OpenState(path string) (*State, error) {
 	db, err := sqlitedb.Open(path, stateSchema)
 	if err != nil {
 		return nil, err
 	}
+	if err := migrateSpool(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	return &State{db: db}, nil
+}
+
+// migrateSpool brings a spool index made by an earlier version to this one.
+// Those set a damaged batch aside by negating its id, and their plain
+// INTEGER PRIMARY KEY could then give a later batch an id of 0 or below,
+// which they never uploaded. The table is rebuilt with AUTOINCREMENT and a
+// state column: rows with a negative id become quarantined (openSpool
+// gives back those whose file is still in the spool folder: batches that
+// only had the unlucky id), every other row waits for upload.
+func migrateSpool(db *sql.DB) error {
+	var n int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('spool') WHERE name = 'state'`).Scan(&n); err != nil || n > 0 {
+		return err
+	}
+	return sqlitedb.InTx(context.Background(), db, func(tx *sql.Tx) error {
+		for _, q := range []string{
+			`ALTER TABLE spool RENAME TO spool_old`,
+			spoolTable,
+			`INSERT INTO spool (grant_id, seq, resource, file, size, created, state)
+				SELECT grant_id, seq, resource, file, size, created, CASE WHEN id < 0 THEN 'quarantined' ELSE 'spooled' END FROM spool_old ORDER BY id`,
+			`DROP TABLE spool_old`,
+		} {
+			if _, err := tx.Exec(q); err != nil {
+				return fmt.Errorf("migrate spool index: %w", err)
+			}
+		}
+		return nil
+	})
 }
 
 // Close closes the database.
@@ -198,7 +246,7 @@ func (s *State) nextSeq(grant string) (uint64, error) {
 	return n, err
 }
 
-// spoolEntry is a sealed batch waiting for upload.
+// spoolEntry is a sealed batch in the spool.
 type spoolEntry struct {
 	ID       int64
 	Grant    string
@@ -206,6 +254,7 @@ type spoolEntry struct {
 	Resource string
 	File     string
 	Size     int64
+	State    string
 }
 
 // commitSealed records a spooled batch, the source's state changes and the
@@ -227,8 +276,16 @@ func (s *State) commitSealed(ctx context.Context, e spoolEntry, ch *connectors.C
 	})
 }
 
+// spooled lists the batches waiting for upload, in spool order.
 func (s *State) spooled() ([]spoolEntry, error) {
-	rows, err := s.db.Query(`SELECT id, grant_id, seq, resource, file, size FROM spool WHERE id > 0 ORDER BY id`)
+	return s.spoolRows(`WHERE state = ? ORDER BY id`, spoolWaiting)
+}
+
+// spoolAll lists every row of the spool index, whatever its state.
+func (s *State) spoolAll() ([]spoolEntry, error) { return s.spoolRows(`ORDER BY id`) }
+
+func (s *State) spoolRows(where string, args ...any) ([]spoolEntry, error) {
+	rows, err := s.db.Query(`SELECT id, grant_id, seq, resource, file, size, state FROM spool `+where, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -236,7 +293,7 @@ func (s *State) spooled() ([]spoolEntry, error) {
 	var out []spoolEntry
 	for rows.Next() {
 		var e spoolEntry
-		if err := rows.Scan(&e.ID, &e.Grant, &e.Seq, &e.Resource, &e.File, &e.Size); err != nil {
+		if err := rows.Scan(&e.ID, &e.Grant, &e.Seq, &e.Resource, &e.File, &e.Size, &e.State); err != nil {
 			return nil, err
 		}
 		out = append(out, e)
@@ -244,24 +301,91 @@ func (s *State) spooled() ([]spoolEntry, error) {
 	return out, rows.Err()
 }
 
-// setAside takes a spooled batch out of the upload order (its ID turns
-// negative) without forgetting it.
+// setSpoolState moves a batch to another state; it reports whether the
+// batch was still in the state from.
+func (s *State) setSpoolState(id int64, from, to string) (bool, error) {
+	res, err := s.db.Exec(`UPDATE spool SET state = ? WHERE id = ? AND state = ?`, to, id, from)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// setAside takes a spooled batch out of the upload order without
+// forgetting it: its row stays, quarantined, and names its file.
 func (s *State) setAside(id int64) error {
-	_, err := s.db.Exec(`UPDATE spool SET id = -id WHERE id = ?`, id)
+	_, err := s.db.Exec(`UPDATE spool SET state = ? WHERE id = ?`, spoolQuarantined, id)
 	return err
 }
 
-// unspool removes a batch from the index; the caller deletes the file after.
-func (s *State) unspool(ctx context.Context, id int64, counter string, n int64) error {
+// spoolEntryOf returns the spool row of one batch (sql.ErrNoRows if none).
+func (s *State) spoolEntryOf(grant string, seq uint64) (spoolEntry, error) {
+	es, err := s.spoolRows(`WHERE grant_id = ? AND seq = ?`, grant, seq)
+	if err == nil && len(es) == 0 {
+		err = sql.ErrNoRows
+	}
+	if err != nil {
+		return spoolEntry{}, err
+	}
+	return es[0], nil
+}
+
+// commitReproduced records the batch that takes the place of one that
+// could not be sent, under its sequence number, with the source's state
+// changes: the row of the old one (quarantined, if any) goes, its file stays
+// in the quarantine folder.
+func (s *State) commitReproduced(ctx context.Context, e spoolEntry, ch *connectors.Changes) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.Exec(`DELETE FROM spool WHERE id = ?`, id); err != nil {
+		if _, err := tx.Exec(`DELETE FROM spool WHERE grant_id = ? AND seq = ?`, e.Grant, e.Seq); err != nil {
 			return err
 		}
-		if counter != "" {
-			return addCounter(tx, counter, n)
+		if _, err := tx.Exec(`INSERT INTO spool (grant_id, seq, resource, file, size, created) VALUES (?, ?, ?, ?, ?, ?)`,
+			e.Grant, e.Seq, e.Resource, e.File, e.Size, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+			return err
 		}
-		return nil
+		if err := addCounter(tx, CounterReproduced, 1); err != nil {
+			return err
+		}
+		return applyChanges(tx, "src/"+e.Grant, ch)
 	})
+}
+
+// markKept records that the hub stored a waiting batch: it stays, kept,
+// until its consumer's receipt is known. It reports whether the batch was
+// still waiting.
+func (s *State) markKept(ctx context.Context, e spoolEntry) (bool, error) {
+	var ok bool
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.Exec(`UPDATE spool SET state = ? WHERE id = ? AND state = ?`, spoolKept, e.ID, spoolWaiting)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if ok = n == 1; !ok || err != nil {
+			return err
+		}
+		return addCounter(tx, CounterUploaded, e.Size)
+	})
+	return ok, err
+}
+
+// unspool removes a batch from the index if it is still in the state e
+// names, and reports whether it was; the caller deletes the file after.
+func (s *State) unspool(ctx context.Context, e spoolEntry, counter string) (bool, error) {
+	var ok bool
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.Exec(`DELETE FROM spool WHERE id = ? AND state = ?`, e.ID, e.State)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if ok = n == 1; !ok || err != nil || counter == "" {
+			return err
+		}
+		return addCounter(tx, counter, 1)
+	})
+	return ok, err
 }
 
 func (s *State) saveGrants(ctx context.Context, gs []api.GrantInfo) error {

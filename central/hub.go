@@ -420,6 +420,7 @@ func (h *Hub) Handler() http.Handler {
 	mux.Handle("GET /v1/receipts", h.node(h.listReceipts))
 	mux.Handle("POST /v1/rejections", h.node(h.rejection))
 	mux.Handle("POST /v1/refusals", h.node(h.grantRefusal))
+	mux.Handle("POST /v1/resends", h.node(h.resends))
 	mux.Handle("POST /v1/copies", h.node(h.copyProgress))
 	mux.Handle("POST /v1/calls", h.node(h.call))
 	mux.Handle("GET /v1/calls/next", h.node(h.nextCalls))
@@ -1214,25 +1215,6 @@ func (h *Hub) receipt(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := h.store.PutReceipt(ctx, rc.Grant, rc.Sequence, raw, h.now()); err != nil {
 		h.internal(w, "store receipt", err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
-func (h *Hub) rejection(w http.ResponseWriter, r *http.Request) {
-	var rj api.Rejection
-	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&rj); err != nil {
-		httpError(w, http.StatusBadRequest, "malformed rejection")
-		return
-	}
-	me := nodeID(r)
-	if g, err := h.store.Grant(r.Context(), rj.Grant); err != nil || g.Consumer != me {
-		httpError(w, http.StatusForbidden, "only the grant's consumer can reject its batches")
-		return
-	}
-	h.log.Warn("consumer rejected a delivered batch", "node", me, "grant", rj.Grant, "seq", rj.Sequence, "reason", clipText(rj.Reason, maxAuditDetail))
-	if err := h.auditNode(r.Context(), me, "delivery.reject", fmt.Sprintf("%s/%d", rj.Grant, rj.Sequence), rj.Reason); err != nil {
-		h.internal(w, "audit", err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

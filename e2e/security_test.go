@@ -48,14 +48,15 @@ func TestTamperedSpooledBatchRejectedByHub(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "outbox")
 	os.MkdirAll(src, 0o755)
 	h.start()
+	dst := filepath.Join(t.TempDir(), "inbox")
 	prov := newNode(t, h, "prov-t", nodeOpts{resources: fileResource("prov.t", src, "")})
-	cons := newNode(t, h, "cons-t", nodeOpts{subs: fileSub("prov.t", filepath.Join(t.TempDir(), "inbox"))})
+	cons := newNode(t, h, "cons-t", nodeOpts{subs: fileSub("prov.t", dst)})
 	prov.start()
 	cons.start()
 	h.grant("prov.t", "cons-t")
 	waitFor(t, 10*time.Second, "provider to learn the grant", func() bool { return logHas(prov.logPath(), "grants changed") })
 	h.p.stop()
-	writeFiles(t, src, []fileSpec{{"a.txt", 10000}})
+	sums := writeFiles(t, src, []fileSpec{{"a.txt", 10000}})
 	batchFile := firstFile(t, filepath.Join(prov.state, "spool"), ".qzb")
 	// The file is renamed into place before its index row commits: stop
 	// the agent only once the batch is recorded, or it may remove the
@@ -86,15 +87,9 @@ func TestTamperedSpooledBatchRejectedByHub(t *testing.T) {
 	if !strings.Contains(h.central("audit", "list"), "batch.reject") {
 		t.Error("hub audit log has no batch.reject record")
 	}
-	// The consumer is running and polling: the damaged batch never
-	// reached it, so it applied nothing.
-	time.Sleep(time.Second)
-	if n := cons.counter(agent.CounterBatchesApplied); n != 0 {
-		t.Errorf("consumer applied %d batches although the only batch was damaged", n)
-	}
-	if n := cons.counter(agent.CounterDownloadAttempted); n != 0 {
-		t.Errorf("consumer downloaded %d bytes of a batch the hub refused", n)
-	}
+	// The damaged batch never reached the consumer; the provider makes up
+	// for it (TestHealSpoolDamaged) and what arrives is the original.
+	waitArrived(t, dst, sums, time.Minute)
 }
 
 // TestTamperedDeliveryRejectedByConsumer flips a bit in a batch stored at
@@ -104,7 +99,7 @@ func TestTamperedDeliveryRejectedByConsumer(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "outbox")
 	dst := filepath.Join(t.TempDir(), "inbox")
 	os.MkdirAll(src, 0o755)
-	writeFiles(t, src, []fileSpec{{"a.txt", 10000}})
+	sums := writeFiles(t, src, []fileSpec{{"a.txt", 10000}})
 	h.start()
 	prov := newNode(t, h, "prov-d", nodeOpts{resources: fileResource("prov.d", src, "")})
 	cons := newNode(t, h, "cons-d", nodeOpts{subs: fileSub("prov.d", dst)})
@@ -117,16 +112,12 @@ func TestTamperedDeliveryRejectedByConsumer(t *testing.T) {
 	waitFor(t, 30*time.Second, "the consumer to record its rejection", func() bool {
 		return len(cons.status().Rejections) > 0
 	})
-	if _, err := os.Stat(filepath.Join(dst, "a.txt")); err == nil {
-		t.Error("a tampered batch was applied")
-	}
-	waitFor(t, 10*time.Second, "status to show the stopped line", func() bool {
-		st := cons.status().Stopped
-		return len(st) == 1 && st[0].Side == "consumer" && strings.Contains(st[0].Reason, "batch 1")
-	})
 	waitFor(t, 10*time.Second, "hub audit of the rejection", func() bool {
 		return strings.Contains(h.central("audit", "list"), "delivery.reject")
 	})
+	// The hub finds its copy damaged and the provider sends its kept copy
+	// again (TestHealHubCopyDamaged): what arrives is the original.
+	waitArrived(t, dst, sums, 30*time.Second)
 }
 
 // hubGet makes one request to the hub with a node's identity.

@@ -121,7 +121,7 @@ var _ Store = (*SQLite)(nil)
 
 // OpenSQLite opens or creates the hub database at path.
 func OpenSQLite(path string) (*SQLite, error) {
-	db, err := sqlitedb.Open(path, slices.Concat(schema, catalogSchema, applicationSchema, feedbackSchema, operatorSchema, copiesSchema, callsSchema, checkpointSchema))
+	db, err := sqlitedb.Open(path, slices.Concat(schema, catalogSchema, applicationSchema, feedbackSchema, operatorSchema, copiesSchema, callsSchema, checkpointSchema, healSchema))
 	if err != nil {
 		return nil, err
 	}

@@ -242,6 +242,18 @@ type Store interface {
 	// cutoff, or stored before it under a grant that ended.
 	Purgeable(ctx context.Context, cutoff time.Time) ([]Batch, error)
 	MarkPurged(ctx context.Context, grant string, seq uint64) error
+	// NoteRejection counts a consumer's rejection of a stored batch copy
+	// (audited at counts 1, 2, 4, 8 …) and returns the count.
+	NoteRejection(ctx context.Context, consumer string, b Batch, reason string) (int, error)
+	// DropDamaged forgets a stored batch that failed the hub's own check
+	// and asks its provider to send it again (audited: batch.damage).
+	DropDamaged(ctx context.Context, b Batch, reason string) error
+	// Resends lists the batches of a grant its provider is asked to send
+	// again and that are not stored yet.
+	Resends(ctx context.Context, grant string) ([]uint64, error)
+	// LastReceipt returns a grant's receipted batch with the highest
+	// sequence number.
+	LastReceipt(ctx context.Context, grant string) (Batch, error)
 
 	// SubmitCatalog records a new version of a provider's catalog entry
 	// for review (unless unchanged); it returns the version and whether it

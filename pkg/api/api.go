@@ -25,7 +25,8 @@
 //	POST /v1/receipts                  a signed receipt
 //	GET  /v1/receipts?grant=G[&seq=N]  → []ReceiptRecord, for the grant's provider or consumer
 //	GET  /v1/destructions[?grant=G]    → []DestructionRecord of the caller's grants revoked with destruction
-//	POST /v1/rejections                Rejection
+//	POST /v1/rejections                Rejection → RejectionAnswer (the hub re-checks its copy)
+//	POST /v1/resends                   ResendPoll → ResendAnswer (the caller is the grants' provider)
 //	POST /v1/refusals                  GrantRefusal (the caller is the grant's provider)
 //	POST /v1/calls                     CallRequest → CallAnswer (query or verify; the caller is the consumer)
 //	GET  /v1/calls/next?wait=25s       long poll → []CallJob for the calling provider
