@@ -25,11 +25,15 @@ func FuzzVerify(f *testing.F) {
 	lookup := lookupFor(key)
 	good := map[string]bool{}
 	for _, c := range []string{CompressionNone, CompressionZstd} {
-		b := smallBatch(f, key, c)
-		good[string(b)] = true
-		f.Add(b)
-		f.Add(b[:len(b)/2])
-		f.Add(append(bytes.Clone(b), 0))
+		for _, b := range [][]byte{smallBatch(f, key, c), rowsBatch(f, key, c)} {
+			if _, err := Verify(bytes.NewReader(b), int64(len(b)), lookup); err != nil {
+				f.Fatalf("a seed sealed with the key: %v", err)
+			}
+			good[string(b)] = true
+			f.Add(b)
+			f.Add(b[:len(b)/2])
+			f.Add(append(bytes.Clone(b), 0))
+		}
 	}
 	f.Add([]byte("QZBATCH1"))
 	f.Add([]byte{})
@@ -52,6 +56,20 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("damaged input not reported as a rejection: %v", err)
 		}
 	})
+}
+
+// rowsBatch returns a sealed batch of two upserts and a delete.
+func rowsBatch(t testing.TB, key Signer, compression string) []byte {
+	t.Helper()
+	cols := []Column{{Name: "id", Type: TypeInt}, {Name: "名称", Type: TypeString, Length: 20, Nullable: true}}
+	var w RowWriter
+	w.Upsert([][]byte{[]byte("1"), []byte("市公安局")})
+	w.Upsert([][]byte{[]byte("2"), nil})
+	w.Delete([][]byte{[]byte("3")})
+	h := testHeader(nil, w.Bytes(), compression)
+	h.Kind, h.Rows = KindRows, 3
+	h.Schema = &Schema{Table: "people", Columns: cols, Key: []string{"id"}, Fingerprint: SchemaFingerprint(cols, []string{"id"})}
+	return writeBatch(t, h, w.Bytes(), key)
 }
 
 // fixedKey returns a seal key derived from name, the same in every process.
