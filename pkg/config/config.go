@@ -81,6 +81,9 @@ func wrapYAML(name string, err error) error {
 }
 
 func lineError(name, msg string) error {
+	// yaml quotes the offending value, newlines and all; an error stays one
+	// line, and the line number is found only in a message of one line.
+	msg = strings.ReplaceAll(msg, "\n", `\n`)
 	if m := lineRE.FindStringSubmatch(msg); m != nil {
 		n, _ := strconv.Atoi(m[1])
 		return &Error{File: name, Line: n, Msg: m[2]}

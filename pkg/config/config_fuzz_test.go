@@ -34,8 +34,8 @@ type fuzzDoc struct {
 
 // FuzzParse loads arbitrary YAML: Parse must return, without panicking
 // and with work bounded by the document's size (anchors and aliases
-// included), and every problem it reports must be a *Error naming the file,
-// with the line when the YAML parser knew it.
+// included), and every problem it reports must be a *Error of one line
+// naming the file, with the line when the YAML parser knew it.
 func FuzzParse(f *testing.F) {
 	for _, p := range []string{"../../configs/agent.yaml", "../../configs/central.yaml"} {
 		b, err := os.ReadFile(p)
@@ -69,6 +69,9 @@ func FuzzParse(f *testing.F) {
 			}
 			if ce.File != "f.yaml" || !strings.HasPrefix(e.Error(), "f.yaml:") {
 				t.Fatalf("problem %q does not name the file", e)
+			}
+			if strings.Contains(e.Error(), "\n") {
+				t.Fatalf("problem %q takes more than one line", e)
 			}
 			if lineInMsg.MatchString(ce.Msg) {
 				t.Fatalf("problem %q keeps its line in the message instead of file:line", e)
