@@ -10,7 +10,8 @@ import (
 )
 
 // Validate checks the declaration and its query: a single SELECT that names
-// every parameter as :name and nothing else that way.
+// every parameter as :name and nothing else that way, and has no other
+// placeholder ('?', ':1') outside quotes and comments.
 func (c *CallDef) Validate() error {
 	errs := []error{c.CallDecl.Validate()}
 	q := strings.TrimSpace(c.Query)
@@ -91,6 +92,19 @@ func (c *CallDef) Compile(param func(i int) string) (string, []string, error) {
 			order = append(order, name)
 			b.WriteString(param(len(order)))
 			i = j
+		// Placeholders other than :name would reach the engine unbound, and
+		// every call would fail ("missing argument") instead of config check.
+		case ch == '?':
+			return "", nil, fmt.Errorf("call %q: query has a '?' outside quotes: write each parameter as :name", c.Name)
+		case ch == ':' && i+1 < len(q) && isIdent(q[i+1]) && (i == 0 || q[i-1] != ':'):
+			k, j := i, i+1
+			for k > 0 && isIdent(q[k-1]) {
+				k--
+			}
+			for j < len(q) && isIdent(q[j]) {
+				j++
+			}
+			return "", nil, fmt.Errorf("call %q: query has %q, which is not a parameter: write each parameter as :name, starting with a letter, after a space or an operator", c.Name, q[k:j])
 		default:
 			b.WriteByte(ch)
 			i++
