@@ -162,7 +162,7 @@ func FuzzCallReceipt(f *testing.F) {
 		if c.ID == vjob.ID {
 			j, a = vjob, vans
 		}
-		if err := c.Covers(j, "gaj", &a); err != nil {
+		if err := c.Covers(j, "gaj", &a, nil); err != nil {
 			t.Fatalf("a real call receipt does not cover its call: %v", err)
 		}
 	})
