@@ -38,9 +38,7 @@ func (h *Hub) rejection(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusForbidden, "only the grant's consumer can reject its batches")
 		return
 	}
-	if len(rj.Reason) > maxRejectReason {
-		rj.Reason = rj.Reason[:maxRejectReason] + "…"
-	}
+	rj.Reason = clipText(rj.Reason, maxRejectReason) // valid UTF-8: the record's hash is exported
 	b, err := h.store.Batch(ctx, g.ID, rj.Sequence)
 	if errors.Is(err, store.ErrNotFound) {
 		// Dropped a moment ago on another rejection: it is being re-sent.
