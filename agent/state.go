@@ -94,11 +94,13 @@ func OpenState(path string) (*State, error) {
 // gives back those whose file is still in the spool folder: batches that
 // only had the unlucky id), every other row waits for upload.
 func migrateSpool(db *sql.DB) error {
-	var n int
-	if err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('spool') WHERE name = 'state'`).Scan(&n); err != nil || n > 0 {
-		return err
-	}
 	return sqlitedb.InTx(context.Background(), db, func(tx *sql.Tx) error {
+		// Checked inside the write transaction: another process opening
+		// the database at the same moment may have migrated it already.
+		var n int
+		if err := tx.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('spool') WHERE name = 'state'`).Scan(&n); err != nil || n > 0 {
+			return err
+		}
 		for _, q := range []string{
 			`ALTER TABLE spool RENAME TO spool_old`,
 			spoolTable,
